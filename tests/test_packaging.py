@@ -1,0 +1,28 @@
+"""Installing vidcli must not shadow other packages: `kernels/` is imported as `vidcli_kernels`."""
+
+import importlib.util
+import subprocess
+import sys
+
+
+def test_kernels_folder_is_installed_as_vidcli_kernels():
+    spec = importlib.util.find_spec("vidcli_kernels")
+    assert spec is not None and spec.origin is not None
+    assert spec.origin.replace("\\", "/").endswith("kernels/__init__.py")
+
+
+def test_transformers_and_diffusers_still_import():
+    # A fresh interpreter, so nothing imported by other tests hides a clash.
+    code = (
+        "import vidcli, vidcli_kernels, transformers, diffusers; "
+        "from transformers import AutoModel; from diffusers import AutoencoderDC; print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_no_top_level_kernels_package_from_vidcli():
+    spec = importlib.util.find_spec("kernels")
+    if spec is not None:  # the Hugging Face kernel hub may be installed; it must not be ours
+        assert "vidcli" not in (spec.origin or "")

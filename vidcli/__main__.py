@@ -1,0 +1,3 @@
+from vidcli.cli import main
+
+main()

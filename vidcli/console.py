@@ -1,0 +1,150 @@
+"""Everything vidcli shows a person: results on stdout, logs and progress on stderr, one error table.
+
+stdout carries results only (paths, or one JSON object with `--json`), so shell pipelines can
+read it; logs, warnings, progress bars and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import logging
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from vidcli.errors import VidcliError
+
+DEBUG_ENV = "VIDCLI_DEBUG"
+QUIET_ENV = "VIDCLI_QUIET"
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+log = logging.getLogger("vidcli")
+
+
+def configure(*, quiet: bool = False, debug: bool = False) -> None:
+    """Apply a command's `--quiet` / `--debug` (exported so launcher ranks inherit them)."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+    if quiet:
+        os.environ[QUIET_ENV] = "1"
+    level = logging.DEBUG if debug_enabled() else logging.WARNING if quiet else logging.INFO
+    if not log.handlers:
+        handler = RichHandler(console=stderr, show_path=False, show_time=False, markup=False)
+        log.addHandler(handler)
+        log.propagate = False
+    log.setLevel(level)
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def quiet_enabled() -> bool:
+    return os.environ.get(QUIET_ENV, "") not in ("", "0")
+
+
+def progress_enabled() -> bool:
+    """Progress bars only for a person watching: stderr is a terminal and not `--quiet`."""
+    return stderr.is_terminal and not quiet_enabled()
+
+
+@contextmanager
+def progress_bar() -> Iterator[Progress]:
+    """A rich progress display on stderr; silent when not wanted (see `progress_enabled`)."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[status]}"),
+    )
+    with Progress(*columns, console=stderr, disable=not progress_enabled()) as bar:
+        yield bar
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, paths, tuples and numpy/torch scalars as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):
+        return value.item()
+    return value
+
+
+def print_result(result: Any, as_json: bool) -> None:
+    """A stage's result on stdout: one JSON object, or the lines the result chooses to show."""
+    if as_json:
+        sys.stdout.write(json.dumps(to_jsonable(result)) + "\n")
+        return
+    lines = result.stdout_lines() if hasattr(result, "stdout_lines") else None
+    if lines is None:
+        lines = [f"{k}: {v}" for k, v in to_jsonable(result).items()]
+    for line in lines:
+        sys.stdout.write(f"{line}\n")
+    sys.stdout.flush()
+
+
+# (exception type, exit code, hint) — the first matching row wins; VidcliError carries its own.
+ERROR_TABLE: list[tuple[type[BaseException], int, str | None]] = [
+    (VidcliError, 1, None),
+    (FileNotFoundError, 2, None),
+    (IsADirectoryError, 2, None),
+    (PermissionError, 1, "check the file permissions"),
+    (MemoryError, 1, "use a smaller size, batch or tile"),
+    (OSError, 1, None),
+]
+
+
+def explain_error(err: BaseException) -> tuple[str, str | None, int]:
+    """(one-line message, hint, exit code) for an exception."""
+    if isinstance(err, VidcliError):
+        return str(err), err.hint, err.exit_code
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        target = f" writing {err.filename}" if err.filename else ""
+        return f"disk full{target}", "free some space or choose another --out", 1
+    if type(err).__name__ == "OutOfMemoryError":
+        return "out of GPU memory", "use a smaller size, batch, or enable tiling/--offload", 1
+    for kind, code, hint in ERROR_TABLE:
+        if isinstance(err, kind):
+            message = str(err)
+            if isinstance(err, OSError) and err.filename and str(err.filename) not in message:
+                message = f"{err.filename}: {message}"
+            return message, hint, code
+    return f"unexpected error: {type(err).__name__}: {err}", "run again with --debug", 1
+
+
+def report_error(err: BaseException) -> int:
+    """Print one line (plus hint) on stderr, the traceback only with --debug; return the exit code."""
+    message, hint, code = explain_error(err)
+    if debug_enabled():
+        traceback.print_exception(err, file=sys.stderr)
+    first_line = " ".join(message.split())
+    stderr.print(f"[bold red]Error:[/] {escape(first_line)}", markup=True, highlight=False)
+    if hint:
+        stderr.print(f"[dim]Hint: {escape(hint)}[/]", markup=True, highlight=False)
+    return code

