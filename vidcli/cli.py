@@ -128,7 +128,7 @@ def download(
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Download model weights from the Hugging Face Hub (resumable; offline with HF_HUB_OFFLINE=1)."""
+    """Download weights from the Hugging Face Hub (resumable; offline with HF_HUB_OFFLINE=1)."""
 
     def action() -> Any:
         if repo is None and not list_aliases:

@@ -1,4 +1,4 @@
-"""Everything vidcli shows a person: results on stdout, logs and progress on stderr, one error table.
+"""What vidcli shows a person: results on stdout, logs and progress on stderr, one error table.
 
 stdout carries results only (paths, or one JSON object with `--json`), so shell pipelines can
 read it; logs, warnings, progress bars and errors go to stderr.
@@ -139,7 +139,7 @@ def explain_error(err: BaseException) -> tuple[str, str | None, int]:
 
 
 def report_error(err: BaseException) -> int:
-    """Print one line (plus hint) on stderr, the traceback only with --debug; return the exit code."""
+    """Print one line (plus hint) on stderr, the traceback with --debug; return the exit code."""
     message, hint, code = explain_error(err)
     if debug_enabled():
         traceback.print_exception(err, file=sys.stderr)

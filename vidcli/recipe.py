@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import itertools
 import os
 import sys
 import tempfile
@@ -44,7 +45,7 @@ class AESection:
     preset: str = "dc-ae-f32t4c128"
     """Preset name from the DC-AE family (see `vidcli.models.dcae.AE_PRESETS`)."""
     path: str = ""
-    """Weights: a vidcli or diffusers folder, an Open-Sora folder, or a .safetensors file; "" = random init."""
+    """Weights: a vidcli, diffusers or Open-Sora folder, or a .safetensors file; "" = random."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Preset fields to change, e.g. `{ latent_channels = 32 }`."""
     scaling_factor: float | None = None
@@ -256,7 +257,7 @@ SECTIONS: dict[str, type] = {
 
 
 def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
-    """Read a recipe file (or only defaults when `path` is None), apply `--set` overrides, validate."""
+    """Read a recipe (only defaults when `path` is None), apply `--set` overrides, validate."""
     values: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], str] = {}
     if path is not None:
@@ -309,10 +310,10 @@ def field_docs(section_class: type) -> dict[str, str]:
     tree = ast.parse(inspect.getsource(section_class))
     body = tree.body[0].body  # type: ignore[attr-defined]
     docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(nxt, ast.Expr):
-            if isinstance(nxt.value, ast.Constant) and isinstance(nxt.value.value, str):
-                docs[node.target.id] = nxt.value.value  # type: ignore[attr-defined]
+    for node, nxt in itertools.pairwise(body):
+        is_doc = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and is_doc and isinstance(nxt.value.value, str):
+            docs[node.target.id] = nxt.value.value  # type: ignore[attr-defined]
     return docs
 
 
