@@ -1,15 +1,209 @@
-"""Starts training stages on the DeepSpeed ZeRO engine."""
+"""Starts a training stage on the DeepSpeed ZeRO engine, in one process or many.
+
+- Started under `torchrun` / `deepspeed` (RANK and WORLD_SIZE set): join that process group.
+- `--nproc N` (N > 1): re-launch this stage under `torch.distributed.run` with N local ranks.
+- `--hostfile F`: re-launch under DeepSpeed's multi-node launcher.
+- Otherwise: a single rank in this process.
+
+The launcher only launches; the step loop (`loop.py`) receives a ready engine.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
+from typing import Any
 
-from vidcli.errors import StageFailed
-from vidcli.recipe import Recipe
+import torch
+
+from vidcli.console import DEBUG_ENV, log
+from vidcli.errors import StageFailed, UsageError
+from vidcli.recipe import LauncherSection, Recipe, TrainSection, load_recipe, write_resolved_recipe
+
+STAGES = ("ae", "dit")
 
 
-def launch(stage: str, recipe: Recipe, recipe_path: Path, resume: str | None = None) -> None:
-    """Run `stage` ('ae' or 'dit') with the validated recipe."""
-    raise StageFailed(
-        f"train-{stage} is not built yet (issue #6); the recipe {recipe_path} is valid"
+def launch(stage: str, recipe: Recipe, recipe_path: Path, resume: str | None = None) -> Any:
+    """Run `stage` ('ae' or 'dit') with a validated recipe; returns the stage's TrainResult."""
+    launcher = recipe.launcher
+    if _inside_distributed_job() or (launcher.nproc == 1 and not launcher.hostfile):
+        return run_worker(stage, recipe, resume)
+    return _spawn(stage, recipe, resume)
+
+
+def run_worker(stage: str, recipe: Recipe, resume: str | None) -> Any:
+    """This process is one rank: set up the process group and run the stage's loop."""
+    _default_single_rank_env()
+    from vidcli.train import ae, dit
+
+    runner = {"ae": ae.run, "dit": dit.run}[stage]
+    return runner(recipe, resume=resume)
+
+
+def make_engine(
+    model: torch.nn.Module,
+    train: TrainSection,
+    launcher: LauncherSection,
+    lr_lambda: Any,
+) -> Any:
+    """A DeepSpeed engine for `model`: AdamW, ZeRO stage, offload, clipping, accumulation."""
+    import deepspeed
+
+    zero: dict[str, Any] = {"stage": launcher.zero_stage}
+    if launcher.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    if launcher.offload_params:
+        if launcher.zero_stage != 3:
+            raise UsageError(
+                f"[launcher] offload_params = true needs zero_stage = 3 (got {launcher.zero_stage})"
+            )
+        zero["offload_param"] = {"device": "cpu"}
+    config = {
+        "train_micro_batch_size_per_gpu": train.batch_size,
+        "gradient_accumulation_steps": launcher.grad_accum,
+        "gradient_clipping": train.grad_clip,
+        "zero_optimization": zero,
+        "optimizer": {
+            "type": "AdamW",
+            "params": {
+                "lr": train.lr,
+                "betas": list(train.betas),
+                "eps": train.eps,
+                "weight_decay": train.weight_decay,
+            },
+        },
+        # Master weights stay fp32; bf16 runs through autocast in the loop on CPU and CUDA alike.
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    engine, _, _, _ = deepspeed.initialize(
+        model=model,
+        model_parameters=trainable,
+        config=config,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
     )
+    return engine
+
+
+def init_process_group() -> tuple[int, int]:
+    """(rank, world size) after joining the process group (gloo on CPU, NCCL on CUDA)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _inside_distributed_job() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _default_single_rank_env() -> None:
+    if _inside_distributed_job():
+        return
+    os.environ.update(
+        {
+            "RANK": "0",
+            "LOCAL_RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port()),
+        }
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(stage: str, recipe: Recipe, resume: str | None) -> Any:
+    """Re-launch under torch.distributed.run (local ranks) or deepspeed (hostfile)."""
+    launcher = recipe.launcher
+    workdir = Path(tempfile.mkdtemp(prefix="vidcli-launch-"))
+    try:
+        recipe_file = write_resolved_recipe(recipe, workdir)
+        result_file = workdir / "result.json"
+        worker_args = ["--stage", stage, "--recipe", str(recipe_file), "--result", str(result_file)]
+        if resume:
+            worker_args += ["--resume", resume]
+        if launcher.hostfile:
+            if shutil.which("deepspeed") is None:
+                raise UsageError("--hostfile needs the `deepspeed` launcher on PATH")
+            command = ["deepspeed", "--hostfile", launcher.hostfile]
+            command += ["--master_port", str(launcher.master_port), "--module"]
+            command += ["vidcli.train.worker", *worker_args]
+        else:
+            command = [sys.executable, "-m", "torch.distributed.run"]
+            command += ["--nproc-per-node", str(launcher.nproc), "--master-port", str(_free_port())]
+            command += ["-m", "vidcli.train.worker", *worker_args]
+        log.info("launching %s", " ".join(command))
+        env = dict(os.environ)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launcher.nproc)))
+        done = subprocess.run(command, env=env)
+        if done.returncode != 0:
+            if result_file.is_file():  # a rank reported a user error before failing
+                raise _error_from_result(json.loads(result_file.read_text()))
+            raise StageFailed(
+                f"train-{stage} failed on one of its {launcher.nproc} ranks "
+                f"(exit {done.returncode}); see the rank logs above",
+                hint=f"run again with --debug (sets {DEBUG_ENV}=1 on every rank)",
+            )
+        return _result_from_json(stage, json.loads(result_file.read_text()))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _error_from_result(payload: dict[str, Any]) -> Exception:
+    err = (
+        UsageError(payload["error"])
+        if payload.get("exit_code") == 2
+        else StageFailed(payload["error"])
+    )
+    return err
+
+
+def _result_from_json(stage: str, payload: dict[str, Any]) -> Any:
+    from vidcli.train.loop import TrainResult
+
+    return TrainResult(**payload)
+
+
+def worker_main(argv: list[str] | None = None) -> int:
+    """Entry point of a spawned rank (`python -m vidcli.train.worker`)."""
+    import argparse
+
+    from vidcli.console import configure, explain_error, report_error, to_jsonable
+
+    parser = argparse.ArgumentParser(prog="vidcli.train.worker")
+    parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--recipe", type=Path, required=True)
+    parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--resume", default=None)
+    args = parser.parse_args(argv)
+    configure()
+    try:
+        result = run_worker(args.stage, load_recipe(args.recipe), args.resume)
+    except Exception as err:  # every rank reports; rank 0 leaves the message for the parent
+        code = report_error(err)
+        if int(os.environ.get("RANK", "0")) == 0:
+            message, _, exit_code = explain_error(err)
+            args.result.write_text(json.dumps({"error": message, "exit_code": exit_code}))
+        return code
+    if int(os.environ.get("RANK", "0")) == 0:
+        args.result.write_text(json.dumps(to_jsonable(result)))
+    return 0

@@ -1,0 +1,64 @@
+"""Non-causal multi-head attention with a backend chosen per call.
+
+Layout everywhere: q, k, v and the output are (B, heads, L, head_dim); scale 1/sqrt(head_dim),
+no mask (the MMDiT attends over every text and image token).
+
+Backends, in order of preference:
+- ``flash_attn``: FlashAttention-2/3 (`flash_attn.flash_attn_func`) on CUDA with fp16/bf16 inputs;
+- ``sdpa``: `torch.nn.functional.scaled_dot_product_attention`, which picks cuDNN / flash /
+  memory-efficient kernels on CUDA (cuDNN is the fastest on Hopper, see gpu-anchors.md) and a
+  fused math kernel on CPU.
+`attention_reference` is the closed form that defines what is correct.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional GPU extra: pip install vidcli[gpu]
+    from flash_attn import flash_attn_func as _flash_attn_func
+except ImportError:  # pragma: no cover - depends on the environment
+    _flash_attn_func = None
+
+# Opt-out for benchmarking SDPA's cuDNN backend against flash-attn on the same GPU.
+_DISABLE_FLASH_ENV = "VIDCLI_DISABLE_FLASH_ATTN"
+
+
+def attention_backend(q: torch.Tensor) -> str:
+    """Name of the backend `attention` uses for a query like `q`: 'flash_attn' or 'sdpa'."""
+    if (
+        _flash_attn_func is not None
+        and q.is_cuda
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] <= 256
+        and os.environ.get(_DISABLE_FLASH_ENV, "0") != "1"
+    ):
+        return "flash_attn"
+    return "sdpa"
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v over all keys.
+
+    q, k, v: (B, heads, L, head_dim) -> (B, heads, L, head_dim)
+    """
+    if attention_backend(q) == "flash_attn":
+        # flash-attn wants (B, L, heads, head_dim); the transposes are views.
+        out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        return out.transpose(1, 2)
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Plain-PyTorch softmax attention, computed in float32: the definition of correct.
+
+    q, k, v: (B, heads, L, head_dim) -> (B, heads, L, head_dim) in q's dtype
+    """
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    scores = torch.einsum("bhqd,bhkd->bhqk", q.float(), k.float()) * scale
+    weights = torch.softmax(scores, dim=-1)
+    return torch.einsum("bhqk,bhkd->bhqd", weights, v.float()).to(q.dtype)

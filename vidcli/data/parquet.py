@@ -1,0 +1,55 @@
+"""Parquet helpers: atomic writes, and tensors stored as (bytes, shape, dtype) columns."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+
+def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
+    """Write `table` to `path`; readers see the old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def tensor_columns(name: str) -> list[pa.Field]:
+    """The three columns that hold tensor `name`: raw bytes, shape, dtype."""
+    return [
+        pa.field(name, pa.binary()),
+        pa.field(f"{name}_shape", pa.list_(pa.int64())),
+        pa.field(f"{name}_dtype", pa.string()),
+    ]
+
+
+def encode_tensor(name: str, tensor: torch.Tensor) -> dict:
+    """`{name: bytes, name_shape: [...], name_dtype: 'float32'}` (any dtype, bfloat16 included)."""
+    tensor = tensor.detach().to("cpu").contiguous()
+    raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
+    return {
+        name: raw,
+        f"{name}_shape": list(tensor.shape),
+        f"{name}_dtype": str(tensor.dtype).removeprefix("torch."),
+    }
+
+
+def decode_tensor(row: dict, name: str) -> torch.Tensor:
+    """The tensor `encode_tensor(name, ...)` stored in `row`."""
+    dtype = getattr(torch, row[f"{name}_dtype"])
+    shape = row[f"{name}_shape"]
+    if not row[name]:
+        return torch.empty(shape, dtype=dtype)
+    return torch.frombuffer(bytearray(row[name]), dtype=dtype).reshape(shape)

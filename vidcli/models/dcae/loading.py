@@ -1,0 +1,124 @@
+"""Build DC-AEs from presets, load checkpoints in four layouts, save atomically."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from vidcli.errors import CheckpointError, UsageError
+from vidcli.models.dcae.config import DCAEConfig, config_from_dict, config_to_dict
+from vidcli.models.dcae.convert import (
+    config_from_diffusers,
+    config_from_reference,
+    state_dict_from_diffusers,
+)
+from vidcli.models.dcae.model import DCAE
+from vidcli.models.dcae.presets import AE_PRESETS
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+
+
+def resolve_config(preset: str | DCAEConfig, **overrides: Any) -> DCAEConfig:
+    """A preset name or config, with field overrides (lists become tuples)."""
+    if isinstance(preset, str):
+        if preset not in AE_PRESETS:
+            raise UsageError(f"unknown DC-AE preset {preset!r}; presets: {', '.join(AE_PRESETS)}")
+        preset = AE_PRESETS[preset]
+    if not overrides:
+        return preset
+    return config_from_dict({**config_to_dict(preset), **overrides})
+
+
+def build_autoencoder(preset: str | DCAEConfig, **overrides: Any) -> DCAE:
+    """A randomly initialised DC-AE from a preset name or config (weights in the default dtype)."""
+    return DCAE(resolve_config(preset, **overrides))
+
+
+def load_state_dict_strict(model: DCAE, sd: dict[str, Tensor], source: str) -> None:
+    """Copy `sd` into the model (upcasting/downcasting to its dtype); any mismatch raises."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    wrong = [f"{k} {tuple(sd[k].shape)}!={tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{source}: weights do not match the DC-AE config: {len(missing)} missing {missing[:3]}, "
+            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}"
+        )
+    model.load_state_dict(sd, strict=True)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: cannot read DC-AE config ({e})") from None
+
+
+def _folder_weights(folder: Path, preferred: str) -> Path:
+    if (folder / preferred).is_file():
+        return folder / preferred
+    found = sorted(folder.glob("*.safetensors"))
+    if len(found) != 1:
+        raise CheckpointError(
+            f"{folder}: expected {preferred} or exactly one .safetensors file, found {len(found)}"
+        )
+    return found[0]
+
+
+def load_autoencoder(path: str | Path, preset: str | None = None, **overrides: Any) -> DCAE:
+    """Load a DC-AE in eval mode, fp32; `overrides` replace config fields (e.g. scaling_factor).
+
+    Accepts: (a) a folder from `save_autoencoder`; (b) a diffusers AutoencoderDC folder;
+    (c) a .safetensors file with Open-Sora / MIT key names plus `preset`; (d) a folder whose
+    config.json is Open-Sora's nested DCAEConfig beside one .safetensors file.
+    """
+    path = Path(path)
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise UsageError(f"{path}: DC-AE weights must be a .safetensors file")
+        if preset is None:
+            raise UsageError(f"{path}: a bare weights file needs a preset; presets: {', '.join(AE_PRESETS)}")
+        cfg, weights, convert = resolve_config(preset), path, None
+    elif (path / CONFIG_FILE).is_file():
+        raw = _read_json(path / CONFIG_FILE)
+        if raw.get("_class_name") == "AutoencoderDC" or "encoder_block_out_channels" in raw:
+            cfg, weights = config_from_diffusers(raw), _folder_weights(path, DIFFUSERS_WEIGHTS_FILE)
+            convert = state_dict_from_diffusers
+        elif isinstance(raw.get("encoder"), dict):
+            cfg, weights, convert = config_from_reference(raw), _folder_weights(path, WEIGHTS_FILE), None
+        else:
+            cfg, weights, convert = config_from_dict(raw), _folder_weights(path, WEIGHTS_FILE), None
+        if preset is not None:
+            raise UsageError(f"{path}: a folder carries its own config; drop preset={preset!r}")
+    else:
+        raise UsageError(f"{path}: not a .safetensors file nor a folder with {CONFIG_FILE}")
+    if overrides:
+        cfg = resolve_config(cfg, **overrides)
+    sd = load_file(str(weights))
+    if convert is not None:
+        sd = convert(sd, cfg)
+    model = DCAE(cfg)
+    load_state_dict_strict(model, sd, str(weights))
+    return model.float().eval()
+
+
+def save_autoencoder(model: DCAE, out_dir: str | Path) -> Path:
+    """Write config.json + model.safetensors into out_dir (temporary files, then renames)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp_cfg = out_dir / f".{CONFIG_FILE}.tmp"
+    tmp_weights = out_dir / f".{WEIGHTS_FILE}.tmp"
+    tmp_cfg.write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n")
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(sd, str(tmp_weights), metadata={"format": "pt", "vidcli": "dcae"})
+    os.replace(tmp_weights, out_dir / WEIGHTS_FILE)
+    os.replace(tmp_cfg, out_dir / CONFIG_FILE)
+    return out_dir

@@ -1,0 +1,133 @@
+"""`train-ae`: DC-AE reconstruction training (L1 + LPIPS), then an optional hinge-GAN phase.
+
+The loss is Open-Sora's stage-1 objective per element: |x - x̂| + w_lpips · LPIPS(x, x̂) averaged
+over frames; from `[train] gan_start` on, the generator also gets λ·(-mean D(x̂)) with λ the
+adaptive weight, and a 3-D PatchGAN discriminator (its own engine) learns with the hinge loss.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from einops import rearrange
+
+from vidcli.console import log
+from vidcli.errors import UsageError
+from vidcli.models import autoencoder_from_section
+from vidcli.models.dcae import DCAE, save_autoencoder
+from vidcli.recipe import Recipe
+from vidcli.train import data as train_data
+from vidcli.train.launcher import init_process_group, make_engine
+from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
+from vidcli.train.losses import (
+    PatchDiscriminator3D,
+    adaptive_gan_weight,
+    hinge_d_loss,
+    load_lpips,
+    psnr,
+)
+
+
+def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
+    """Train the `[ae]` autoencoder on `[data]` clips; see the module docstring."""
+    rank, world = init_process_group()
+    torch.manual_seed(recipe.train.seed)
+    model = autoencoder_from_section(recipe.ae).train()
+    model.tiling = None  # training clips are one tile; tiling is an inference memory tool
+    model.check_input_shape(recipe.data.num_frames, recipe.data.height, recipe.data.width)
+    lpips = load_lpips(recipe.train.lpips_weights)
+    if rank == 0 and lpips is None and recipe.train.lpips_weight > 0:
+        log.warning(
+            "train-ae: no LPIPS weights ([train] lpips_weights is empty): training with L1 only"
+        )
+    engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
+    discriminator = None
+    if recipe.train.gan_start >= 0:
+        if recipe.launcher.zero_stage == 3:
+            raise UsageError("[train] gan_start needs launcher.zero_stage <= 2 (adaptive weight)")
+        d_train = type(recipe.train)(**{**vars(recipe.train), "lr": recipe.train.disc_lr})
+        discriminator = make_engine(
+            PatchDiscriminator3D(), d_train, recipe.launcher, lambda step: 1.0
+        )
+    batch_at = _batches(recipe, rank, world)
+    spec = StageSpec(
+        name="ae",
+        model=model,
+        batch_at=batch_at,
+        loss=lambda eng, batch, step: reconstruction_loss(
+            eng, model, batch, step, recipe, lpips, discriminator
+        ),
+        save_weights=lambda state, folder, stem: save_ae_weights(model, state, folder, stem),
+        extra_engines={"discriminator": discriminator} if discriminator is not None else {},
+    )
+    return train(spec, recipe, engine, rank, world, resume)
+
+
+def reconstruction_loss(
+    engine: Any,
+    model: DCAE,
+    batch: torch.Tensor,
+    step: int,
+    recipe: Recipe,
+    lpips: torch.nn.Module | None,
+    discriminator: Any | None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(generator loss, metrics) for a batch `(B, 3, T, H, W)` in [-1, 1]."""
+    recon = engine(batch)
+    rec = (recon.float() - batch).abs().mean()
+    metrics = {"l1": rec.item(), "psnr": psnr(recon.detach(), batch)}
+    if lpips is not None and recipe.train.lpips_weight > 0:
+        frames = rearrange(batch, "b c t h w -> (b t) c h w")
+        perceptual = lpips(rearrange(recon.float(), "b c t h w -> (b t) c h w"), frames).mean()
+        rec = rec + recipe.train.lpips_weight * perceptual
+        metrics["lpips"] = perceptual.item()
+    loss = rec
+    if discriminator is not None and step >= recipe.train.gan_start:
+        g_loss = -discriminator(recon).mean()
+        last = decoder_last_conv_weight(model)
+        weight = adaptive_gan_weight(rec, g_loss, last, recipe.train.gan_weight)
+        loss = rec + weight * g_loss
+        d_loss = hinge_d_loss(discriminator(batch), discriminator(recon.detach()))
+        discriminator.backward(d_loss)
+        discriminator.step()
+        metrics |= {"g_loss": g_loss.item(), "d_loss": d_loss.item(), "gan_weight": float(weight)}
+    return loss, metrics
+
+
+def decoder_last_conv_weight(model: DCAE) -> torch.Tensor:
+    """The weight of the decoder's output conv: where the adaptive GAN weight compares gradients."""
+    convs = [p for n, p in model.named_parameters() if n.startswith("decoder.") and p.ndim >= 4]
+    return convs[-1]
+
+
+def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
+    """`model.safetensors` + config.json (loadable with `load_autoencoder`), or `ema.safetensors`."""
+    from safetensors.torch import save_file
+
+    if stem == "model":
+        export = type(model)(model.config)
+        export.load_state_dict(state)
+        save_autoencoder(export, folder)
+    else:
+        save_file(state, str(folder / f"{stem}.safetensors"))
+
+
+def _batches(recipe: Recipe, rank: int, world: int):
+    """Video batches `(B, 3, T, H, W)`; with `image_ratio`, some steps are single frames (T = 1)."""
+    data, train_cfg = recipe.data, recipe.train
+    dataset = train_data.video_dataset(data)
+
+    def batch_at(index: int) -> torch.Tensor:
+        rows = train_data.rows_for_step(
+            index, train_cfg.batch_size, rank, world, len(dataset), train_cfg.seed
+        )
+        video = torch.stack([dataset[r]["video"] for r in rows])
+        gen = train_data.step_generator(train_cfg.seed, 0, index)  # same choice on every rank
+        if data.image_ratio > 0 and torch.rand(1, generator=gen).item() < data.image_ratio:
+            pick = int(torch.randint(video.shape[2], (1,), generator=gen))
+            video = video[:, :, pick : pick + 1]
+        return video
+
+    return batch_at

@@ -1,0 +1,171 @@
+"""`train-dit`: rectified flow on autoencoder latents (pre-extracted, or encoded on the fly).
+
+Gives the shared loop a model (the MMDiT), a batch for each step (latents + text embeddings)
+and the flow-matching loss; the frozen AE and text encoder stay outside the trained engine.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+from vidcli import flow
+from vidcli.console import log
+from vidcli.models import autoencoder_from_section, dit_from_section, text_encoder_from_section
+from vidcli.models.mmdit import MMDiT, make_image_ids, pack_latents
+from vidcli.models.text import TextEncoder
+from vidcli.recipe import Recipe
+from vidcli.train import data as train_data
+from vidcli.train.launcher import init_process_group, make_engine
+from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
+
+TIMESTEP_BINS = (0.25, 0.5, 0.75, 1.0)
+
+
+def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
+    """Train the `[dit]` model on `[data]` latents; see the module docstring."""
+    rank, world = init_process_group()
+    torch.manual_seed(recipe.train.seed)
+    text = text_encoder_from_section(recipe.text)
+    batch_at, latent_channels, latent_thw = _batches(recipe, text, rank, world)
+    model = dit_from_section(recipe.dit, latent_channels, text)
+    engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
+    p = model.config.patch_size
+    t_lat, h_lat, w_lat = latent_thw
+    if h_lat % p or w_lat % p:
+        from vidcli.errors import ShapeError
+
+        raise ShapeError(f"latent {h_lat}x{w_lat} is not divisible by the DiT patch size {p}")
+    alpha = flow.training_shift_alpha(h_lat, w_lat, t_lat)
+    tokens = t_lat * (h_lat // p) * (w_lat // p)
+    if rank == 0:
+        log.info(
+            "train-dit: %s, %.1fM params, %d tokens/sample (latent %dx%dx%d, patch %d), shift %.3f",
+            type(model).__name__,
+            sum(q.numel() for q in model.parameters()) / 1e6,
+            tokens,
+            t_lat,
+            h_lat,
+            w_lat,
+            p,
+            alpha,
+        )
+    spec = StageSpec(
+        name="dit",
+        model=model,
+        batch_at=batch_at,
+        loss=lambda eng, batch, step: flow_loss(eng, batch, alpha, p),
+        save_weights=lambda state, folder, stem: save_dit_weights(model, state, folder, stem),
+        tokens_per_sample=tokens,
+    )
+    return train(spec, recipe, engine, rank, world, resume)
+
+
+def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
+    """Rectified-flow loss on one batch: x_t = (1-t)x0 + (1-(1-σ)(1-t))ε, target v = (1-σ)ε - x0."""
+    x0 = batch["latent"]  # (B, C, T, H, W)
+    B, _, T, H, W = x0.shape
+    gen = batch["generator"]
+    t = flow.sample_training_timesteps(B, alpha, generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    x_t = flow.noisy_latents(x0, noise, t)
+    target = flow.velocity_target(x0, noise)
+    txt = batch["text_tokens"]
+    cond = None
+    if batch.get("cond_mask") is not None:
+        cond = pack_latents(torch.cat((batch["cond_mask"], batch["cond_latent"]), dim=1), patch)
+    pred = engine(
+        img=pack_latents(x_t, patch),
+        img_ids=make_image_ids(B, T, H // patch, W // patch),
+        txt=txt,
+        txt_ids=torch.zeros(B, txt.shape[1], 3),
+        timesteps=t,
+        y_vec=batch["text_pooled"],
+        cond=cond,
+    )
+    per_sample = (pred.float() - pack_latents(target, patch).float()).pow(2).mean(dim=(1, 2))
+    metrics = {}
+    for lo, hi in zip((0.0, *TIMESTEP_BINS[:-1]), TIMESTEP_BINS, strict=True):
+        inside = (t >= lo) & (t < hi) if hi < 1.0 else (t >= lo)
+        if inside.any():
+            metrics[f"loss_t{lo:.2f}-{hi:.2f}"] = float(per_sample[inside].detach().mean())
+    return per_sample.mean(), metrics
+
+
+def save_dit_weights(model: MMDiT, state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
+    """`<stem>.safetensors` (+ config.json for the model), loadable with `load_dit(folder)`."""
+    from vidcli.models.mmdit.io import FORMAT
+
+    save_file(state, str(folder / f"{stem}.safetensors"), metadata={"format": FORMAT})
+    if stem == "model":
+        config = {"format": FORMAT, **model.config.to_dict()}
+        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
+    """(batch_at, latent channels, (T', H', W')) for pre-extracted or on-the-fly latents."""
+    data, train_cfg = recipe.data, recipe.train
+    empty = text.encode([""])
+    if data.latents:
+        dataset = train_data.latent_dataset(data)
+        first = dataset[0]["latent"]
+
+        def load(rows: list[int], gen: torch.Generator) -> dict[str, Any]:
+            items = [dataset[r] for r in rows]
+            latent = torch.stack([i["latent"] for i in items]).float()
+            tokens = torch.stack([i["text_tokens"] for i in items]).float()
+            pooled = torch.stack([i["text_pooled"] for i in items]).float()
+            drop = torch.rand(len(rows), generator=gen) < train_cfg.caption_dropout
+            tokens[drop] = empty.tokens[0].to(tokens.dtype)
+            pooled[drop] = empty.pooled[0].to(pooled.dtype)
+            return {"latent": latent, "text_tokens": tokens, "text_pooled": pooled}
+
+        num_rows, latent_channels, latent_thw = len(dataset), first.shape[0], tuple(first.shape[1:])
+    else:
+        ae = autoencoder_from_section(recipe.ae).eval().requires_grad_(False)
+        dataset = train_data.video_dataset(data)
+        latent_channels, *latent_thw = ae.latent_shape(data.num_frames, data.height, data.width)
+
+        def load(rows: list[int], gen: torch.Generator) -> dict[str, Any]:
+            items = [dataset[r] for r in rows]
+            video = torch.stack([i["video"] for i in items])
+            with torch.no_grad():
+                latent = ae.encode(video).float()
+            captions = [
+                "" if coin < train_cfg.caption_dropout else i["caption"]
+                for i, coin in zip(
+                    items, torch.rand(len(rows), generator=gen).tolist(), strict=True
+                )
+            ]
+            emb = text.encode(captions)
+            return {"latent": latent, "text_tokens": emb.tokens, "text_pooled": emb.pooled}
+
+        num_rows = len(dataset)
+
+    def batch_at(index: int) -> dict[str, Any]:
+        rows = train_data.rows_for_step(
+            index, train_cfg.batch_size, rank, world, num_rows, train_cfg.seed
+        )
+        gen = train_data.step_generator(train_cfg.seed, rank, index)
+        batch = load(rows, gen)
+        batch["generator"] = gen
+        _maybe_image_condition(batch, train_cfg.i2v_ratio, gen)
+        return batch
+
+    return batch_at, latent_channels, tuple(latent_thw)
+
+
+def _maybe_image_condition(batch: dict[str, Any], ratio: float, gen: torch.Generator) -> None:
+    """With probability `ratio` per sample, condition on its own first latent frame (i2v_head)."""
+    latent = batch["latent"]
+    if ratio <= 0 or latent.shape[2] < 2:
+        return
+    chosen = (torch.rand(latent.shape[0], generator=gen) < ratio).float()
+    mask = torch.zeros_like(latent[:, :1])
+    mask[:, :, 0] = chosen[:, None, None, None]
+    batch["cond_mask"] = mask
+    batch["cond_latent"] = latent * mask

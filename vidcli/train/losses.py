@@ -1,0 +1,135 @@
+"""Autoencoder losses: L1, LPIPS (VGG16 features), a 3-D PatchGAN with hinge loss, PSNR.
+
+LPIPS needs trained VGG16 + linear-head weights, which cannot be created here: `load_lpips` reads
+them from a .safetensors file whose keys are torchvision's `features.N.*` for the VGG trunk and
+`lin{0..4}.weight` for the heads (the layout of the LPIPS "vgg" release), and returns None when
+no file is given so the trainer can say it runs without the perceptual term.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidcli.errors import UsageError
+
+# VGG16 `features` layout: conv widths, "M" = max-pool; LPIPS taps the ReLU after each stage.
+VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+LPIPS_TAPS = (3, 8, 15, 22, 29)  # indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+LPIPS_WIDTHS = (64, 128, 256, 512, 512)
+# Inputs in [-1, 1] are shifted/scaled to ImageNet statistics, as LPIPS does.
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+
+class LPIPS(nn.Module):
+    """Learned perceptual distance between image batches `(N, 3, H, W)` in [-1, 1] -> `(N,)`."""
+
+    def __init__(self):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = 3
+        for item in VGG16_LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(width, item, 3, padding=1), nn.ReLU()]
+                width = item
+        self.features = nn.Sequential(*layers)
+        for i, w in enumerate(LPIPS_WIDTHS):
+            self.add_module(f"lin{i}", nn.Conv2d(w, 1, 1, bias=False))
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+        self.requires_grad_(False)
+
+    def _taps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - self.shift) / self.scale
+        taps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in LPIPS_TAPS:
+                taps.append(x)
+            if i == LPIPS_TAPS[-1]:
+                break
+        return taps
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        total = a.new_zeros(a.shape[0])
+        for i, (fa, fb) in enumerate(zip(self._taps(a), self._taps(b), strict=True)):
+            fa = fa / (fa.norm(dim=1, keepdim=True) + 1e-10)
+            fb = fb / (fb.norm(dim=1, keepdim=True) + 1e-10)
+            total = total + getattr(self, f"lin{i}")((fa - fb) ** 2).mean(dim=(1, 2, 3))
+        return total
+
+
+def load_lpips(path: str) -> LPIPS | None:
+    """LPIPS with weights from `path`; None when `path` is "" (no perceptual loss)."""
+    if not path:
+        return None
+    from safetensors.torch import load_file
+
+    if not Path(path).is_file():
+        raise UsageError(f"[train] lpips_weights = {path!r}: file not found")
+    model = LPIPS()
+    state = load_file(path)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise UsageError(
+            f"{path}: not an LPIPS-VGG weight file (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); expected keys features.N.weight/bias and lin0..4.weight"
+        )
+    return model.eval()
+
+
+class PatchDiscriminator3D(nn.Module):
+    """Open-Sora's 3-D PatchGAN: strided k3 convs, BatchNorm3d + LeakyReLU(0.2) + Dropout(0.3).
+
+    video (B, 3, T, H, W) -> patch logits (B, 1, T', H', W')
+    """
+
+    def __init__(self, base: int = 64):
+        super().__init__()
+        widths = (base, base * 2, base * 4, base * 8, base * 8, base * 8)
+        strides = (2, 2, 1, (1, 2, 2), 1)
+        layers: list[nn.Module] = [nn.Conv3d(3, widths[0], 3, 2, 1), nn.LeakyReLU(0.2)]
+        for c_in, c_out, stride in zip(widths[:-1], widths[1:], strides, strict=True):
+            layers += [
+                nn.Conv3d(c_in, c_out, 3, stride, 1, bias=False),
+                nn.BatchNorm3d(c_out),
+                nn.LeakyReLU(0.2),
+                nn.Dropout(0.3),
+            ]
+        layers.append(nn.Conv3d(widths[-1], 1, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv3d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, nn.BatchNorm3d):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.net(video)
+
+
+def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """0.5·(mean relu(1 - D(x)) + mean relu(1 + D(x̂)))."""
+    return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def adaptive_gan_weight(
+    rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, base: float
+) -> torch.Tensor:
+    """λ = base · clamp(‖∇_w rec‖ / (‖∇_w g‖ + 1e-4), 0, 1e4), w = the decoder's last conv."""
+    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    return base * (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """PSNR in dB of videos in [-1, 1] (peak-to-peak 2)."""
+    mse = (x.float().clamp(-1, 1) - y.float()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(4.0 / mse)).item()
