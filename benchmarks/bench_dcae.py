@@ -69,13 +69,19 @@ def main() -> None:
         z = ref.encode(x).latent
         diff = ((ours.encode(x) * sf - z).norm() / z.norm()).item()
         rows = {
-            "encode": (timed(lambda: ours.encode(x), args.repeats), timed(lambda: ref.encode(x), args.repeats)),
+            "encode": (
+                timed(lambda: ours.encode(x), args.repeats),
+                timed(lambda: ref.encode(x), args.repeats),
+            ),
             "decode": (
                 timed(lambda: ours.decode(z / sf), args.repeats),
                 timed(lambda: ref.decode(z).sample, args.repeats),
             ),
         }
-    print(f"config {args.config}, input {tuple(x.shape)}, threads {args.threads}, latent rel-L2 {diff:.1e}")
+    print(
+        f"config {args.config}, input {tuple(x.shape)}, threads {args.threads}, "
+        f"latent rel-L2 {diff:.1e}"
+    )
     print(f"{'':8}{'ours img/s':>12}{'diffusers img/s':>17}{'ratio':>8}")
     for name, (t_ours, t_ref) in rows.items():
         print(f"{name:8}{args.batch / t_ours:12.3f}{args.batch / t_ref:17.3f}{t_ref / t_ours:8.2f}")

@@ -16,7 +16,8 @@ import sys
 CHILD = """
 import json, resource, sys, torch
 from vidcli.models.dcae import TilingConfig, build_autoencoder
-preset, frames, size, tile, tiled = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
+preset, tiled = sys.argv[1], sys.argv[5] == "1"
+frames, size, tile = (int(a) for a in sys.argv[2:5])
 torch.set_num_threads(1)
 model = build_autoencoder(preset).eval()
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -26,7 +27,8 @@ tiling = TilingConfig(spatial_tile=tile, temporal_tile=8) if tiled else None
 with torch.inference_mode():
     out = model.decode(z, tiling=tiling)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "out_mb": out.numel() * 4 / 2**20}))
+out_mb = out.numel() * 4 / 2**20
+print(json.dumps({"base_mb": base / 1024, "peak_mb": peak / 1024, "out_mb": out_mb}))
 """
 
 
@@ -40,7 +42,9 @@ def main() -> None:
     parser.add_argument("--preset", default="dc-ae-demo")
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 256, 512])
     parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--tile", type=int, default=128, help="spatial tile in px (temporal: 8 frames)")
+    parser.add_argument(
+        "--tile", type=int, default=128, help="spatial tile in px (temporal: 8 frames)"
+    )
     args = parser.parse_args()
     print(f"preset {args.preset}, {args.frames} frames, tile {args.tile} px / 8 frames; MB of RSS")
     print(f"{'size':>6}{'output':>9}{'untiled peak':>14}{'tiled peak':>12}{'tiled - output':>16}")

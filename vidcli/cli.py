@@ -192,6 +192,9 @@ def prepare_data(
         Path | None,
         typer.Option(help="Recipe whose [ae] and [text] pre-extract latents into --out."),
     ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe whose [data] buckets assign each clip a bucket.")
+    ] = None,
     nproc: NprocOpt = None,
     set_values: SetOpt = None,
     json_output: JsonOpt = False,
@@ -206,8 +209,8 @@ def prepare_data(
         if synthetic:
             return stage.run_synthetic(synthetic, out)
         if encode is not None:
-            recipe = _load(encode, set_values or [])
-            return stage.run_encode(recipe, out, nproc=nproc or recipe.launcher.nproc)
+            loaded = _load(encode, set_values or [])
+            return stage.run_encode(loaded, out, nproc=nproc or loaded.launcher.nproc)
         if not sources:
             raise UsageError(
                 "prepare-data needs at least one SOURCE (folder, glob or listing), "
@@ -218,14 +221,15 @@ def prepare_data(
             sources=list(sources),
             out_dir=out,
             workers=workers,
-            min_frames=min_frames,
+            min_frames=max(1, min_frames),
             min_size=min_size,
-            max_aspect=max_aspect,
-            min_fps=min_fps,
-            max_fps=max_fps,
+            max_aspect=max_aspect or None,
+            min_fps=min_fps or None,
+            max_fps=max_fps or None,
             require_caption=require_caption,
         )
-        return stage.run_prepare(options)
+        buckets = _load(recipe, set_values or []).data.buckets if recipe else None
+        return stage.run_prepare(options, buckets)
 
     _run(action, as_json=json_output, quiet=quiet, debug=debug)
 

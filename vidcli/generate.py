@@ -1,40 +1,105 @@
-"""Text → video: the sampling pipeline behind `vidcli generate`."""
+"""Text -> video: encode prompts, sample latents with rectified flow, decode, write files.
+
+The pipeline reads only the recipe's `[ae]`, `[dit]`, `[text]` and `[sample]` sections; the
+autoencoder decides which sizes are valid and how latents are scaled. Each prompt's noise comes
+from its own generator seeded with `seed + index`, so a video depends on its prompt and seed,
+not on the batch it was sampled in.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import re
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from vidcli.errors import StageFailed, UsageError
-from vidcli.recipe import Recipe, load_recipe
+import torch
+
+from vidcli import flow
+from vidcli.console import log, progress_bar
+from vidcli.errors import ShapeError, UsageError
+from vidcli.recipe import Recipe, dump_recipe, load_recipe
+
+DEMO_DIR = Path(__file__).parent / "assets" / "demo"
+DEMO_RECIPE = DEMO_DIR / "recipe.toml"
+FORMATS = ("mp4", "gif", "png")
 
 
 @dataclass
 class GenerateOptions:
+    """Per-call options of `vidcli generate` that are not recipe values."""
+
     prompts: list[str]
     out: Path | None = None
+    """A file (one prompt) or a folder; default `outputs/`."""
     output_format: str = "mp4"
     image: Path | None = None
+    """First-frame image for image-to-video."""
     batch_size: int = 1
     overwrite: bool = False
     snap: bool = False
+    """Round frames/height/width to the nearest the autoencoder accepts."""
     offload: bool = False
+    """Move the text encoder and AE to the CPU while the DiT samples."""
+
+
+@dataclass
+class GeneratedVideo:
+    path: Path
+    prompt: str
+    seed: int
+    frames: int
+    height: int
+    width: int
+    fps: int
+
+
+@dataclass
+class GenerateResult:
+    videos: list[GeneratedVideo]
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    def stdout_lines(self) -> list[str]:
+        return [str(v.path) for v in self.videos]
 
 
 def load_generate_recipe(
     recipe_path: Path | None, checkpoint: Path | None, overrides: list[str]
 ) -> Recipe:
+    """The recipe to sample with: `--recipe`, else a checkpoint's own, else the bundled demo."""
+    if recipe_path is None and checkpoint is not None:
+        recipe_path = checkpoint / "recipe.toml"
+        if not recipe_path.is_file():
+            raise UsageError(
+                f"--checkpoint {checkpoint}: no recipe.toml (not a train-dit checkpoint)"
+            )
+    if checkpoint is not None:
+        overrides = [f"dit.path={json.dumps(str(checkpoint))}", *overrides]
+    if recipe_path is None:
+        return _demo_recipe(overrides)
     return load_recipe(recipe_path, overrides)
 
 
+def _demo_recipe(overrides: list[str]) -> Recipe:
+    """The bundled demo recipe, with its weight paths made absolute."""
+    if not DEMO_RECIPE.is_file():
+        raise UsageError(f"the bundled demo model is missing ({DEMO_RECIPE}); reinstall vidcli")
+    recipe = load_recipe(DEMO_RECIPE, overrides)
+    for section in (recipe.ae, recipe.dit):
+        if section.path and not Path(section.path).is_absolute():
+            section.path = str(DEMO_DIR / section.path)
+    return recipe
+
+
 def collect_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
+    """Prompts from the command line, then from `--prompts-file` (one per line)."""
     collected = list(prompts)
     if prompts_file is not None:
         if not prompts_file.is_file():
-            raise UsageError(f"{prompts_file}: prompts file not found")
-        collected += [
-            line.strip() for line in prompts_file.read_text().splitlines() if line.strip()
-        ]
+            raise UsageError(f"--prompts-file {prompts_file}: file not found")
+        lines = prompts_file.read_text().splitlines()
+        collected += [line.strip() for line in lines if line.strip()]
     if not collected:
         raise UsageError(
             "generate needs a prompt", hint='vidcli generate "a red circle moving right"'
@@ -42,5 +107,197 @@ def collect_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     return collected
 
 
-def run(recipe: Recipe, options: GenerateOptions) -> None:
-    raise StageFailed("generate is not built yet (issue #7)")
+def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
+    """Generate one video per prompt; returns the written paths and stage timings."""
+    from vidcli.models import autoencoder_from_section, dit_from_section, text_encoder_from_section
+
+    if options.output_format not in FORMATS:
+        raise UsageError(f"--format {options.output_format}: choose one of {', '.join(FORMATS)}")
+    sample = recipe.sample
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+
+    ae = autoencoder_from_section(recipe.ae).eval()
+    frames, height, width = _valid_size(
+        ae, sample.frames, sample.height, sample.width, options.snap
+    )
+    paths = _output_paths(options, frames)
+    text = text_encoder_from_section(recipe.text, device=device)
+    dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(device).eval()
+    timings["load"] = time.perf_counter() - started
+
+    latent_shape = ae.latent_shape(frames, height, width)
+    p = dit.config.patch_size
+    _, t_lat, h_lat, w_lat = latent_shape
+    if h_lat % p or w_lat % p:
+        raise ShapeError(f"latent {h_lat}x{w_lat} is not divisible by the DiT patch size {p}")
+    schedule = flow.inference_schedule(
+        sample.steps,
+        h_lat * w_lat // (p * p),
+        t_lat,
+        shift=sample.shift,
+        flow_shift=sample.flow_shift,
+    )
+    guidance = flow.GuidanceConfig(
+        text=sample.guidance,
+        image=sample.guidance_img,
+        text_osci=sample.text_osci,
+        image_osci=sample.image_osci,
+        scale_temporal_osci=sample.scale_temporal_osci,
+    )
+    reference = _image_latent(ae, options.image, height, width) if options.image else None
+    if options.offload:
+        ae.to("cpu")
+
+    videos: list[GeneratedVideo] = []
+    timings.update(text=0.0, sample=0.0, decode=0.0, write=0.0)
+    with progress_bar() as bar, torch.no_grad():
+        task = bar.add_task("generate", total=len(options.prompts) * sample.steps, status="")
+        for first in range(0, len(options.prompts), options.batch_size):
+            batch = options.prompts[first : first + options.batch_size]
+            seeds = [sample.seed + first + i for i in range(len(batch))]
+            tick = time.perf_counter()
+            text.to(device)
+            emb = text.encode(batch)
+            neg = text.encode([sample.negative_prompt])
+            if options.offload:
+                text.to("cpu")
+            timings["text"] += time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            noise = torch.stack(
+                [
+                    torch.randn(latent_shape, generator=torch.Generator().manual_seed(s))
+                    for s in seeds
+                ]
+            ).to(device)
+            condition = None
+            if reference is not None:
+                condition = flow.build_condition(
+                    "i2v_head", noise.shape, [reference] * len(batch), causal=False, device=device
+                )
+            latents = flow.sample_i2v(
+                dit.forward_video,
+                noise,
+                schedule,
+                emb.tokens.to(device),
+                emb.pooled.to(device),
+                neg.tokens.to(device),
+                neg.pooled.to(device),
+                condition=condition,
+                guidance=guidance,
+                replace_all_items=True,
+                callback=lambda step, x: bar.advance(task),
+            )
+            timings["sample"] += time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            ae.to(device)
+            video = ae.decode(latents.to(device)).float().cpu()[:, :, :frames]
+            if options.offload:
+                ae.to("cpu")
+            timings["decode"] += time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            for i, prompt in enumerate(batch):
+                path = paths[first + i]
+                _write(video[i], path, prompt, seeds[i], sample.fps, options)
+                _write_sidecar(path, prompt, seeds[i], recipe, timings)
+                videos.append(
+                    GeneratedVideo(path, prompt, seeds[i], frames, height, width, sample.fps)
+                )
+            timings["write"] += time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - started
+    log.info("generate: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    return GenerateResult(videos=videos, timings_s=timings)
+
+
+def _valid_size(ae, frames: int, height: int, width: int, snap: bool) -> tuple[int, int, int]:
+    """(frames, height, width) the AE accepts; with `snap`, the nearest valid values."""
+    if snap:
+        sc = ae.spatial_compression
+        height = max(sc, round(height / sc) * sc)
+        width = max(sc, round(width / sc) * sc)
+        frames = min(
+            (f for f in range(1, 4 * frames + 8) if _frames_ok(ae, f, height, width)),
+            key=lambda f: (abs(f - frames), f),
+        )
+    try:
+        ae.check_input_shape(frames, height, width)
+    except ShapeError as err:
+        raise ShapeError(f"{err}; or pass --snap to round to the nearest valid size") from None
+    return frames, height, width
+
+
+def _frames_ok(ae, frames: int, height: int, width: int) -> bool:
+    try:
+        ae.check_input_shape(frames, height, width)
+    except ShapeError:
+        return False
+    # Frames that decode to fewer frames (2 and 4 collapse to one latent frame) do not round-trip.
+    _, t_lat, _, _ = ae.latent_shape(frames, height, width)
+    return ae.decoded_frames(t_lat) >= frames
+
+
+def _output_paths(options: GenerateOptions, frames: int) -> list[Path]:
+    """One path per prompt; refuses existing files unless --overwrite (checked before sampling)."""
+    suffix = "" if options.output_format == "png" else f".{options.output_format}"
+    prompts = options.prompts
+    out = options.out
+    if (
+        out is not None
+        and len(prompts) == 1
+        and (out.suffix or not out.exists())
+        and not (out.is_dir())
+    ):
+        paths = [out if out.suffix or suffix == "" else out.with_suffix(suffix)]
+    else:
+        folder = out or Path("outputs")
+        paths = [folder / f"{i:03d}-{_slug(p)}{suffix}" for i, p in enumerate(prompts)]
+    for path in paths:
+        if path.exists() and not options.overwrite:
+            raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+    return paths
+
+
+def _slug(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "video"
+
+
+def _image_latent(ae, image: Path, height: int, width: int) -> torch.Tensor:
+    """The conditioning image encoded alone as a 1-frame clip: (C, 1, H', W')."""
+    from vidcli.media import read_frames
+
+    if not image.is_file():
+        raise UsageError(f"--image {image}: file not found")
+    frame = read_frames(image, num_frames=1, size=(height, width))
+    x = torch.from_numpy(frame).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
+    with torch.no_grad():
+        return ae.encode(x[None])[0]
+
+
+def _write(
+    video: torch.Tensor, path: Path, prompt: str, seed: int, fps: int, options: GenerateOptions
+) -> None:
+    from vidcli.media import write_video
+
+    write_video(path, video.clamp(-1, 1), fps=fps, format=options.output_format, overwrite=True)
+
+
+def _write_sidecar(
+    path: Path, prompt: str, seed: int, recipe: Recipe, timings: dict[str, float]
+) -> None:
+    from vidcli.recipe import atomic_write_text
+
+    sidecar = path.with_name(path.name + ".json")
+    payload = {
+        "prompt": prompt,
+        "seed": seed,
+        "recipe": dump_recipe(recipe),
+        "timings_s": dict(timings),
+    }
+    atomic_write_text(sidecar, json.dumps(payload, indent=2) + "\n")
+
+
+__all__ = ["GenerateOptions", "GenerateResult", "collect_prompts", "load_generate_recipe", "run"]

@@ -1,4 +1,4 @@
-"""Video DC-AE: reference vectors, full-model key layout, shapes, tiling, loading, training switches."""
+"""Video DC-AE: reference vectors, full-model keys, shapes, tiling, loading, training switches."""
 
 import json
 import math
@@ -33,7 +33,11 @@ def video_vectors(reference_dir: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def tiny(video_vectors) -> DCAE:
     torch.set_num_threads(1)
-    sd = {k.removeprefix("model."): v.float() for k, v in video_vectors.items() if k.startswith("model.")}
+    sd = {
+        k.removeprefix("model."): v.float()
+        for k, v in video_vectors.items()
+        if k.startswith("model.")
+    }
     model = build_autoencoder("dc-ae-tiny")
     load_state_dict_strict(model, sd, "video_dcae_a")
     return model.eval()
@@ -46,7 +50,9 @@ VECTOR_CALLS = {
     "out.image_latent": lambda m, t: m.encode(t["in.image"]),
     "out.image_recon": lambda m, t: m.decode(t["out.image_latent"]),
     # the vector's tiling: spatial + temporal on, 128 px / 16 frames, overlap 0.25
-    "out.recon_tiled": lambda m, t: m.decode(t["in.latent_tiled"], tiling=TilingConfig(128, 16, 0.25)),
+    "out.recon_tiled": lambda m, t: m.decode(
+        t["in.latent_tiled"], tiling=TilingConfig(128, 16, 0.25)
+    ),
 }
 
 
@@ -68,7 +74,11 @@ def test_f32t4c128_state_dict_matches_reference_keys(reference_dir):
     assert {k: list(v.shape) for k, v in sd.items()} == spec["keys"]
     assert sum(p.numel() for p in model.parameters()) == spec["num_params"] == 459_462_147
     assert model.scaling_factor == 0.493
-    assert (model.latent_channels, model.time_compression, model.spatial_compression) == (128, 4, 32)
+    assert (model.latent_channels, model.time_compression, model.spatial_compression) == (
+        128,
+        4,
+        32,
+    )
 
 
 # parameter counts from dc-ae-image.md §1 (verified there against MIT's and diffusers' code)
@@ -107,7 +117,7 @@ def test_demo_preset_size():
         assert model(x).shape == x.shape
 
 
-# ---- shapes --------------------------------------------------------------------------------------
+# ---- shapes ----
 
 
 def test_latent_shape_and_decoded_frames():
@@ -128,7 +138,9 @@ def test_invalid_frame_counts_fail_in_one_line(frames):
         model.check_input_shape(frames, 64, 64)
 
 
-@pytest.mark.parametrize(("height", "width", "bad"), [(48, 64, "height 48"), (64, 100, "width 100")])
+@pytest.mark.parametrize(
+    ("height", "width", "bad"), [(48, 64, "height 48"), (64, 100, "width 100")]
+)
 def test_invalid_sizes_fail_in_one_line(height, width, bad):
     with torch.device("meta"):
         model = build_autoencoder("dc-ae-f32t4c128")
@@ -145,7 +157,7 @@ def test_encode_checks_shape_before_running(tiny):
         tiny.decode(torch.zeros(1, 4, 1, 1, 1))
 
 
-# ---- tiling ---------------------------------------------------------------------------------------
+# ---- tiling ----
 
 # A shallow video AE (compression 2x4x4) so a 16x64x64 clip spans several tiles cheaply.
 SMALL = {
@@ -218,7 +230,9 @@ def test_default_tiling_from_the_model(small_ae_and_clip):
 
 def test_temporal_tiles_never_collapse_to_one_latent_frame(small_ae_and_clip):
     model, _ = small_ae_and_clip
-    z = torch.randn(1, 8, 7, 4, 4)  # latent tiles of 4 at stride 3: a 1-frame tail would decode to 1 frame
+    z = torch.randn(
+        1, 8, 7, 4, 4
+    )  # latent tiles of 4 at stride 3: a 1-frame tail would decode to 1 frame
     with torch.no_grad():
         out = model.decode(z, tiling=TilingConfig(spatial_tile=64, temporal_tile=8))
     assert out.shape[2] == model.decoded_frames(7) == 14
@@ -230,13 +244,13 @@ def test_tile_sizes_are_checked(small_ae_and_clip):
         model.encode(clip, tiling=TilingConfig(spatial_tile=30))
 
 
-# ---- building, saving, loading ----------------------------------------------------------------------
+# ---- building, saving, loading ----
 
 
 def test_build_rejects_unknown_presets_and_fields():
     with pytest.raises(UsageError, match="unknown DC-AE preset 'nope'; presets: dc-ae-f32t4c128"):
         build_autoencoder("nope")
-    with pytest.raises(UsageError, match="unknown field.*widthz.*fields: is_video"):
+    with pytest.raises(UsageError, match=r"unknown field.*widthz.*fields: is_video"):
         build_autoencoder("dc-ae-tiny", widthz=3)
     with pytest.raises(UsageError, match="not a multiple of attention_head_dim 32"):
         build_autoencoder("dc-ae-tiny", encoder_widths=(8, 16, 16, 48, 48, 48))
@@ -248,11 +262,17 @@ def test_save_load_round_trip(tiny, tmp_path, video_vectors):
     loaded = load_autoencoder(folder)
     assert loaded.config == tiny.config
     with torch.no_grad():
-        assert torch.equal(loaded.encode(video_vectors["in.image"]), tiny.encode(video_vectors["in.image"]))
+        assert torch.equal(
+            loaded.encode(video_vectors["in.image"]), tiny.encode(video_vectors["in.image"])
+        )
 
 
-def test_load_bare_safetensors_with_preset_and_open_sora_config(tiny, tmp_path, video_vectors, reference_dir):
-    weights = {k.removeprefix("model."): v for k, v in video_vectors.items() if k.startswith("model.")}
+def test_load_bare_safetensors_with_preset_and_open_sora_config(
+    tiny, tmp_path, video_vectors, reference_dir
+):
+    weights = {
+        k.removeprefix("model."): v for k, v in video_vectors.items() if k.startswith("model.")
+    }
     save_file(weights, str(tmp_path / "ae.safetensors"))  # bf16 as stored: loading upcasts
     from_file = load_autoencoder(tmp_path / "ae.safetensors", preset="dc-ae-tiny")
     spec = json.loads((reference_dir / "vectors" / "video_dcae_a.json").read_text())
@@ -264,20 +284,26 @@ def test_load_bare_safetensors_with_preset_and_open_sora_config(tiny, tmp_path, 
     assert from_ref_config.config == tiny.config
     with torch.no_grad():
         for model in (from_file, from_ref_config):
-            assert rel_l2(model.encode(video_vectors["in.video"]), video_vectors["out.latent"]) <= 1e-4
+            assert (
+                rel_l2(model.encode(video_vectors["in.video"]), video_vectors["out.latent"]) <= 1e-4
+            )
 
 
 def test_strict_loading_lists_missing_and_unexpected(tmp_path, video_vectors):
-    weights = {k.removeprefix("model."): v for k, v in video_vectors.items() if k.startswith("model.")}
+    weights = {
+        k.removeprefix("model."): v for k, v in video_vectors.items() if k.startswith("model.")
+    }
     weights["encoder.extra.weight"] = weights.pop("encoder.project_in.conv.bias")
     save_file(weights, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(CheckpointError, match=r"1 missing \['encoder.project_in.conv.bias'\], 1 unexpected"):
+    with pytest.raises(
+        CheckpointError, match=r"1 missing \['encoder.project_in.conv.bias'\], 1 unexpected"
+    ):
         load_autoencoder(tmp_path / "bad.safetensors", preset="dc-ae-tiny")
     with pytest.raises(UsageError, match="needs a preset"):
         load_autoencoder(tmp_path / "bad.safetensors")
 
 
-# ---- training switches ------------------------------------------------------------------------------
+# ---- training switches ----
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(small_ae_and_clip):

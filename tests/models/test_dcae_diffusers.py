@@ -1,4 +1,4 @@
-"""Image DC-AE: diffusers AutoencoderDC folders load through our key map and give the same outputs."""
+"""Image DC-AE: diffusers AutoencoderDC folders load through our key map, same outputs."""
 
 import json
 from pathlib import Path
@@ -52,7 +52,8 @@ CONFIGS = {
         "decoder_act_fns": "silu",
         "scaling_factor": 0.5,
     },
-    "in-like": {  # depth-0 pixel-(un)shuffle stem/tail, BatchNorm decoder, attention without multi-scale
+    # depth-0 pixel-(un)shuffle stem/tail, BatchNorm decoder, two multi-scale branches
+    "in-like": {
         "latent_channels": 16,
         "attention_head_dim": 16,
         "encoder_block_types": ["ResBlock", "ResBlock", "EfficientViTBlock", "EfficientViTBlock"],
@@ -69,7 +70,8 @@ CONFIGS = {
         "decoder_act_fns": ["relu", "relu", "silu", "silu"],
         "scaling_factor": 0.3,
     },
-    "resblocks-mixed": {  # all ResBlocks, strided conv down with pixel-shuffle up, 4 latent channels
+    # all ResBlocks, strided conv down with pixel-shuffle up, 4 latent channels
+    "resblocks-mixed": {
         "latent_channels": 4,
         "attention_head_dim": 8,
         "encoder_block_types": "ResBlock",

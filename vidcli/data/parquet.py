@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
@@ -37,6 +40,10 @@ def tensor_columns(name: str) -> list[pa.Field]:
 
 def encode_tensor(name: str, tensor: torch.Tensor) -> dict:
     """`{name: bytes, name_shape: [...], name_dtype: 'float32'}` (any dtype, bfloat16 included)."""
+    # torch is imported inside the tensor helpers: probe worker processes import this module for
+    # the atomic writer and should not pay seconds of torch import each.
+    import torch
+
     tensor = tensor.detach().to("cpu").contiguous()
     raw = tensor.reshape(-1).view(torch.uint8).numpy().tobytes()
     return {
@@ -48,6 +55,8 @@ def encode_tensor(name: str, tensor: torch.Tensor) -> dict:
 
 def decode_tensor(row: dict, name: str) -> torch.Tensor:
     """The tensor `encode_tensor(name, ...)` stored in `row`."""
+    import torch
+
     dtype = getattr(torch, row[f"{name}_dtype"])
     shape = row[f"{name}_shape"]
     if not row[name]:

@@ -57,7 +57,7 @@ PROBE_SCHEMA = pa.schema(
     ]
 )
 MANIFEST_SCHEMA = pa.schema(
-    [field for field in PROBE_SCHEMA if field.name != "error"]
+    [f for f in PROBE_SCHEMA if f.name != "error"]
     + [
         pa.field("caption", pa.string()),
         pa.field("bucket", pa.string()),
@@ -116,6 +116,9 @@ class PrepareResult:
     elapsed_s: float
     reasons: dict[str, int] = field(default_factory=dict)
     """Rejections per reason kind (the text before the first ':' or '(')."""
+
+    def stdout_lines(self) -> list[str]:
+        return [str(self.manifest)]
 
 
 def prepare(

@@ -103,7 +103,7 @@ def decoder_last_conv_weight(model: DCAE) -> torch.Tensor:
 
 
 def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
-    """`model.safetensors` + config.json (loadable with `load_autoencoder`), or `ema.safetensors`."""
+    """`model.safetensors` + config.json (for `load_autoencoder`), or `ema.safetensors`."""
     from safetensors.torch import save_file
 
     if stem == "model":

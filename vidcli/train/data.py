@@ -1,4 +1,4 @@
-"""Training data for both trainers: the `[data]` section -> a dataset, and which rows each step reads.
+"""Training data for both trainers: `[data]` -> a dataset, and which rows each step reads.
 
 Rows for a step are a pure function of (seed, rank, step): every epoch is a seeded permutation,
 rank r of W reads its own slice of each global batch, so resuming at step s reads exactly what an

@@ -1,10 +1,10 @@
-"""DC-AE autoencoders: Open-Sora 2.0's video DC-AE (3-D) and MIT's image DC-AE (2-D), one implementation.
+"""DC-AE autoencoders: Open-Sora 2.0's video DC-AE (3-D) and MIT's image DC-AE (2-D) in one family.
 
 Conventions
 - Pixels are in [-1, 1]. Video models take (B, 3, T, H, W); image models take (B, 3, H, W) or
   (B, 3, 1, H, W) and return the same rank. Feed images to a video model as T = 1 clips.
 - `encode(x)` returns the SCALED latent `encoder(x) / scaling_factor` (Open-Sora's convention:
-  it divides); `decode(z)` runs `decoder(z * scaling_factor)`. With scaling_factor None neither scales.
+  it divides); `decode(z)` runs `decoder(z * scaling_factor)`. scaling_factor None: no scaling.
   diffusers' AutoencoderDC returns the raw latent: multiply ours by scaling_factor to compare.
 - Latent of (T, H, W) is (C, T', H/32, W/32) for 32x models (H/2^(stages-1) in general).
 

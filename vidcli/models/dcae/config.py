@@ -1,4 +1,4 @@
-"""Config dataclasses of the DC-AE family: the architecture (`DCAEConfig`) and tiling (`TilingConfig`)."""
+"""Config dataclasses of the DC-AE family: architecture (`DCAEConfig`), tiling (`TilingConfig`)."""
 
 from __future__ import annotations
 
@@ -31,10 +31,10 @@ PER_STAGE_FIELDS = (
 
 @dataclass(frozen=True)
 class DCAEConfig:
-    """Architecture of one DC-AE: stage s runs at 1/2^s of the input resolution (s = 0 is full size)."""
+    """Architecture of one DC-AE: stage s runs at 1/2^s of the input resolution (0 = full size)."""
 
     is_video: bool = True
-    """3-D convs over (T, H, W) when True (Open-Sora's video DC-AE); 2-D convs over (H, W) otherwise (MIT DC-AE)."""
+    """3-D convs over (T, H, W) when True (Open-Sora's video AE); else 2-D (MIT's image AE)."""
     in_channels: int = 3
     """Channels of the pixel input and of the reconstruction."""
     latent_channels: int = 128
@@ -48,17 +48,17 @@ class DCAEConfig:
     decoder_depths: tuple[int, ...] = (3, 3, 3, 3, 3, 3)
     """Blocks per decoder stage; only stage 0 may be 0 (then a pixel-shuffle tail replaces it)."""
     encoder_block_types: tuple[str, ...] = ("ResBlock",) * 3 + ("EViT",) * 3
-    """Block kind per encoder stage: "ResBlock" (two 3^d convs) or "EViT" (linear attention + GLU conv)."""
+    """Block kind per encoder stage: "ResBlock" (two convs) or "EViT" (attention + GLU conv)."""
     decoder_block_types: tuple[str, ...] = ("ResBlock",) * 3 + ("EViT",) * 3
     """Block kind per decoder stage."""
     encoder_qkv_scales: tuple[tuple[int, ...], ...] = ((),) * 3 + ((5,),) * 3
-    """Kernel sizes of the multi-scale q/k/v aggregation branches per encoder stage (EViT stages only)."""
+    """Kernel sizes of the multi-scale q/k/v aggregation branches per encoder stage (EViT only)."""
     decoder_qkv_scales: tuple[tuple[int, ...], ...] = ((),) * 3 + ((5,),) * 3
     """Kernel sizes of the multi-scale q/k/v aggregation branches per decoder stage."""
     attention_head_dim: int = 32
     """Channels per attention head; EViT stage widths must be multiples of it."""
     encoder_norm: str = "rms"
-    """Norm of every encoder block: "rms" (channel RMSNorm with weight and bias) or "bn" (BatchNorm)."""
+    """Norm of every encoder block: "rms" (channel RMSNorm, weight and bias) or "bn" (BatchNorm)."""
     encoder_act: str = "silu"
     """Activation of every encoder block: "silu" or "relu"."""
     decoder_norms: tuple[str, ...] = ("rms",) * 6
@@ -66,9 +66,9 @@ class DCAEConfig:
     decoder_acts: tuple[str, ...] = ("silu",) * 6
     """Activation per decoder stage ("silu" or "relu")."""
     downsample: str = "conv"
-    """Main path of the down blocks: "conv" (strided 3^d conv) or "pixel_unshuffle" (conv, then space-to-channel)."""
+    """Down blocks' main path: "conv" (strided conv) or "pixel_unshuffle" (conv, unshuffle)."""
     upsample: str = "interpolate"
-    """Main path of the up blocks: "interpolate" (nearest x2, then conv) or "pixel_shuffle" (conv, then channel-to-space)."""
+    """Up blocks' main path: "interpolate" (nearest x2, conv) or "pixel_shuffle" (conv, shuffle)."""
     downsample_shortcut: bool = True
     """Add the parameter-free space-to-channel + channel-averaging shortcut to every down block."""
     upsample_shortcut: bool = True
@@ -84,7 +84,7 @@ class DCAEConfig:
     temporal_upsample: tuple[bool, ...] = (False, False, False, True, True, False)
     """Per decoder stage: its up block also doubles T (video only)."""
     scaling_factor: float | None = None
-    """encode() divides the encoder output by it and decode() multiplies before the decoder; None skips both."""
+    """encode() divides the encoder output by it, decode() multiplies first; None: no scaling."""
 
     @property
     def num_stages(self) -> int:
@@ -119,16 +119,22 @@ class DCAEConfig:
             raise UsageError("DC-AE config: temporal_downsample/upsample need is_video=True")
         shuffles = self.downsample == "pixel_unshuffle" or self.upsample == "pixel_shuffle"
         if shuffles and (any(self.temporal_downsample) or any(self.temporal_upsample)):
-            raise UsageError("DC-AE config: temporal down/up-sampling needs conv/interpolate blocks")
+            raise UsageError(
+                "DC-AE config: temporal down/up-sampling needs conv/interpolate blocks"
+            )
         if list(self.temporal_downsample) != list(self.temporal_upsample):
             raise UsageError("DC-AE config: temporal_downsample and temporal_upsample must match")
         for side in ("encoder", "decoder"):
             widths, depths = getattr(self, f"{side}_widths"), getattr(self, f"{side}_depths")
             if any(d < 0 for d in depths) or any(d == 0 for d in depths[1:]):
-                raise UsageError(f"DC-AE config: {side}_depths {list(depths)}: only stage 0 may be 0")
+                raise UsageError(
+                    f"DC-AE config: {side}_depths {list(depths)}: only stage 0 may be 0"
+                )
             if depths[0] == 0 and n < 2:
                 raise UsageError(f"DC-AE config: {side}_depths[0] = 0 needs at least two stages")
-            for s, (kind, w) in enumerate(zip(getattr(self, f"{side}_block_types"), widths)):
+            for s, (kind, w) in enumerate(
+                zip(getattr(self, f"{side}_block_types"), widths, strict=True)
+            ):
                 if kind == "EViT" and depths[s] > 0 and w % self.attention_head_dim:
                     raise UsageError(
                         f"DC-AE config: {side} stage {s} is EViT with width {w}, not a multiple "
@@ -150,9 +156,7 @@ class DCAEConfig:
                     f"DC-AE config: last {side} width {widths[-1]} is not a multiple of "
                     f"latent_channels {self.latent_channels}"
                 )
-        if self.downsample == "pixel_unshuffle" and any(
-            w % 4 for w in self.encoder_widths[1:]
-        ):
+        if self.downsample == "pixel_unshuffle" and any(w % 4 for w in self.encoder_widths[1:]):
             raise UsageError("DC-AE config: pixel_unshuffle down blocks need widths % 4 == 0")
         if self.scaling_factor is not None and self.scaling_factor <= 0:
             raise UsageError(f"DC-AE config: scaling_factor {self.scaling_factor} must be > 0")

@@ -1,7 +1,8 @@
 """Other codebases' configs and key names -> ours (Open-Sora / MIT efficientvit parameter names).
 
-diffusers `AutoencoderDC` folders (config.json + diffusion_pytorch_model.safetensors) and Open-Sora's
-nested `DCAEConfig` JSON are translated here; Open-Sora and MIT checkpoints need no key map.
+diffusers `AutoencoderDC` folders (config.json + diffusion_pytorch_model.safetensors) and
+Open-Sora's nested `DCAEConfig` JSON are translated here; Open-Sora and MIT checkpoints need no
+key map.
 """
 
 from __future__ import annotations
@@ -36,14 +37,19 @@ def config_from_diffusers(cfg: dict[str, Any]) -> DCAEConfig:
     dec_acts = _per_stage(cfg.get("decoder_act_fns", "silu"), n)
     for s in range(n):
         # diffusers fixes the GLU half of EViT blocks to RMSNorm + SiLU; we use the stage's.
-        if dec_types[s] == "EfficientViTBlock" and (dec_norms[s], dec_acts[s]) != ("rms_norm", "silu"):
+        if dec_types[s] == "EfficientViTBlock" and (dec_norms[s], dec_acts[s]) != (
+            "rms_norm",
+            "silu",
+        ):
             raise CheckpointError(
-                f"AutoencoderDC decoder stage {s}: EfficientViTBlock with {dec_norms[s]}/{dec_acts[s]} "
-                "is not supported (only rms_norm/silu)"
+                f"AutoencoderDC decoder stage {s}: EfficientViTBlock with "
+                f"{dec_norms[s]}/{dec_acts[s]} is not supported (only rms_norm/silu)"
             )
     unknown = [t for t in enc_types + dec_types if t not in _DIFFUSERS_BLOCKS]
     if unknown:
-        raise CheckpointError(f"AutoencoderDC block type {unknown[0]!r} is not one of {list(_DIFFUSERS_BLOCKS)}")
+        raise CheckpointError(
+            f"AutoencoderDC block type {unknown[0]!r} is not one of {list(_DIFFUSERS_BLOCKS)}"
+        )
     return DCAEConfig(
         is_video=False,
         in_channels=cfg.get("in_channels", 3),
@@ -59,8 +65,12 @@ def config_from_diffusers(cfg: dict[str, Any]) -> DCAEConfig:
         attention_head_dim=cfg.get("attention_head_dim", 32),
         decoder_norms=tuple(_DIFFUSERS_NORMS[x] for x in dec_norms),
         decoder_acts=dec_acts,
-        downsample="pixel_unshuffle" if cfg.get("downsample_block_type") == "pixel_unshuffle" else "conv",
-        upsample="interpolate" if cfg.get("upsample_block_type", "pixel_shuffle") == "interpolate" else "pixel_shuffle",
+        downsample="pixel_unshuffle"
+        if cfg.get("downsample_block_type") == "pixel_unshuffle"
+        else "conv",
+        upsample="interpolate"
+        if cfg.get("upsample_block_type", "pixel_shuffle") == "interpolate"
+        else "pixel_shuffle",
         encoder_out_shortcut=cfg.get("encoder_out_shortcut", True),
         decoder_in_shortcut=cfg.get("decoder_in_shortcut", True),
         decoder_out_act=cfg.get("decoder_conv_act_fn", "relu"),
@@ -81,7 +91,10 @@ _DIFFUSERS_BLOCK_KEYS = [
     (r"conv2\.weight", r"main.conv2.conv.weight"),
     (r"norm\.(.+)", r"main.conv2.norm.\1"),
     (r"attn\.to_qkv_multiscale\.(\d+)\.proj_in\.weight", r"context_module.main.aggreg.\1.0.weight"),
-    (r"attn\.to_qkv_multiscale\.(\d+)\.proj_out\.weight", r"context_module.main.aggreg.\1.1.weight"),
+    (
+        r"attn\.to_qkv_multiscale\.(\d+)\.proj_out\.weight",
+        r"context_module.main.aggreg.\1.1.weight",
+    ),
     (r"attn\.to_out\.weight", r"context_module.main.proj.conv.weight"),
     (r"attn\.norm_out\.(.+)", r"context_module.main.proj.norm.\1"),
     (r"conv_out\.conv_inverted\.(weight|bias)", r"local_module.main.inverted_conv.conv.\1"),
@@ -98,10 +111,16 @@ def _diffusers_top_keys(cfg: DCAEConfig) -> list[tuple[str, str]]:
     return [
         (r"encoder\.conv_in\.conv\.(weight|bias)", rf"encoder.project_in.{stem}\1"),
         (r"encoder\.conv_in\.(weight|bias)", r"encoder.project_in.conv.\1"),
-        (r"encoder\.down_blocks\.(\d+)\.(\d+)\.conv\.(weight|bias)", rf"encoder.stages.\1.op_list.\2.{down}\3"),
+        (
+            r"encoder\.down_blocks\.(\d+)\.(\d+)\.conv\.(weight|bias)",
+            rf"encoder.stages.\1.op_list.\2.{down}\3",
+        ),
         (r"encoder\.conv_out\.(weight|bias)", r"encoder.project_out.main.op_list.0.conv.\1"),
         (r"decoder\.conv_in\.(weight|bias)", r"decoder.project_in.main.conv.\1"),
-        (r"decoder\.up_blocks\.(\d+)\.0\.conv\.(weight|bias)", r"decoder.stages.\1.op_list.0.main.conv.conv.\2"),
+        (
+            r"decoder\.up_blocks\.(\d+)\.0\.conv\.(weight|bias)",
+            r"decoder.stages.\1.op_list.0.main.conv.conv.\2",
+        ),
         (r"decoder\.norm_out\.(weight|bias)", r"decoder.project_out.op_list.0.\1"),
         (r"decoder\.conv_out\.conv\.(weight|bias)", r"decoder.project_out.op_list.2.conv.conv.\1"),
         (r"decoder\.conv_out\.(weight|bias)", r"decoder.project_out.op_list.2.conv.\1"),
@@ -113,7 +132,7 @@ _DIFFUSERS_STAGE = re.compile(r"(encoder|decoder)\.(?:down|up)_blocks\.(\d+)\.(\
 
 
 def state_dict_from_diffusers(sd: dict[str, Tensor], cfg: DCAEConfig) -> dict[str, Tensor]:
-    """Rename diffusers keys to ours; fuse to_q/to_k/to_v into one 1x1 qkv conv (row order q, k, v)."""
+    """Rename diffusers keys to ours; fuse to_q/to_k/to_v (in that row order) into one qkv conv."""
     top = [(re.compile(p + "$"), r) for p, r in _diffusers_top_keys(cfg)]
     block = [(re.compile(p + "$"), r) for p, r in _DIFFUSERS_BLOCK_KEYS]
     out: dict[str, Tensor] = {}
@@ -136,7 +155,9 @@ def state_dict_from_diffusers(sd: dict[str, Tensor], cfg: DCAEConfig) -> dict[st
         out[new] = value
     for prefix, parts in qkv.items():
         if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"AutoencoderDC weights: {prefix} lacks to_q/to_k/to_v ({sorted(parts)})")
+            raise CheckpointError(
+                f"AutoencoderDC weights: {prefix} lacks to_q/to_k/to_v ({sorted(parts)})"
+            )
         fused = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
         out[prefix + "context_module.main.qkv.conv.weight"] = fused[..., None, None]
     if unmapped:
@@ -170,7 +191,9 @@ def config_from_reference(cfg: dict[str, Any]) -> DCAEConfig:
     except KeyError as e:
         raise CheckpointError(f"DC-AE reference config: unsupported value {e}") from None
     if enc.get("out_norm") or enc.get("out_act") or enc.get("double_latent"):
-        raise CheckpointError("DC-AE reference config: encoder out_norm/out_act/double_latent unsupported")
+        raise CheckpointError(
+            "DC-AE reference config: encoder out_norm/out_act/double_latent unsupported"
+        )
     is_video = bool(enc.get("is_video", False)) and not cfg.get("is_image_model", False)
     tdown = tuple(enc.get("temporal_downsample") or (False,) * n)
     tup = tuple(dec.get("temporal_upsample") or (False,) * n)

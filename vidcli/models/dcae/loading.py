@@ -46,11 +46,16 @@ def load_state_dict_strict(model: DCAE, sd: dict[str, Tensor], source: str) -> N
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    wrong = [f"{k} {tuple(sd[k].shape)}!={tuple(v.shape)}" for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    wrong = [
+        f"{k} {tuple(sd[k].shape)}!={tuple(v.shape)}"
+        for k, v in own.items()
+        if k in sd and sd[k].shape != v.shape
+    ]
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{source}: weights do not match the DC-AE config: {len(missing)} missing {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} shape mismatches {wrong[:3]}"
+            f"{source}: weights do not match the DC-AE config: {len(missing)} missing "
+            f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
+            f"{len(wrong)} shape mismatches {wrong[:3]}"
         )
     model.load_state_dict(sd, strict=True)
 
@@ -85,7 +90,9 @@ def load_autoencoder(path: str | Path, preset: str | None = None, **overrides: A
         if path.suffix != ".safetensors":
             raise UsageError(f"{path}: DC-AE weights must be a .safetensors file")
         if preset is None:
-            raise UsageError(f"{path}: a bare weights file needs a preset; presets: {', '.join(AE_PRESETS)}")
+            raise UsageError(
+                f"{path}: a bare weights file needs a preset; presets: {', '.join(AE_PRESETS)}"
+            )
         cfg, weights, convert = resolve_config(preset), path, None
     elif (path / CONFIG_FILE).is_file():
         raw = _read_json(path / CONFIG_FILE)
@@ -93,7 +100,11 @@ def load_autoencoder(path: str | Path, preset: str | None = None, **overrides: A
             cfg, weights = config_from_diffusers(raw), _folder_weights(path, DIFFUSERS_WEIGHTS_FILE)
             convert = state_dict_from_diffusers
         elif isinstance(raw.get("encoder"), dict):
-            cfg, weights, convert = config_from_reference(raw), _folder_weights(path, WEIGHTS_FILE), None
+            cfg, weights, convert = (
+                config_from_reference(raw),
+                _folder_weights(path, WEIGHTS_FILE),
+                None,
+            )
         else:
             cfg, weights, convert = config_from_dict(raw), _folder_weights(path, WEIGHTS_FILE), None
         if preset is not None:

@@ -30,7 +30,9 @@ def space_to_channel(x: Tensor, temporal: bool) -> Tensor:
     if x.ndim == 4:
         return rearrange(x, "b c (h i) (w j) -> b (c i j) h w", i=2, j=2).contiguous()
     if temporal:
-        return rearrange(x, "b c (t k) (h i) (w j) -> b (c k i j) t h w", k=2, i=2, j=2).contiguous()
+        return rearrange(
+            x, "b c (t k) (h i) (w j) -> b (c k i j) t h w", k=2, i=2, j=2
+        ).contiguous()
     return rearrange(x, "b c t (h i) (w j) -> b (c i j) t h w", i=2, j=2).contiguous()
 
 
@@ -39,7 +41,9 @@ def channel_to_space(x: Tensor, temporal: bool) -> Tensor:
     if x.ndim == 4:
         return rearrange(x, "b (c i j) h w -> b c (h i) (w j)", i=2, j=2).contiguous()
     if temporal:
-        return rearrange(x, "b (c k i j) t h w -> b c (t k) (h i) (w j)", k=2, i=2, j=2).contiguous()
+        return rearrange(
+            x, "b (c k i j) t h w -> b c (t k) (h i) (w j)", k=2, i=2, j=2
+        ).contiguous()
     return rearrange(x, "b (c i j) t h w -> b c t (h i) (w j)", i=2, j=2).contiguous()
 
 
@@ -146,9 +150,7 @@ class LiteMLA(nn.Module):
 
     eps = 1e-15
 
-    def __init__(
-        self, dims: int, channels: int, head_dim: int, scales: tuple[int, ...], norm: str
-    ):
+    def __init__(self, dims: int, channels: int, head_dim: int, scales: tuple[int, ...], norm: str):
         super().__init__()
         conv = nn.Conv3d if dims == 3 else nn.Conv2d
         heads = channels // head_dim
@@ -156,7 +158,9 @@ class LiteMLA(nn.Module):
         self.qkv = ConvLayer(dims, channels, 3 * channels, kernel=1, bias=False)
         self.aggreg = nn.ModuleList(
             nn.Sequential(
-                conv(3 * channels, 3 * channels, k, padding=k // 2, groups=3 * channels, bias=False),
+                conv(
+                    3 * channels, 3 * channels, k, padding=k // 2, groups=3 * channels, bias=False
+                ),
                 conv(3 * channels, 3 * channels, 1, groups=3 * heads, bias=False),
             )
             for k in scales
@@ -282,7 +286,9 @@ class UpShortcut(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         temporal = _halves_time(x, self.temporal)
-        return channel_to_space(duplicate_channels(x, self.c_out * (8 if temporal else 4)), temporal)
+        return channel_to_space(
+            duplicate_channels(x, self.c_out * (8 if temporal else 4)), temporal
+        )
 
 
 class ChannelAverage(nn.Module):
@@ -340,7 +346,9 @@ class Encoder(nn.Module):
         if depths[0] > 0:
             self.project_in = ConvLayer(dims, cfg.in_channels, widths[0])
         else:  # depth-0 stem: a down block without shortcut straight to stage 1's width
-            self.project_in = build_down_main(dims, cfg.in_channels, widths[1], cfg.downsample, tflags[0])
+            self.project_in = build_down_main(
+                dims, cfg.in_channels, widths[1], cfg.downsample, tflags[0]
+            )
         self.stages = nn.ModuleList()
         for s, depth in enumerate(depths):
             ops = [
@@ -404,9 +412,7 @@ class Decoder(nn.Module):
             last, out = widths[0], ConvLayer(dims, widths[0], cfg.in_channels)
         else:  # depth-0 tail: an up block without shortcut from stage 1's width
             last, out = widths[1], UpMain(dims, widths[1], cfg.in_channels, cfg.upsample, tflags[0])
-        self.project_out = OpSequence(
-            [RMSNorm(last), build_act(cfg.decoder_out_act), out]
-        )
+        self.project_out = OpSequence([RMSNorm(last), build_act(cfg.decoder_out_act), out])
         self.gradient_checkpointing = False
 
     def forward(self, z: Tensor) -> Tensor:
@@ -475,16 +481,19 @@ class DCAE(nn.Module):
             raise ShapeError(f"{frames} frames: this DC-AE takes T = {self._valid_frames_text()}")
         for name, v in (("height", height), ("width", width)):
             if v < sc or v % sc:
-                raise ShapeError(f"{name} {v}: this DC-AE takes multiples of {sc} (e.g. {sc * max(1, round(v / sc))})")
+                raise ShapeError(
+                    f"{name} {v}: this DC-AE takes multiples of {sc} "
+                    f"(e.g. {sc * max(1, round(v / sc))})"
+                )
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """(C, T', H', W') of the latent of a (frames, height, width) input; ShapeError if invalid."""
+        """(C, T', H', W') of the latent of a (frames, height, width) input; ShapeError if bad."""
         self.check_input_shape(frames, height, width)
         sc = self.spatial_compression
         return (self.latent_channels, self._latent_frames(frames), height // sc, width // sc)
 
     def decoded_frames(self, latent_frames: int) -> int:
-        """Frames the decoder returns for `latent_frames` (a single latent frame gives one frame)."""
+        """Frames the decoder returns for `latent_frames` (one latent frame gives one frame)."""
         if latent_frames < 1:
             raise ShapeError(f"{latent_frames} latent frames: need at least 1")
         frames = latent_frames
@@ -517,7 +526,9 @@ class DCAE(nn.Module):
         """
         x5, squeezed = self._as_5d(x, "encode input")
         if x5.shape[1] != self.config.in_channels:
-            raise ShapeError(f"encode input has {x5.shape[1]} channels, expected {self.config.in_channels}")
+            raise ShapeError(
+                f"encode input has {x5.shape[1]} channels, expected {self.config.in_channels}"
+            )
         self.check_input_shape(*x5.shape[2:])
         tiling = tiling or self.tiling
         run = self._encode_raw
@@ -533,7 +544,9 @@ class DCAE(nn.Module):
         """
         z5, squeezed = self._as_5d(z, "decode input")
         if z5.shape[1] != self.latent_channels:
-            raise ShapeError(f"decode input has {z5.shape[1]} channels, expected {self.latent_channels}")
+            raise ShapeError(
+                f"decode input has {z5.shape[1]} channels, expected {self.latent_channels}"
+            )
         if not self.is_video and z5.shape[2] != 1:
             raise ShapeError(f"decode input has {z5.shape[2]} frames: image models take 1")
         if self.scaling_factor is not None:

@@ -32,9 +32,9 @@ def _mit_in_mix(stages: int, latent: int, scaling: float) -> DCAEConfig:
 
 
 AE_PRESETS: dict[str, DCAEConfig] = {
-    # Open-Sora 2.0 Video DC-AE (hpcaitech/Open-Sora, opensora/models/dc_ae, dc_ae_f32 "dc-ae-f32t4c128";
-    # weights hpcai-tech/Open-Sora-v2-Video-DC-AE F32T4C128_AE.safetensors). 0.493 is the scaling of
-    # configs/diffusion/train/high_compression.py. 459,462,147 parameters.
+    # Open-Sora 2.0 Video DC-AE (hpcaitech/Open-Sora, opensora/models/dc_ae, dc_ae_f32
+    # "dc-ae-f32t4c128"; weights hpcai-tech/Open-Sora-v2-Video-DC-AE F32T4C128_AE.safetensors).
+    # 0.493 is the scaling of configs/diffusion/train/high_compression.py. 459,462,147 parameters.
     "dc-ae-f32t4c128": DCAEConfig(scaling_factor=0.493),
     # MIT dc-ae-f32c32-sana-1.0 (mit-han-lab/efficientvit dc_ae.py; diffusers
     # mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers), 312,250,275 parameters.
@@ -45,7 +45,8 @@ AE_PRESETS: dict[str, DCAEConfig] = {
         temporal_upsample=(False,) * 6,
         scaling_factor=0.41407,
     ),
-    # MIT dc-ae-f64c128-mix-1.0 (scaling from diffusers' convert_dcae_to_diffusers.py), 676,896,140 params.
+    # MIT dc-ae-f64c128-mix-1.0 (scaling from diffusers' convert_dcae_to_diffusers.py),
+    # 676,896,140 parameters.
     "dc-ae-f64c128": _mit_in_mix(7, 128, 0.4538),
     # MIT dc-ae-f128c512-mix-1.0 (same sources), 1,120,682,252 parameters.
     "dc-ae-f128c512": _mit_in_mix(8, 512, 0.3620),

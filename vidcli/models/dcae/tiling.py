@@ -54,9 +54,9 @@ def blend_weights(spans: list[Span]) -> list[Tensor]:
             w[b - a - e :] *= 1 - torch.arange(e, dtype=torch.float64) / e
         raw.append(w)
     norm = torch.zeros(total, dtype=torch.float64)
-    for (a, b), w in zip(spans, raw):
+    for (a, b), w in zip(spans, raw, strict=True):
         norm[a:b] += w
-    return [(w / norm[a:b]).float() for (a, b), w in zip(spans, raw)]
+    return [(w / norm[a:b]).float() for (a, b), w in zip(spans, raw, strict=True)]
 
 
 def _check(model: DCAE, tiling: TilingConfig) -> tuple[int, int]:
@@ -92,7 +92,12 @@ def _run_tiles(
                 y = run(x[:, :, t0:t1, h0:h1, w0:w1])
                 assert y.shape[2:] == (tb - ta, hb - ha, wb - wa), (y.shape, ta, tb, ha, hb)
                 if out is None:
-                    shape = (*y.shape[:2], out_spans[0][-1][1], out_spans[1][-1][1], out_spans[2][-1][1])
+                    shape = (
+                        *y.shape[:2],
+                        out_spans[0][-1][1],
+                        out_spans[1][-1][1],
+                        out_spans[2][-1][1],
+                    )
                     out = y.new_zeros(shape)
                 w = (
                     weights[0][i].view(-1, 1, 1)

@@ -1,0 +1,132 @@
+"""`vidcli prepare-data`: the stage entry points the CLI calls (probe, synthetic set, encode)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidcli.console import log, progress_enabled
+from vidcli.data.buckets import BucketConfig
+from vidcli.data.prepare import PrepareOptions, PrepareResult, prepare
+from vidcli.data.synthetic import is_synthetic_source, make_shapes_dataset
+from vidcli.errors import UsageError
+from vidcli.recipe import Recipe
+
+__all__ = ["PrepareOptions", "run_encode", "run_prepare", "run_synthetic"]
+
+
+@dataclass
+class SyntheticResult:
+    """A written synthetic set: its listing (usable as a prepare-data SOURCE) and clip count."""
+
+    out_dir: Path
+    listing: Path
+    clips: int
+
+    def stdout_lines(self) -> list[str]:
+        return [str(self.listing)]
+
+
+@dataclass
+class EncodeResult:
+    """Latent shards written by `prepare-data --encode` (all ranks)."""
+
+    out_dir: Path
+    shards_written: int
+    shards_skipped: int
+    rows: int
+    failed: int
+    elapsed_s: float
+
+    def stdout_lines(self) -> list[str]:
+        return [str(self.out_dir)]
+
+
+def run_prepare(options: PrepareOptions, buckets: dict | None = None) -> PrepareResult:
+    """Probe the sources into `videos.parquet` + `rejected.parquet`."""
+    config = BucketConfig.from_dict(buckets) if buckets else None
+    result = prepare(options, buckets=config, progress=progress_enabled())
+    log.info(
+        "%d accepted, %d rejected, %d unchanged, %d without caption",
+        result.accepted,
+        result.rejected_count,
+        result.skipped_unchanged,
+        result.missing_captions,
+    )
+    return result
+
+
+def run_synthetic(spec: str, out_dir: Path, seed: int = 0) -> SyntheticResult:
+    """`--synthetic shapes:N`: N captioned moving-shape clips written with PyAV."""
+    if not is_synthetic_source(spec):
+        raise UsageError(f"--synthetic {spec}: expected shapes:N, e.g. shapes:64")
+    n = int(spec.rsplit(":", 1)[1])
+    listing = make_shapes_dataset(out_dir, n, seed=seed)
+    return SyntheticResult(out_dir=out_dir, listing=listing, clips=n)
+
+
+def run_encode(recipe: Recipe, out_dir: Path, nproc: int = 1) -> EncodeResult:
+    """Pre-extract latents + text embeddings of the recipe's `[data]` with its `[ae]` / `[text]`.
+
+    With `nproc > 1` (or under torchrun) each rank writes its own shards.
+    """
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from vidcli.recipe import write_resolved_recipe
+
+    in_job = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    if nproc > 1 and not in_job:
+        with tempfile.TemporaryDirectory(prefix="vidcli-encode-") as tmp:
+            recipe_file = write_resolved_recipe(recipe, tmp)
+            command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node"]
+            command += [str(nproc), "-m", "vidcli", "prepare-data", "--out", str(out_dir)]
+            command += ["--encode", str(recipe_file)]
+            started = time.perf_counter()
+            if subprocess.run(command).returncode != 0:
+                raise UsageError(f"prepare-data --encode failed on one of {nproc} ranks")
+        shards = sorted(Path(out_dir).glob("latents-*.parquet"))
+        return EncodeResult(out_dir, len(shards), 0, -1, 0, time.perf_counter() - started)
+    return _encode_this_rank(recipe, out_dir)
+
+
+def _encode_this_rank(recipe: Recipe, out_dir: Path) -> EncodeResult:
+    import os
+
+    import torch
+
+    from vidcli.data.latents import encode_latents
+    from vidcli.models import autoencoder_from_section, text_encoder_from_section
+    from vidcli.train.data import manifest_for
+
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    ae = autoencoder_from_section(recipe.ae).to(device).eval()
+    text = text_encoder_from_section(recipe.text, device=device)
+    data = recipe.data
+    result = encode_latents(
+        manifest_for(data),
+        out_dir,
+        ae,
+        text,
+        num_frames=data.num_frames,
+        height=data.height,
+        width=data.width,
+        stride=data.frame_stride,
+        batch_size=recipe.train.batch_size,
+        rank=rank,
+        world_size=world,
+        device=device,
+        progress=progress_enabled(),
+    )
+    return EncodeResult(
+        out_dir=result.out_dir,
+        shards_written=result.shards_written,
+        shards_skipped=result.shards_skipped,
+        rows=result.rows,
+        failed=result.failed,
+        elapsed_s=result.elapsed_s,
+    )
