@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from vidcli import __version__
-from vidcli.console import configure, print_result, report_error
+from vidcli.console import configure, print_result, report_error, stdout_to_stderr
 from vidcli.errors import UsageError
 from vidcli.recipe import Recipe, dump_recipe, load_recipe
 
@@ -52,7 +53,8 @@ def _run(action: Callable[[], Any], *, as_json: bool, quiet: bool, debug: bool) 
     """Run one stage action; print its result, or turn its exception into one line + exit code."""
     configure(quiet=quiet, debug=debug)
     try:
-        result = action()
+        with stdout_to_stderr():
+            result = action()
     except (Exception, KeyboardInterrupt) as err:
         code = 130 if isinstance(err, KeyboardInterrupt) else report_error(err)
         raise typer.Exit(code) from None
@@ -64,8 +66,14 @@ def _load(recipe_path: Path | None, overrides: list[str]) -> Recipe:
     return load_recipe(recipe_path, overrides)
 
 
-def _print_recipe(recipe: Recipe) -> None:
-    typer.echo(dump_recipe(recipe), nl=False)
+@dataclass
+class ResolvedRecipe:
+    """`--print-recipe`: the fully resolved recipe as TOML."""
+
+    recipe: str
+
+    def stdout_lines(self) -> list[str]:
+        return self.recipe.splitlines()
 
 
 def _version_callback(value: bool) -> None:
@@ -292,8 +300,7 @@ def _train(
         overrides.append(f"launcher.hostfile={json.dumps(str(hostfile))}")
     recipe = _load(recipe_path, overrides)
     if print_recipe:
-        _print_recipe(recipe)
-        return None
+        return ResolvedRecipe(dump_recipe(recipe))
     from vidcli.train import launcher
 
     return launcher.launch(stage_name, recipe, recipe_path=recipe_path, resume=resume)
@@ -415,8 +422,7 @@ def generate(
                 overrides.append(f"sample.{key}={value}")
         loaded = pipeline.load_generate_recipe(recipe, checkpoint, overrides)
         if print_recipe:
-            _print_recipe(loaded)
-            return None
+            return ResolvedRecipe(dump_recipe(loaded))
         options = pipeline.GenerateOptions(
             prompts=pipeline.collect_prompts(prompts or [], prompts_file),
             out=out,

@@ -14,7 +14,7 @@ import os
 import sys
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,31 @@ def progress_bar() -> Iterator[Progress]:
     )
     with Progress(*columns, console=stderr, disable=not progress_enabled()) as bar:
         yield bar
+
+
+@contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Send everything written to stdout meanwhile (libraries, child processes) to stderr.
+
+    stdout is for results only; DeepSpeed, PyAV and others print logs there. Both the Python
+    stream and file descriptor 1 are redirected, so C code and subprocesses follow too.
+    """
+    sys.stdout.flush()
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        fd = None  # a captured stream (tests): the Python-level redirect is enough
+    saved = os.dup(fd) if fd is not None else None
+    try:
+        if fd is not None:
+            os.dup2(sys.stderr.fileno(), fd)
+        with redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
 
 
 def to_jsonable(value: Any) -> Any:

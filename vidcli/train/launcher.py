@@ -154,7 +154,7 @@ def _spawn(stage: str, recipe: Recipe, resume: str | None) -> Any:
         log.info("launching %s", " ".join(command))
         env = dict(os.environ)
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launcher.nproc)))
-        done = subprocess.run(command, env=env)
+        done = subprocess.run(command, env=env, stdout=sys.stderr.fileno())
         if done.returncode != 0:
             if result_file.is_file():  # a rank reported a user error before failing
                 raise _error_from_result(json.loads(result_file.read_text()))

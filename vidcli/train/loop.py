@@ -258,32 +258,39 @@ def _log_record(
     world: int,
 ) -> dict[str, float]:
     steps = len(window_losses) or 1
-    loss = _mean_over_ranks(sum(window_losses) / steps if window_losses else float("nan"), world)
+    local = [{"loss": v} for v in window_losses] + window
+    means = _mean_over_ranks(local, world)
     record: dict[str, float] = {
         "step": state.step,
-        "loss": loss,
+        "loss": means.pop("loss", float("nan")),
         "lr": float(engine.get_lr()[0]),
         "samples_per_s": steps * samples_per_step / elapsed if elapsed > 0 else 0.0,
         "samples_seen": state.samples_seen,
     }
     if spec.tokens_per_sample:
         record["tokens_per_s"] = record["samples_per_s"] * spec.tokens_per_sample
-    for key, value in _mean_metrics(window).items():
-        record[key] = _mean_over_ranks(value, world)
+    record.update(means)
     return record
 
 
-def _mean_metrics(window: list[dict[str, float]]) -> dict[str, float]:
-    keys = sorted({k for m in window for k in m})
-    return {k: sum(m[k] for m in window if k in m) / sum(1 for m in window if k in m) for k in keys}
-
-
-def _mean_over_ranks(value: float, world: int) -> float:
-    if world == 1 or not dist.is_initialized():
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / world
+def _mean_over_ranks(window: list[dict[str, float]], world: int) -> dict[str, float]:
+    """Per-key means over every value logged on every rank (ranks may log different keys)."""
+    sums: dict[str, list[float]] = {}
+    for metrics in window:
+        for key, value in metrics.items():
+            total = sums.setdefault(key, [0.0, 0.0])
+            total[0] += value
+            total[1] += 1
+    if world > 1 and dist.is_initialized():
+        gathered: list[dict[str, list[float]]] = [{} for _ in range(world)]
+        dist.all_gather_object(gathered, sums)
+        sums = {}
+        for part in gathered:
+            for key, (total, count) in part.items():
+                merged = sums.setdefault(key, [0.0, 0.0])
+                merged[0] += total
+                merged[1] += count
+    return {key: total / count for key, (total, count) in sorted(sums.items())}
 
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
