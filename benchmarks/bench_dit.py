@@ -13,45 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 
 import torch
 
 from vidcli.models.mmdit import MMDiT, build_dit, dit_flops, make_image_ids
+from vidcli.timing import measure_matmul_peak, time_call
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_call(
-    fn: Callable[[], object], device: torch.device, repeat: int, warmup: int = 1
-) -> float:
-    """Mean seconds of one call after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        fn()
-    _sync(device)
-    return (time.perf_counter() - start) / repeat
-
-
-def measure_matmul_peak(
-    device: torch.device | str, dtype: torch.dtype, n: int | None = None, repeat: int = 10
-) -> float:
-    """FLOP/s of an n x n x n matmul in `dtype` (n = 8192 on CUDA, 1024 on CPU)."""
-    device = torch.device(device)
-    n = n or (8192 if device.type == "cuda" else 1024)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_call(lambda: a @ b, device, repeat, warmup=2)
-    return 2 * n**3 / seconds
 
 
 def random_init_(model: MMDiT) -> MMDiT:

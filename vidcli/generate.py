@@ -11,15 +11,17 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from vidcli import flow
 from vidcli.console import log, progress_bar
 from vidcli.errors import ShapeError, UsageError
-from vidcli.recipe import Recipe, dump_recipe, load_recipe
+from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
 DEMO_RECIPE = DEMO_DIR / "recipe.toml"
@@ -107,31 +109,69 @@ def collect_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     return collected
 
 
-def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
-    """Generate one video per prompt; returns the written paths and stage timings."""
+@dataclass
+class Pipeline:
+    """The three models of a generation run, loaded once."""
+
+    ae: Any
+    text: Any
+    dit: Any
+    device: str
+
+
+def load_pipeline(recipe: Recipe) -> Pipeline:
+    """Build the `[ae]`, `[text]` and `[dit]` models of a recipe on the best device."""
     from vidcli.models import autoencoder_from_section, dit_from_section, text_encoder_from_section
 
-    if options.output_format not in FORMATS:
-        raise UsageError(f"--format {options.output_format}: choose one of {', '.join(FORMATS)}")
-    sample = recipe.sample
-    timings: dict[str, float] = {}
-    started = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-
     ae = autoencoder_from_section(recipe.ae).eval()
-    frames, height, width = _valid_size(
-        ae, sample.frames, sample.height, sample.width, options.snap
-    )
-    paths = _output_paths(options, frames)
     text = text_encoder_from_section(recipe.text, device=device)
     dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(device).eval()
-    timings["load"] = time.perf_counter() - started
+    return Pipeline(ae=ae, text=text, dit=dit, device=device)
 
+
+@torch.no_grad()
+def sample_videos(
+    pipe: Pipeline,
+    sample: SampleSection,
+    prompts: list[str],
+    seeds: list[int],
+    size: tuple[int, int, int],
+    reference: torch.Tensor | None = None,
+    offload: bool = False,
+    on_step: Callable[[int, torch.Tensor], None] | None = None,
+    timings: dict[str, float] | None = None,
+) -> torch.Tensor:
+    """Videos `(N, 3, T, H, W)` in [-1, 1] for prompts with their seeds; size = (T, H, W).
+
+    reference: (C, 1, H', W') first-frame latent for image-to-video, or None.
+    """
+    timings = timings if timings is not None else {}
+    frames, height, width = size
+    ae, text, dit, device = pipe.ae, pipe.text, pipe.dit, pipe.device
     latent_shape = ae.latent_shape(frames, height, width)
     p = dit.config.patch_size
     _, t_lat, h_lat, w_lat = latent_shape
     if h_lat % p or w_lat % p:
         raise ShapeError(f"latent {h_lat}x{w_lat} is not divisible by the DiT patch size {p}")
+
+    tick = time.perf_counter()
+    text.to(device)
+    emb = text.encode(prompts)
+    neg = text.encode([sample.negative_prompt])
+    if offload:
+        text.to("cpu")
+    timings["text"] = timings.get("text", 0.0) + time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    # Each prompt's noise has its own generator: a video depends on its seed, not its batch.
+    noise = torch.stack(
+        [torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
+    ).to(device)
+    condition = None
+    if reference is not None:
+        refs = [reference] * len(prompts)
+        condition = flow.build_condition("i2v_head", noise.shape, refs, causal=False, device=device)
     schedule = flow.inference_schedule(
         sample.steps,
         h_lat * w_lat // (p * p),
@@ -146,67 +186,67 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         image_osci=sample.image_osci,
         scale_temporal_osci=sample.scale_temporal_osci,
     )
-    reference = _image_latent(ae, options.image, height, width) if options.image else None
-    if options.offload:
+    latents = flow.sample_i2v(
+        dit.forward_video,
+        noise,
+        schedule,
+        emb.tokens.to(device),
+        emb.pooled.to(device),
+        neg.tokens.to(device),
+        neg.pooled.to(device),
+        condition=condition,
+        guidance=guidance,
+        replace_all_items=True,
+        callback=on_step,
+    )
+    timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    ae.to(device)
+    video = ae.decode(latents).float().cpu()[:, :, :frames]
+    if offload:
         ae.to("cpu")
+    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - tick
+    return video.clamp(-1, 1)
+
+
+def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
+    """Generate one video per prompt; returns the written paths and stage timings."""
+    if options.output_format not in FORMATS:
+        raise UsageError(f"--format {options.output_format}: choose one of {', '.join(FORMATS)}")
+    sample = recipe.sample
+    started = time.perf_counter()
+    pipe = load_pipeline(recipe)
+    size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, options.snap)
+    paths = _output_paths(options)
+    reference = _image_latent(pipe.ae, options.image, size[1], size[2]) if options.image else None
+    if options.offload:
+        pipe.ae.to("cpu")
+    timings: dict[str, float] = {"load": time.perf_counter() - started, "write": 0.0}
 
     videos: list[GeneratedVideo] = []
-    timings.update(text=0.0, sample=0.0, decode=0.0, write=0.0)
-    with progress_bar() as bar, torch.no_grad():
+    with progress_bar() as bar:
         task = bar.add_task("generate", total=len(options.prompts) * sample.steps, status="")
         for first in range(0, len(options.prompts), options.batch_size):
             batch = options.prompts[first : first + options.batch_size]
             seeds = [sample.seed + first + i for i in range(len(batch))]
-            tick = time.perf_counter()
-            text.to(device)
-            emb = text.encode(batch)
-            neg = text.encode([sample.negative_prompt])
-            if options.offload:
-                text.to("cpu")
-            timings["text"] += time.perf_counter() - tick
-
-            tick = time.perf_counter()
-            noise = torch.stack(
-                [
-                    torch.randn(latent_shape, generator=torch.Generator().manual_seed(s))
-                    for s in seeds
-                ]
-            ).to(device)
-            condition = None
-            if reference is not None:
-                condition = flow.build_condition(
-                    "i2v_head", noise.shape, [reference] * len(batch), causal=False, device=device
-                )
-            latents = flow.sample_i2v(
-                dit.forward_video,
-                noise,
-                schedule,
-                emb.tokens.to(device),
-                emb.pooled.to(device),
-                neg.tokens.to(device),
-                neg.pooled.to(device),
-                condition=condition,
-                guidance=guidance,
-                replace_all_items=True,
-                callback=lambda step, x: bar.advance(task),
+            video = sample_videos(
+                pipe,
+                sample,
+                batch,
+                seeds,
+                size,
+                reference=reference,
+                offload=options.offload,
+                on_step=lambda step, x: bar.advance(task),
+                timings=timings,
             )
-            timings["sample"] += time.perf_counter() - tick
-
-            tick = time.perf_counter()
-            ae.to(device)
-            video = ae.decode(latents.to(device)).float().cpu()[:, :, :frames]
-            if options.offload:
-                ae.to("cpu")
-            timings["decode"] += time.perf_counter() - tick
-
             tick = time.perf_counter()
             for i, prompt in enumerate(batch):
                 path = paths[first + i]
-                _write(video[i], path, prompt, seeds[i], sample.fps, options)
+                _write(video[i], path, sample.fps, options.output_format)
                 _write_sidecar(path, prompt, seeds[i], recipe, timings)
-                videos.append(
-                    GeneratedVideo(path, prompt, seeds[i], frames, height, width, sample.fps)
-                )
+                videos.append(GeneratedVideo(path, prompt, seeds[i], *size, sample.fps))
             timings["write"] += time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     log.info("generate: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
@@ -240,7 +280,7 @@ def _frames_ok(ae, frames: int, height: int, width: int) -> bool:
     return ae.decoded_frames(t_lat) >= frames
 
 
-def _output_paths(options: GenerateOptions, frames: int) -> list[Path]:
+def _output_paths(options: GenerateOptions) -> list[Path]:
     """One path per prompt; refuses existing files unless --overwrite (checked before sampling)."""
     suffix = "" if options.output_format == "png" else f".{options.output_format}"
     prompts = options.prompts
@@ -277,12 +317,11 @@ def _image_latent(ae, image: Path, height: int, width: int) -> torch.Tensor:
         return ae.encode(x[None])[0]
 
 
-def _write(
-    video: torch.Tensor, path: Path, prompt: str, seed: int, fps: int, options: GenerateOptions
-) -> None:
+def _write(video: torch.Tensor, path: Path, fps: int, output_format: str) -> None:
     from vidcli.media import write_video
 
-    write_video(path, video.clamp(-1, 1), fps=fps, format=options.output_format, overwrite=True)
+    # Existing files were refused before sampling; a file appearing since is ours to replace.
+    write_video(path, video, fps=fps, format=output_format, overwrite=True)
 
 
 def _write_sidecar(

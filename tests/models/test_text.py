@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 import torch
+from tiny_models import save_tiny_t5_clip
 from torch.nn import functional as F
 
 from vidcli.errors import UsageError
@@ -97,30 +98,9 @@ def test_deterministic_without_cache():
 @pytest.fixture(scope="module")
 def tiny_t5_clip(tmp_path_factory):
     """Tiny T5EncoderModel and CLIPTextModel folders, both with MiniLM's (BERT) tokenizer."""
-    from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
-
     root = tmp_path_factory.mktemp("text")
-    tokenizer = AutoTokenizer.from_pretrained(_bundled_minilm_dir(), local_files_only=True)
-    vocab = tokenizer.vocab_size
-    torch.manual_seed(0)
-    t5 = T5EncoderModel(
-        T5Config(vocab_size=vocab, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4)
-    )
-    clip = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab,
-            hidden_size=24,
-            intermediate_size=48,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            eos_token_id=tokenizer.sep_token_id,  # pooler_output reads the first [SEP]
-        )
-    )
-    for name, model in (("t5", t5), ("clip", clip)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root, t5.eval(), clip.eval(), tokenizer
+    t5, clip, tokenizer = save_tiny_t5_clip(root)
+    return root, t5, clip, tokenizer
 
 
 def test_t5_clip_matches_transformers_models(tiny_t5_clip):

