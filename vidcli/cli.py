@@ -482,6 +482,16 @@ def benchmark(
     ae_weights: Annotated[
         list[str] | None, typer.Option("--ae-weights", help="PRESET=PATH weights for --quality.")
     ] = None,
+    text_tokens: Annotated[
+        int | None, typer.Option(min=1, help="Text tokens per sample (default 32 CPU, 512 CUDA).")
+    ] = None,
+    dit_blocks: Annotated[
+        str | None, typer.Option(help="DOUBLE,SINGLE blocks of the DiT preset to keep, e.g. 2,4.")
+    ] = None,
+    ae_timing: Annotated[
+        str, typer.Option(help="auto, probe (small clip scaled by voxels) or full.")
+    ] = "auto",
+    quality_clips: Annotated[int, typer.Option(min=1, help="Clips scored by --quality.")] = 4,
     attention: Annotated[
         bool, typer.Option("--attention", help="Time the attention backends.")
     ] = False,
@@ -519,6 +529,10 @@ def benchmark(
             ae_weights=list(ae_weights or []),
             attention=attention,
             kernels=kernels,
+            text_tokens=text_tokens,
+            dit_blocks=dit_blocks,
+            ae_timing=ae_timing,
+            quality_clips=quality_clips,
         )
         return bench.run(options)
 

@@ -20,11 +20,10 @@ import torch
 
 from vidcli import flow
 from vidcli.console import log, progress_bar
+from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
 
-DEMO_DIR = Path(__file__).parent / "assets" / "demo"
-DEMO_RECIPE = DEMO_DIR / "recipe.toml"
 FORMATS = ("mp4", "gif", "png")
 
 

@@ -37,6 +37,8 @@ SHAPES_VOCAB: dict[str, tuple[str, ...]] = {
     "direction": tuple(DIRECTIONS),
 }
 BACKGROUND_MAX = 40
+# Bumped whenever rendering changes, so cached synthetic sets are regenerated.
+SHAPES_VERSION = 2
 """Background channels stay at or below this value: "dark" and far from every shape colour."""
 
 LISTING_NAME = "listing.jsonl"
@@ -60,7 +62,7 @@ def render_shapes_clip(
         )
     if frames < 1 or size < 16:
         raise UsageError(f"shapes clips need frames >= 1 and size >= 16, got {frames}, {size}")
-    radius = rng.uniform(0.12, 0.18) * size
+    radius = rng.uniform(0.2, 0.26) * size
     travel = rng.uniform(0.35, 0.5) * (size - 2 * radius - 2)
     dy, dx = DIRECTIONS[direction]
     lo, hi = radius + 1, size - radius - 1
@@ -148,7 +150,9 @@ def resolve_synthetic_source(
     if match is None:
         raise UsageError(f"unknown synthetic source {spec!r}; expected synthetic:shapes:N")
     n = int(match.group(1))
-    folder = Path(cache_dir) / f"shapes-n{n}-s{size}-f{frames}-fps{fps:g}-seed{seed}"
+    folder = (
+        Path(cache_dir) / f"shapes-v{SHAPES_VERSION}-n{n}-s{size}-f{frames}-fps{fps:g}-seed{seed}"
+    )
     listing = folder / LISTING_NAME
     if listing.is_file():
         return listing

@@ -58,7 +58,8 @@ def dit_from_section(dit: DiTSection, latent_channels: int, text: TextEncoder) -
         overrides["patch_size"] = dit.patch_size
     if dit.path:
         preset = dit.preset if Path(dit.path).suffix == ".safetensors" else None
-        model = load_dit(dit.path, preset=preset, **overrides)
+        # Weights may be stored in bf16 (the bundled demo); compute precision is autocast's job.
+        model = load_dit(dit.path, preset=preset, **overrides).float()
     else:
         from vidcli.models.mmdit import resolve_config
 
