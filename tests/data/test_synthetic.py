@@ -9,6 +9,7 @@ from vidcli.data.synthetic import (
     BACKGROUND_MAX,
     COLOURS,
     DIRECTIONS,
+    RADIUS_RANGE,
     SHAPES,
     make_shapes_dataset,
     render_shapes_clip,
@@ -49,7 +50,7 @@ def test_shapes_differ_in_area():
     for shape in SHAPES:
         clip = render_shapes_clip("white", shape, "left", 1, 96, np.random.default_rng(0))
         areas[shape] = (clip[0].max(-1) > 2 * BACKGROUND_MAX).sum()
-    radius = np.random.default_rng(0).uniform(0.12, 0.18) * 96
+    radius = np.random.default_rng(0).uniform(*RADIUS_RANGE) * 96
     assert areas["circle"] == pytest.approx(np.pi * radius**2, rel=0.05)
     assert areas["square"] == pytest.approx((1.7 * radius) ** 2, rel=0.08)
     assert areas["triangle"] == pytest.approx(2 * radius**2, rel=0.08)

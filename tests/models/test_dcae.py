@@ -111,7 +111,7 @@ def test_demo_preset_size():
     model = build_autoencoder("dc-ae-demo")
     n = sum(p.numel() for p in model.parameters())
     assert 1_000_000 <= n <= 3_000_000
-    assert (model.time_compression, model.spatial_compression) == (4, 32)
+    assert (model.time_compression, model.spatial_compression) == (4, 8)
     x = torch.rand(1, 3, 8, 64, 64) * 2 - 1
     with torch.no_grad():
         assert model(x).shape == x.shape

@@ -39,6 +39,8 @@ SHAPES_VOCAB: dict[str, tuple[str, ...]] = {
 BACKGROUND_MAX = 40
 # Bumped whenever rendering changes, so cached synthetic sets are regenerated.
 SHAPES_VERSION = 2
+# Shape radius as a fraction of the frame: large enough that a 64 px clip is mostly about the shape.
+RADIUS_RANGE = (0.2, 0.26)
 """Background channels stay at or below this value: "dark" and far from every shape colour."""
 
 LISTING_NAME = "listing.jsonl"
@@ -62,7 +64,7 @@ def render_shapes_clip(
         )
     if frames < 1 or size < 16:
         raise UsageError(f"shapes clips need frames >= 1 and size >= 16, got {frames}, {size}")
-    radius = rng.uniform(0.2, 0.26) * size
+    radius = rng.uniform(*RADIUS_RANGE) * size
     travel = rng.uniform(0.35, 0.5) * (size - 2 * radius - 2)
     dy, dx = DIRECTIONS[direction]
     lo, hi = radius + 1, size - radius - 1
