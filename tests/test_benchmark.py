@@ -12,6 +12,7 @@ import torch
 from typer.testing import CliRunner
 
 from vidcli import benchmark as bench
+from vidcli import metrics
 from vidcli.cli import app
 from vidcli.errors import UsageError
 from vidcli.models.mmdit import DIT_PRESETS, dit_flops
@@ -96,34 +97,34 @@ def test_resolution_must_suit_every_row():
 
 def test_psnr_closed_forms():
     x = torch.rand(2, 3, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    assert bench.psnr(x, x) == math.inf
+    assert metrics.psnr(x, x) == math.inf
     # MSE 0.01 everywhere: 10 log10(1 / 0.01) = 20 dB; with range 2: 10 log10(4 / 0.01).
-    assert bench.psnr(x, x + 0.1) == pytest.approx(20.0)
-    assert bench.psnr(x, x - 0.1, data_range=2.0) == pytest.approx(10 * math.log10(400))
+    assert metrics.psnr(x, x + 0.1) == pytest.approx(20.0)
+    assert metrics.psnr(x, x - 0.1, data_range=2.0) == pytest.approx(10 * math.log10(400))
 
 
 def test_ssim_closed_forms():
     x = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(0))
-    assert bench.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
+    assert metrics.ssim(x, x) == pytest.approx(1.0, abs=1e-12)
     # Constant frames a and a + c: zero variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1).
     a, c = 0.5, 0.1
     c1 = 0.01**2
     expected = (2 * a * (a + c) + c1) / (a**2 + (a + c) ** 2 + c1)
     f64 = torch.float64
-    got = bench.ssim(
+    got = metrics.ssim(
         torch.full((2, 16, 16), a, dtype=f64), torch.full((2, 16, 16), a + c, dtype=f64)
     )
     assert got == pytest.approx(expected, rel=1e-12)
     # Shifting a textured frame keeps variance and covariance (structure term 1): only the
     # luminance term remains, at most 1 and below it for a real shift.
-    shifted = bench.ssim(x, x + c)
+    shifted = metrics.ssim(x, x + c)
     assert 0.9 < shifted < 1.0
-    noisy = bench.ssim(x, torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)))
+    noisy = metrics.ssim(x, torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1)))
     assert noisy < 0.1
 
 
 def test_gaussian_window_is_normalised_and_symmetric():
-    g = bench.gaussian_window()
+    g = metrics.gaussian_window()
     assert g.shape == (11,) and g.sum().item() == pytest.approx(1.0)
     assert torch.equal(g, g.flip(0)) and g.argmax().item() == 5
 

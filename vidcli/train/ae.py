@@ -15,6 +15,7 @@ from einops import rearrange
 
 from vidcli.console import log
 from vidcli.errors import UsageError
+from vidcli.metrics import psnr
 from vidcli.models import autoencoder_from_section
 from vidcli.models.dcae import DCAE, save_autoencoder
 from vidcli.recipe import Recipe
@@ -26,7 +27,6 @@ from vidcli.train.losses import (
     adaptive_gan_weight,
     hinge_d_loss,
     load_lpips,
-    psnr,
 )
 
 
@@ -77,7 +77,7 @@ def reconstruction_loss(
     """(generator loss, metrics) for a batch `(B, 3, T, H, W)` in [-1, 1]."""
     recon = engine(batch)
     rec = (recon.float() - batch).abs().mean()
-    metrics = {"l1": rec.item(), "psnr": psnr(recon.detach(), batch)}
+    metrics = {"l1": rec.item(), "psnr": psnr(recon.detach().float().clamp(-1, 1), batch, 2.0)}
     if lpips is not None and recipe.train.lpips_weight > 0:
         frames = rearrange(batch, "b c t h w -> (b t) c h w")
         perceptual = lpips(rearrange(recon.float(), "b c t h w -> (b t) c h w"), frames).mean()

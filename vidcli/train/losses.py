@@ -1,4 +1,4 @@
-"""Autoencoder losses: L1, LPIPS (VGG16 features), a 3-D PatchGAN with hinge loss, PSNR.
+"""Autoencoder losses: L1, LPIPS (VGG16 features), a 3-D PatchGAN with hinge loss.
 
 LPIPS needs trained VGG16 + linear-head weights, which cannot be created here: `load_lpips` reads
 them from a .safetensors file whose keys are torchvision's `features.N.*` for the VGG trunk and
@@ -127,9 +127,3 @@ def adaptive_gan_weight(
     rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
     return base * (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
-
-
-def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
-    """PSNR in dB of videos in [-1, 1] (peak-to-peak 2)."""
-    mse = (x.float().clamp(-1, 1) - y.float()).pow(2).mean().item()
-    return float("inf") if mse == 0 else 10.0 * torch.log10(torch.tensor(4.0 / mse)).item()
