@@ -306,48 +306,44 @@ def _train(
     return launcher.launch(stage_name, recipe, recipe_path=recipe_path, resume=resume)
 
 
-@app.command("train-ae", epilog=TRAIN_AE_EXAMPLES)
-def train_ae(
-    recipe: RecipeArg,
-    set_values: SetOpt = None,
-    output: OutputOpt = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    hostfile: HostfileOpt = None,
-    print_recipe: PrintRecipeOpt = False,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Train a DC-AE video autoencoder (reconstruction + LPIPS, optional GAN) on DeepSpeed."""
-    _run(
-        lambda: _train("ae", recipe, set_values, output, resume, nproc, hostfile, print_recipe),
-        as_json=json_output,
-        quiet=quiet,
-        debug=debug,
-    )
+def _train_command(stage: str, help_text: str) -> Callable[..., None]:
+    """One `train-<stage>` command: both trainers take the same options."""
+
+    def command(
+        recipe: RecipeArg,
+        set_values: SetOpt = None,
+        output: OutputOpt = None,
+        resume: ResumeOpt = None,
+        nproc: NprocOpt = None,
+        hostfile: HostfileOpt = None,
+        print_recipe: PrintRecipeOpt = False,
+        json_output: JsonOpt = False,
+        quiet: QuietOpt = False,
+        debug: DebugOpt = False,
+    ) -> None:
+        _run(
+            lambda: _train(
+                stage, recipe, set_values, output, resume, nproc, hostfile, print_recipe
+            ),
+            as_json=json_output,
+            quiet=quiet,
+            debug=debug,
+        )
+
+    command.__doc__ = help_text
+    return command
 
 
-@app.command("train-dit", epilog=TRAIN_DIT_EXAMPLES)
-def train_dit(
-    recipe: RecipeArg,
-    set_values: SetOpt = None,
-    output: OutputOpt = None,
-    resume: ResumeOpt = None,
-    nproc: NprocOpt = None,
-    hostfile: HostfileOpt = None,
-    print_recipe: PrintRecipeOpt = False,
-    json_output: JsonOpt = False,
-    quiet: QuietOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Train an MMDiT with rectified flow on AE latents (pre-extracted or on the fly)."""
-    _run(
-        lambda: _train("dit", recipe, set_values, output, resume, nproc, hostfile, print_recipe),
-        as_json=json_output,
-        quiet=quiet,
-        debug=debug,
+train_ae = app.command("train-ae", epilog=TRAIN_AE_EXAMPLES)(
+    _train_command(
+        "ae", "Train a DC-AE video autoencoder (reconstruction + LPIPS, optional GAN) on DeepSpeed."
     )
+)
+train_dit = app.command("train-dit", epilog=TRAIN_DIT_EXAMPLES)(
+    _train_command(
+        "dit", "Train an MMDiT with rectified flow on AE latents (pre-extracted or on the fly)."
+    )
+)
 
 
 # ------------------------------------------------------------------------------------ generate

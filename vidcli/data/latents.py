@@ -72,6 +72,9 @@ class LatentsResult:
     failed: int
     elapsed_s: float
 
+    def stdout_lines(self) -> list[str]:
+        return [str(self.out_dir)]
+
 
 def shard_path(out_dir: Path, shard: int) -> Path:
     """`out_dir/latents-0000k.parquet`."""

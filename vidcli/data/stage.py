@@ -6,8 +6,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from vidcli.console import log, progress_enabled
 from vidcli.data.buckets import BucketConfig
+from vidcli.data.latents import LatentsResult
 from vidcli.data.prepare import PrepareOptions, PrepareResult, prepare
 from vidcli.data.synthetic import is_synthetic_source, make_shapes_dataset
 from vidcli.errors import UsageError
@@ -26,21 +29,6 @@ class SyntheticResult:
 
     def stdout_lines(self) -> list[str]:
         return [str(self.listing)]
-
-
-@dataclass
-class EncodeResult:
-    """Latent shards written by `prepare-data --encode` (all ranks)."""
-
-    out_dir: Path
-    shards_written: int
-    shards_skipped: int
-    rows: int
-    failed: int
-    elapsed_s: float
-
-    def stdout_lines(self) -> list[str]:
-        return [str(self.out_dir)]
 
 
 def run_prepare(options: PrepareOptions, buckets: dict | None = None) -> PrepareResult:
@@ -66,7 +54,7 @@ def run_synthetic(spec: str, out_dir: Path, seed: int = 0) -> SyntheticResult:
     return SyntheticResult(out_dir=out_dir, listing=listing, clips=n)
 
 
-def run_encode(recipe: Recipe, out_dir: Path, nproc: int = 1) -> EncodeResult:
+def run_encode(recipe: Recipe, out_dir: Path, nproc: int = 1) -> LatentsResult:
     """Pre-extract latents + text embeddings of the recipe's `[data]` with its `[ae]` / `[text]`.
 
     With `nproc > 1` (or under torchrun) each rank writes its own shards.
@@ -89,11 +77,12 @@ def run_encode(recipe: Recipe, out_dir: Path, nproc: int = 1) -> EncodeResult:
             if subprocess.run(command).returncode != 0:
                 raise UsageError(f"prepare-data --encode failed on one of {nproc} ranks")
         shards = sorted(Path(out_dir).glob("latents-*.parquet"))
-        return EncodeResult(out_dir, len(shards), 0, -1, 0, time.perf_counter() - started)
+        rows = sum(pq.read_metadata(shard).num_rows for shard in shards)
+        return LatentsResult(Path(out_dir), len(shards), 0, rows, 0, time.perf_counter() - started)
     return _encode_this_rank(recipe, out_dir)
 
 
-def _encode_this_rank(recipe: Recipe, out_dir: Path) -> EncodeResult:
+def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
     import os
 
     import torch
@@ -107,7 +96,7 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> EncodeResult:
     ae = autoencoder_from_section(recipe.ae).to(device).eval()
     text = text_encoder_from_section(recipe.text, device=device)
     data = recipe.data
-    result = encode_latents(
+    return encode_latents(
         manifest_for(data),
         out_dir,
         ae,
@@ -121,12 +110,4 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> EncodeResult:
         world_size=world,
         device=device,
         progress=progress_enabled(),
-    )
-    return EncodeResult(
-        out_dir=result.out_dir,
-        shards_written=result.shards_written,
-        shards_skipped=result.shards_skipped,
-        rows=result.rows,
-        failed=result.failed,
-        elapsed_s=result.elapsed_s,
     )
