@@ -182,3 +182,31 @@ def test_ae_overfits_one_real_clip(tmp_path):
     psnr = [json.loads(line)["psnr"] for line in lines]
     assert psnr[-1] - psnr[0] >= 8.0, (psnr[0], psnr[-1])
     assert result["steps"] == 150
+
+
+def test_ae_gan_phase_trains_and_resumes(tmp_path):
+    values = {
+        "ae.preset": "dc-ae-tiny",
+        "data.source": "synthetic:shapes:4",
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.num_frames": 8,
+        "train.output": str(tmp_path / "run"),
+        "train.batch_size": 1,
+        "train.gan_start": 1,
+        "train.log_every": 1,
+        "train.ckpt_every": 2,
+    }
+
+    def args(steps: int) -> list[str]:
+        out = [str(REPO / "recipes" / "demo-ae.toml"), "--set", f"train.max_steps={steps}"]
+        for key, value in values.items():
+            out += ["--set", f"{key}={json.dumps(value)}"]
+        return out
+
+    vidcli("train-ae", *args(2))
+    assert (tmp_path / "run/checkpoints/step-0000002/discriminator").is_dir()
+    vidcli("train-ae", *args(3), "--resume", "latest")
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().split()]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert "d_loss" not in records[0]  # step 0: before gan_start
+    assert records[1]["d_loss"] > 0 and records[2]["gan_weight"] >= 0
