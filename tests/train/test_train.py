@@ -206,7 +206,9 @@ def test_ae_gan_phase_trains_and_resumes(tmp_path):
     vidcli("train-ae", *args(2))
     assert (tmp_path / "run/checkpoints/step-0000002/discriminator").is_dir()
     vidcli("train-ae", *args(3), "--resume", "latest")
-    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in records] == [1, 2, 3]
     assert "d_loss" not in records[0]  # step 0: before gan_start
     assert records[1]["d_loss"] > 0 and records[2]["gan_weight"] >= 0
