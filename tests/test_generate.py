@@ -91,6 +91,15 @@ def test_same_seed_same_frames_other_seed_other_frames(tmp_path, tiny_weights):
     assert [f.read_bytes() for f in a] != [f.read_bytes() for f in c]
 
 
+def test_same_seed_same_mp4_bytes(tmp_path, tiny_weights):
+    recipe = recipe_file(tmp_path, tiny_weights)
+    outs = [tmp_path / "one.mp4", tmp_path / "two.mp4"]
+    for out in outs:
+        result = generate("a green circle moving down", "--recipe", str(recipe), "--out", str(out))
+        assert result.exit_code == 0, result.output
+    assert outs[0].read_bytes() == outs[1].read_bytes()
+
+
 def test_refuses_to_overwrite_and_bad_sizes_exit_2(tmp_path, tiny_weights):
     recipe = recipe_file(tmp_path, tiny_weights)
     out = tmp_path / "x.mp4"

@@ -326,7 +326,7 @@ def _write(video: torch.Tensor, path: Path, fps: int, output_format: str) -> Non
 def _write_sidecar(
     path: Path, prompt: str, seed: int, recipe: Recipe, timings: dict[str, float]
 ) -> None:
-    from vidcli.recipe import atomic_write_text
+    from vidcli.fileio import atomic_write_text
 
     sidecar = path.with_name(path.name + ".json")
     payload = {

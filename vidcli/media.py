@@ -20,6 +20,7 @@ import av
 import numpy as np
 
 from vidcli.errors import ShapeError, UsageError, VidcliError
+from vidcli.fileio import temp_path_beside
 
 if TYPE_CHECKING:
     import torch
@@ -289,8 +290,7 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "png":
         return _write_png_folder(path, array, fps)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = str(temp_path_beside(path))
     try:
         _encode(tmp, array, fps, format)
         os.replace(tmp, path)
@@ -302,7 +302,13 @@ def write_video(
 
 def _encode(target: str, array: np.ndarray, fps: float, format: str) -> None:
     codec, pix_fmt, options = {
-        "mp4": ("libx264", "yuv420p", {"crf": "18", "preset": "medium"}),
+        # The same frames must give the same file: x264's threads and its macroblock-tree
+        # lookahead made the output depend on scheduling here, so both are off.
+        "mp4": (
+            "libx264",
+            "yuv420p",
+            {"crf": "18", "threads": "1", "x264-params": "no-mbtree=1:rc-lookahead=0"},
+        ),
         "gif": ("gif", "rgb8", {}),
         "png": ("png", "rgb24", {}),
     }[format]
@@ -322,6 +328,7 @@ def _encode(target: str, array: np.ndarray, fps: float, format: str) -> None:
 
 def _write_png_folder(path: Path, array: np.ndarray, fps: float) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp.chmod(0o755)  # mkdtemp makes 0700: a frames folder is an output others read
     try:
         _encode(str(tmp / "frame_%05d.png"), array, fps, "png")
         if path.exists():

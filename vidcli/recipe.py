@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import itertools
-import os
 import sys
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +24,7 @@ from typing import Any, Literal
 import tomli_w
 
 from vidcli.errors import RecipeError
+from vidcli.fileio import atomic_write_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -287,19 +286,6 @@ def write_resolved_recipe(recipe: Recipe, out_dir: str | Path, name: str = "reci
     out = Path(out_dir) / name
     atomic_write_text(out, dump_recipe(recipe))
     return out
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temp file in the same folder, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def field_docs(section_class: type) -> dict[str, str]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from vidcli.fileio import temp_path_beside
 
 if TYPE_CHECKING:
     import torch
@@ -18,8 +19,7 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
     """Write `table` to `path`; readers see the old file or the new one, never a partial one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temp_path_beside(path)
     try:
         pq.write_table(table, tmp)
         os.replace(tmp, path)

@@ -90,6 +90,10 @@ def _check_model_dir(path: str, field: str, contents: str, alias: str) -> Path:
 
 def _load(loader, folder: Path, field: str, **kwargs):
     """`loader.from_pretrained` on a local folder; a failure becomes a UsageError naming it."""
+    from transformers.utils import logging as hf_logging
+
+    # Its per-tensor "Loading weights" bar is noise for a local folder that loads in a blink.
+    hf_logging.disable_progress_bar()
     try:
         return loader.from_pretrained(folder, local_files_only=True, **kwargs)
     except (OSError, ValueError) as error:
