@@ -76,19 +76,31 @@ def reconstruction_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """(generator loss, metrics) for a batch `(B, 3, T, H, W)` in [-1, 1]."""
     recon = engine(batch)
-    rec = (recon.float() - batch).abs().mean()
-    metrics = {"l1": rec.item(), "psnr": psnr(recon.detach().float().clamp(-1, 1), batch, 2.0)}
-    if lpips is not None and recipe.train.lpips_weight > 0:
-        frames = rearrange(batch, "b c t h w -> (b t) c h w")
-        perceptual = lpips(rearrange(recon.float(), "b c t h w -> (b t) c h w"), frames).mean()
-        rec = rec + recipe.train.lpips_weight * perceptual
-        metrics["lpips"] = perceptual.item()
-    loss = rec
+
+    def rec_loss(x_hat: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        loss = (x_hat.float() - batch).abs().mean()
+        parts = {"l1": loss.item()}
+        if lpips is not None and recipe.train.lpips_weight > 0:
+            frames = rearrange(batch, "b c t h w -> (b t) c h w")
+            perceptual = lpips(rearrange(x_hat.float(), "b c t h w -> (b t) c h w"), frames)
+            loss = loss + recipe.train.lpips_weight * perceptual.mean()
+            parts["lpips"] = perceptual.mean().item()
+        return loss, parts
+
+    loss, metrics = rec_loss(recon)
+    metrics["psnr"] = psnr(recon.detach().float().clamp(-1, 1), batch, 2.0)
     if discriminator is not None and step >= recipe.train.gan_start:
-        g_loss = -discriminator(recon).mean()
-        last = decoder_last_conv_weight(model)
-        weight = adaptive_gan_weight(rec, g_loss, last, recipe.train.gan_weight)
-        loss = rec + weight * g_loss
+        # The generator sees a frozen copy of D: a backward through D's own engine would fire
+        # its ZeRO gradient hooks and leak generator gradients into D's next step. The adaptive
+        # weight is measured at the decoder output (Open-Sora: at its last conv weight), on a
+        # detached copy, for the same reason with the AE's engine.
+        frozen_d = _frozen_copy(discriminator.module)
+        x_hat = recon.detach().requires_grad_()
+        weight = adaptive_gan_weight(
+            rec_loss(x_hat)[0], -frozen_d(x_hat).mean(), x_hat, recipe.train.gan_weight
+        )
+        g_loss = -frozen_d(recon).mean()
+        loss = loss + weight * g_loss
         d_loss = hinge_d_loss(discriminator(batch), discriminator(recon.detach()))
         discriminator.backward(d_loss)
         discriminator.step()
@@ -96,10 +108,11 @@ def reconstruction_loss(
     return loss, metrics
 
 
-def decoder_last_conv_weight(model: DCAE) -> torch.Tensor:
-    """The weight of the decoder's output conv: where the adaptive GAN weight compares gradients."""
-    convs = [p for n, p in model.named_parameters() if n.startswith("decoder.") and p.ndim >= 4]
-    return convs[-1]
+def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A hook-free copy of `module` with the same weights and no trainable parameters."""
+    copy = type(module)()
+    copy.load_state_dict(module.state_dict())
+    return copy.train(module.training).requires_grad_(False)
 
 
 def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:

@@ -121,9 +121,9 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
 
 
 def adaptive_gan_weight(
-    rec_loss: torch.Tensor, g_loss: torch.Tensor, last_layer: torch.Tensor, base: float
+    rec_loss: torch.Tensor, g_loss: torch.Tensor, anchor: torch.Tensor, base: float
 ) -> torch.Tensor:
-    """λ = base · clamp(‖∇_w rec‖ / (‖∇_w g‖ + 1e-4), 0, 1e4), w = the decoder's last conv."""
-    rec_grad = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
-    g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    """λ = base · clamp(‖∇_a rec‖ / (‖∇_a g‖ + 1e-4), 0, 1e4), `a` the tensor both losses share."""
+    rec_grad = torch.autograd.grad(rec_loss, anchor, retain_graph=True)[0]
+    g_grad = torch.autograd.grad(g_loss, anchor, retain_graph=True)[0]
     return base * (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
