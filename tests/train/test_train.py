@@ -20,6 +20,14 @@ REPO = Path(__file__).resolve().parents[2]
 CARPHONE = "carphone_pristine.mp4"
 
 
+def recipe_args(recipe: str, values: dict[str, object]) -> list[str]:
+    """`recipes/<recipe>` followed by one `--set key=<json value>` per entry."""
+    args = [str(REPO / "recipes" / recipe)]
+    for key, value in values.items():
+        args += ["--set", f"{key}={json.dumps(value)}"]
+    return args
+
+
 def tiny_dit_args(tmp_path: Path, **extra: object) -> list[str]:
     """demo-dit.toml shrunk to a tiny random AE + tiny DiT on 8 synthetic clips."""
     values = {
@@ -39,10 +47,7 @@ def tiny_dit_args(tmp_path: Path, **extra: object) -> list[str]:
         "text.max_length": 8,
     }
     values.update(extra)
-    args = [str(REPO / "recipes" / "demo-dit.toml")]
-    for key, value in values.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    return args
+    return recipe_args("demo-dit.toml", values)
 
 
 def vidcli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -174,10 +179,7 @@ def test_ae_overfits_one_real_clip(tmp_path):
         "train.log_every": 1,
         "train.ckpt_every": 150,
     }
-    args = [str(REPO / "recipes" / "demo-ae.toml")]
-    for key, value in values.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    result = json.loads(vidcli("train-ae", *args, "--json").stdout)
+    result = json.loads(vidcli("train-ae", *recipe_args("demo-ae.toml", values), "--json").stdout)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     psnr = [json.loads(line)["psnr"] for line in lines]
     assert psnr[-1] - psnr[0] >= 8.0, (psnr[0], psnr[-1])
@@ -198,10 +200,7 @@ def test_ae_gan_phase_trains_and_resumes(tmp_path):
     }
 
     def args(steps: int) -> list[str]:
-        out = [str(REPO / "recipes" / "demo-ae.toml"), "--set", f"train.max_steps={steps}"]
-        for key, value in values.items():
-            out += ["--set", f"{key}={json.dumps(value)}"]
-        return out
+        return recipe_args("demo-ae.toml", {**values, "train.max_steps": steps})
 
     vidcli("train-ae", *args(2))
     assert (tmp_path / "run/checkpoints/step-0000002/discriminator").is_dir()
