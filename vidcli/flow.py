@@ -279,10 +279,12 @@ def sample_i2v(
     """Open-Sora 2.0 sampling with text and image CFG (t2v when `condition` is None or "t2v").
 
     noise: (N, C, T, H, W); txt: (N, L, D_txt), y_vec: (N, D_vec); neg_txt / neg_y_vec: the
-    negative prompt ("" in the reference), batch N or 1. Each step runs the model on 3N rows
-    [prompt + cond, negative + cond, negative + zero cond] giving v_c, v_u, v_u2 and uses
-    v̂ = v_u2 + g_img·(v_u - v_u2) + g_txt·(v_c - v_u). Returns the final latent (N, C, T, H, W),
-    with reference frames pasted back into item 0 (see `paste_reference_frames`).
+    negative prompt ("" in the reference), batch N or 1. With an image condition each step runs
+    the model on 3N rows [prompt + cond, negative + cond, negative + zero cond] giving v_c, v_u,
+    v_u2 and uses v̂ = v_u2 + g_img·(v_u - v_u2) + g_txt·(v_c - v_u); t2v runs 2N rows
+    [prompt, negative] and uses v̂ = v_u + g_txt·(v_c - v_u), the same value. Returns the final
+    latent (N, C, T, H, W), with reference frames pasted back into item 0 (see
+    `paste_reference_frames`).
     """
     guidance = guidance or GuidanceConfig()
     N, _, T = noise.shape[:3]
@@ -295,22 +297,30 @@ def sample_i2v(
             f"negative text tokens {tuple(neg_txt.shape)} must match prompt tokens "
             f"{tuple(txt.shape)}"
         )
-    txt3 = torch.cat((txt, neg_txt, neg_txt))
-    y3 = torch.cat((y_vec, neg_y_vec, neg_y_vec))
-    cond_mask3 = cond_latent3 = None  # t2v: no condition = all-zero condition rows
-    if condition.kind != "t2v":
+    # t2v: the condition is all zero, so the rows [negative + cond] and [negative + zero cond] are
+    # the same input; v_u2 = v_u and v̂ reduces to v_u + g_txt·(v_c - v_u) on 2N rows.
+    image_cfg = condition.kind != "t2v"
+    rows = 3 if image_cfg else 2
+    txt_rows = torch.cat((txt, *[neg_txt] * (rows - 1)))
+    y_rows = torch.cat((y_vec, *[neg_y_vec] * (rows - 1)))
+    cond_mask_rows = cond_latent_rows = None  # t2v: no condition = all-zero condition rows
+    if image_cfg:
         mask = condition.mask.to(noise.dtype)
         ref = condition.latent.to(noise.dtype)
-        cond_mask3 = torch.cat((mask, mask, torch.zeros_like(mask)))
-        cond_latent3 = torch.cat((ref, ref, torch.zeros_like(ref)))
+        cond_mask_rows = torch.cat((mask, mask, torch.zeros_like(mask)))
+        cond_latent_rows = torch.cat((ref, ref, torch.zeros_like(ref)))
     temporal = guidance.scale_temporal_osci and condition.kind.startswith("i2v")
     num_steps = len(schedule) - 1
 
     def guided_velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
-        t_vec = torch.full((3 * N,), t, dtype=x.dtype, device=x.device)
-        v = model_fn(torch.cat((x, x, x)), t_vec, txt3, y3, cond_latent3, cond_mask3, None)
-        v_c, v_u, v_u2 = v.chunk(3)
+        t_vec = torch.full((rows * N,), t, dtype=x.dtype, device=x.device)
+        x_rows = torch.cat([x] * rows)
+        v = model_fn(x_rows, t_vec, txt_rows, y_rows, cond_latent_rows, cond_mask_rows, None)
         g_txt = oscillated_scale(guidance.text, step, guidance.text_osci)
+        if not image_cfg:
+            v_c, v_u = v.chunk(2)
+            return v_u + g_txt * (v_c - v_u)
+        v_c, v_u, v_u2 = v.chunk(3)
         g_img = oscillated_scale(guidance.image, step, guidance.image_osci)
         if temporal and g_img > 1.0:
             g_img = temporal_image_scale(g_img, step, num_steps, T).to(x.device, v.dtype)
