@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from vidcli import benchmark as bench
+import vidcli.benchmark as bench
 from vidcli import metrics
 from vidcli.cli import app
 from vidcli.errors import UsageError

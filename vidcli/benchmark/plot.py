@@ -1,0 +1,43 @@
+"""`vidcli benchmark --plot`: the compare-ae speedups as a PNG bar chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from vidcli.benchmark.compare_ae import AERow
+from vidcli.errors import UsageError
+
+
+def write_plot(rows: list[AERow], env: dict[str, Any], path: Path) -> Path:
+    """Grouped bars of the train / denoising-step / full-video speedups, values on the bars."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed", hint="pip install matplotlib"
+        ) from None
+    fig = Figure(figsize=(7.5, 4.5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    kinds = [("speedup_train", "DiT train step"), ("speedup_infer", "denoising step")]
+    kinds.append(("speedup_video", f"video ({env['steps']} steps + decode)"))
+    width = 0.8 / len(kinds)
+    for j, (key, label) in enumerate(kinds):
+        xs = [i + (j - (len(kinds) - 1) / 2) * width for i in range(len(rows))]
+        bars = ax.bar(xs, [getattr(r, key) for r in rows], width, label=label)
+        ax.bar_label(bars, fmt="%.2fx", padding=2, fontsize=8)
+    ax.set_xticks(range(len(rows)), [f"{r.ae}:{r.patch}\n{r.tokens} tokens" for r in rows])
+    ax.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    ax.set_ylabel(f"speedup vs {rows[0].ae}:{rows[0].patch} (x)")
+    ax.set_xlabel("autoencoder : DiT patch size")
+    h, w = env["resolution"]
+    ax.set_title(
+        f"{env['dit']} on {env['device_name'][:40]} ({env['dtype']}), "
+        f"{env['frames']}x{h}x{w} px, batch {env['batch_size']}",
+        fontsize=10,
+    )
+    ax.margins(y=0.15)
+    ax.legend(loc="upper left", fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
