@@ -10,6 +10,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import sys
 import traceback
@@ -121,10 +122,44 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+NON_FINITE_KEY = "non_finite"
+"""Top-level --json field naming each value printed as null because it was NaN or ±Infinity."""
+
+
+def replace_non_finite(value: Any, path: str = "", found: dict[str, str] | None = None) -> Any:
+    """A JSON-able value with NaN and ±Infinity floats as None (JSON has no such numbers);
+    `found` gets {path: 'nan' | 'inf' | '-inf'}, paths like `rows[1].psnr`."""
+    found = {} if found is None else found
+    if isinstance(value, float) and not math.isfinite(value):
+        found[path] = "nan" if math.isnan(value) else "inf" if value > 0 else "-inf"
+        return None
+    if isinstance(value, dict):
+        return {
+            k: replace_non_finite(v, f"{path}.{k}" if path else str(k), found)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [replace_non_finite(v, f"{path}[{i}]", found) for i, v in enumerate(value)]
+    return value
+
+
+def json_payload(result: Any) -> Any:
+    """The --json object of a result: finite numbers only, plus `non_finite` when any was not."""
+    found: dict[str, str] = {}
+    payload = replace_non_finite(to_jsonable(result), found=found)
+    if found:
+        if not isinstance(payload, dict):
+            payload = {"value": payload}
+        payload[NON_FINITE_KEY] = found
+    return payload
+
+
 def print_result(result: Any, as_json: bool) -> None:
     """A stage's result on stdout: one JSON object, or the lines the result chooses to show."""
     if as_json:
-        sys.stdout.write(json.dumps(to_jsonable(result)) + "\n")
+        # allow_nan=False: a non-finite number that slipped past json_payload fails loudly here
+        # rather than printing NaN, which JSON parsers reject.
+        sys.stdout.write(json.dumps(json_payload(result), allow_nan=False) + "\n")
         return
     lines = result.stdout_lines() if hasattr(result, "stdout_lines") else None
     if lines is None:
