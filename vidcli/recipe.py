@@ -231,6 +231,55 @@ class LauncherSection:
     """Rendezvous port for spawned local ranks."""
 
 
+LORA_DEFAULT_TARGETS = [
+    "qkv",
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "proj",
+    "img_mlp.0",
+    "img_mlp.2",
+    "txt_mlp.0",
+    "txt_mlp.2",
+    "linear1",
+    "v_mlp",
+    "linear2",
+]
+
+
+@dataclass
+class LoRASection:
+    """`[lora]`: train low-rank adapters on a frozen DiT instead of all its weights (train-dit)."""
+
+    rank: int = _bounded(0, ge=0)
+    """Adapter rank r; 0 = LoRA off (every DiT weight trains)."""
+    alpha: float = _bounded(0.0, ge=0.0)
+    """The update is (alpha / rank) * B @ A; 0 = alpha equal to rank (scale 1)."""
+    targets: list[str] = field(default_factory=lambda: list(LORA_DEFAULT_TARGETS))
+    """Linear layers to adapt: module-name suffixes such as "qkv" or "img_mlp.0" (PEFT's
+    target_modules); the default covers attention and MLP of every block."""
+    dropout: float = _bounded(0.0, ge=0.0, le=1.0)
+    """Dropout on the adapter input (PEFT lora_dropout)."""
+
+
+@dataclass
+class AdaptSection:
+    """`[adapt]`: move a DiT trained on one autoencoder (A) to the recipe's `[ae]` (B)."""
+
+    source: str = ""
+    """The DiT trained on AE A (a checkpoint or model folder); "" = adapt mode off."""
+    stage: Literal["align", "finetune"] = "align"
+    """`align`: train new img_in / cond_in / final_layer against the frozen DiT (stage 1);
+    `finetune`: rectified flow on B's latents, full or with `[lora]` (stage 2)."""
+    aligned: str = ""
+    """finetune: the stage-1 checkpoint to start from; "" = the naive swap (new random layers)."""
+    source_latents: str = ""
+    """align: A's pre-extracted latents of the same manifest as `[data] latents` (rows match by
+    manifest index)."""
+    flow_weight: float = _bounded(1.0, ge=0.0)
+    """align: weight of the flow loss that trains the new final_layer through the frozen DiT."""
+
+
 @dataclass
 class Recipe:
     """A whole recipe: one field per section."""
@@ -242,6 +291,8 @@ class Recipe:
     train: TrainSection = field(default_factory=TrainSection)
     sample: SampleSection = field(default_factory=SampleSection)
     launcher: LauncherSection = field(default_factory=LauncherSection)
+    lora: LoRASection = field(default_factory=LoRASection)
+    adapt: AdaptSection = field(default_factory=AdaptSection)
 
 
 SECTIONS: dict[str, type] = {
@@ -252,6 +303,8 @@ SECTIONS: dict[str, type] = {
     "train": TrainSection,
     "sample": SampleSection,
     "launcher": LauncherSection,
+    "lora": LoRASection,
+    "adapt": AdaptSection,
 }
 
 
