@@ -6,6 +6,7 @@ Shapes: B batch, L tokens (L_txt text, L_img image), D = hidden_size, heads x he
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
@@ -13,6 +14,9 @@ from torch import nn
 from vidcli_kernels.attention import attention
 
 from vidcli.models.mmdit.rope import apply_rope
+
+if TYPE_CHECKING:
+    from vidcli.sampling.cache.hooks import BlockHook
 
 TIME_EMBED_DIM = 256
 
@@ -147,14 +151,42 @@ class DoubleStreamBlock(nn.Module):
                 ),
             )
 
-    def forward(self, img, txt, vec, cos, sin):
+    def forward(self, img, txt, vec, cos, sin, hook: BlockHook | None = None):
         """img: (B, L_img, D), txt: (B, L_txt, D), vec: (B, D),
-        cos/sin: (B, L_txt + L_img, head_dim/2) -> (img, txt) updated."""
+        cos/sin: (B, L_txt + L_img, head_dim/2) -> (img, txt) updated.
+
+        `hook` (a caching policy's view of this block) may replace the attention and MLP outputs;
+        without one the block computes everything.
+        """
         i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2 = self.img_mod(vec)
         t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2 = self.txt_mod(vec)
 
-        img_q, img_k, img_v = self.img_attn.qkv_heads((1 + i_scale1) * _layer_norm(img) + i_shift1)
-        txt_q, txt_k, txt_v = self.txt_attn.qkv_heads((1 + t_scale1) * _layer_norm(txt) + t_shift1)
+        img_in = (1 + i_scale1) * _layer_norm(img) + i_shift1
+        txt_in = (1 + t_scale1) * _layer_norm(txt) + t_shift1
+        if hook is None:
+            img_attn, txt_attn = self.attention(img_in, txt_in, cos, sin)
+        else:
+            img_attn, txt_attn = hook.attention(self, img_in, txt_in, cos, sin)
+
+        img = img + i_gate1 * img_attn
+        img_in = (1 + i_scale2) * _layer_norm(img) + i_shift2
+        img = img + i_gate2 * (
+            self.img_mlp(img_in) if hook is None else hook.mlp(self, "img", img_in)
+        )
+        txt = txt + t_gate1 * txt_attn
+        txt_in = (1 + t_scale2) * _layer_norm(txt) + t_shift2
+        txt = txt + t_gate2 * (
+            self.txt_mlp(txt_in) if hook is None else hook.mlp(self, "txt", txt_in)
+        )
+        return img, txt
+
+    def attention(self, img_in, txt_in, cos, sin):
+        """Joint attention of the modulated streams, after each stream's `proj`, before the gate.
+
+        img_in: (B, L_img, D), txt_in: (B, L_txt, D) -> (img (B, L_img, D), txt (B, L_txt, D))
+        """
+        img_q, img_k, img_v = self.img_attn.qkv_heads(img_in)
+        txt_q, txt_k, txt_v = self.txt_attn.qkv_heads(txt_in)
         # Text first: the RoPE tables and the reference's concatenation order.
         attn = rope_attention(
             torch.cat((txt_q, img_q), dim=2),
@@ -164,13 +196,16 @@ class DoubleStreamBlock(nn.Module):
             sin,
             self.half_split,
         )
-        txt_attn, img_attn = attn[:, : txt.shape[1]], attn[:, txt.shape[1] :]
+        txt_attn, img_attn = attn[:, : txt_in.shape[1]], attn[:, txt_in.shape[1] :]
+        return self.img_attn.proj(img_attn), self.txt_attn.proj(txt_attn)
 
-        img = img + i_gate1 * self.img_attn.proj(img_attn)
-        img = img + i_gate2 * self.img_mlp((1 + i_scale2) * _layer_norm(img) + i_shift2)
-        txt = txt + t_gate1 * self.txt_attn.proj(txt_attn)
-        txt = txt + t_gate2 * self.txt_mlp((1 + t_scale2) * _layer_norm(txt) + t_shift2)
-        return img, txt
+    def modulated_image(self, img: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """The image stream's attention input (1 + scale)·LN(img) + shift: TeaCache's indicator.
+
+        img: (B, L_img, D), vec: (B, D) -> (B, L_img, D); the same numbers `forward` attends with.
+        """
+        shift, scale = self.img_mod(vec)[:2]
+        return (1 + scale) * _layer_norm(img) + shift
 
 
 class SingleStreamBlock(nn.Module):
@@ -191,10 +226,22 @@ class SingleStreamBlock(nn.Module):
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(dim, double=False)
 
-    def forward(self, x, vec, cos, sin):
-        """x: (B, L, D) = [text; image], vec: (B, D) -> (B, L, D)."""
+    def forward(self, x, vec, cos, sin, hook: BlockHook | None = None):
+        """x: (B, L, D) = [text; image], vec: (B, D) -> (B, L, D).
+
+        `hook` (a caching policy's view of this block) may replace the pre-gate output.
+        """
         shift, scale, gate = self.modulation(vec)
         x_mod = (1 + scale) * _layer_norm(x) + shift
+        if hook is None:
+            q, k, v, mlp = self.project(x_mod)
+            out = self.merge(self.attend(q, k, v, cos, sin), mlp)
+        else:
+            out = hook.single(self, x_mod, cos, sin)
+        return x + gate * out
+
+    def project(self, x_mod: torch.Tensor):
+        """x_mod: (B, L, D) -> q, k, v: (B, heads, L, head_dim), MLP input: (B, L, mlp_hidden)."""
         if self.fused_qkv:
             qkv, mlp = self.linear1(x_mod).split((3 * self.dim, self.mlp_hidden), dim=-1)
             q, k, v = rearrange(qkv, "b l (k h d) -> k b h l d", k=3, h=self.num_heads)
@@ -204,9 +251,25 @@ class SingleStreamBlock(nn.Module):
                 rearrange(t, "b l (h d) -> b h l d", h=self.num_heads)
                 for t in (self.q_proj(x_mod), self.k_proj(x_mod), v)
             )
+        return q, k, v, mlp
+
+    def attend(self, q, k, v, cos, sin) -> torch.Tensor:
+        """QK norm, RoPE and attention: (B, heads, L, head_dim) x3 -> (B, L, D)."""
         q, k = self.norm(q, k, v)
-        attn = rope_attention(q, k, v, cos, sin, self.half_split)
-        return x + gate * self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=-1))
+        return rope_attention(q, k, v, cos, sin, self.half_split)
+
+    def merge(self, attn: torch.Tensor, mlp: torch.Tensor) -> torch.Tensor:
+        """Pre-gate output linear2([attn; GELU(mlp)]).
+
+        attn: (B, L', D), mlp: (B, L', mlp_hidden) -> (B, L', D)
+        """
+        return self.linear2(torch.cat((attn, self.mlp_act(mlp)), dim=-1))
+
+    def mlp_input(self, x_mod: torch.Tensor) -> torch.Tensor:
+        """Only the MLP input columns of `project`: (B, L', D) -> (B, L', mlp_hidden)."""
+        fused = self.linear1 if self.fused_qkv else self.v_mlp
+        start = fused.out_features - self.mlp_hidden
+        return nn.functional.linear(x_mod, fused.weight[start:], fused.bias[start:])
 
 
 class LastLayer(nn.Module):

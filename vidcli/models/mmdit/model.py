@@ -13,6 +13,8 @@ back to the token width (a velocity in rectified flow).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
@@ -29,6 +31,16 @@ from vidcli.models.mmdit.layers import (
 )
 from vidcli.models.mmdit.packing import make_image_ids, pack_latents, unpack_latents
 from vidcli.models.mmdit.rope import rope_angles
+
+
+class Embedded(NamedTuple):
+    """The inputs of the first block: image and text tokens, conditioning vector, RoPE tables."""
+
+    x: torch.Tensor
+    ctx: torch.Tensor
+    vec: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
 
 
 class MMDiT(nn.Module):
@@ -81,7 +93,7 @@ class MMDiT(nn.Module):
             raise UsageError(f"checkpointing counts must be >= 0, got ({n_double}, {n_single})")
         self.ckpt_double, self.ckpt_single = int(n_double), int(n_single)
 
-    def forward(
+    def embed(
         self,
         img: torch.Tensor,
         img_ids: torch.Tensor,
@@ -91,14 +103,11 @@ class MMDiT(nn.Module):
         y_vec: torch.Tensor,
         cond: torch.Tensor | None = None,
         guidance: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Velocity for the image tokens.
+    ) -> Embedded:
+        """Everything before the first block (arguments as in `forward`).
 
-        img: (B, L_img, C·p²), img_ids: (B, L_img, 3), txt: (B, L_txt, D_txt),
-        txt_ids: (B, L_txt, 3), timesteps: (B,) in [0, 1] (1 = noise), y_vec: (B, D_vec),
-        cond: (B, L_img, (C+1)·p²) or None (= all-zero condition, the t2v case),
-        guidance: (B,) when guidance_embed
-        -> (B, L_img, C·p²)
+        -> Embedded: x (B, L_img, D), ctx (B, L_txt, D), vec (B, D), cos/sin (B, L_txt + L_img,
+        head_dim/2). Caching policies (vidcli/sampling/cache) run the blocks from here themselves.
         """
         c = self.config
         if img.ndim != 3 or txt.ndim != 3 or img.shape[-1] != c.in_channels:
@@ -124,6 +133,30 @@ class MMDiT(nn.Module):
         ids = torch.cat((txt_ids, img_ids), dim=1)
         cos, sin = rope_angles(ids, c.axes_dim, c.theta, half_split=c.use_liger_rope)
 
+        return Embedded(x, ctx, vec, cos, sin)
+
+    def forward(
+        self,
+        img: torch.Tensor,
+        img_ids: torch.Tensor,
+        txt: torch.Tensor,
+        txt_ids: torch.Tensor,
+        timesteps: torch.Tensor,
+        y_vec: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Velocity for the image tokens.
+
+        img: (B, L_img, C·p²), img_ids: (B, L_img, 3), txt: (B, L_txt, D_txt),
+        txt_ids: (B, L_txt, 3), timesteps: (B,) in [0, 1] (1 = noise), y_vec: (B, D_vec),
+        cond: (B, L_img, (C+1)·p²) or None (= all-zero condition, the t2v case),
+        guidance: (B,) when guidance_embed
+        -> (B, L_img, C·p²)
+        """
+        x, ctx, vec, cos, sin = self.embed(
+            img, img_ids, txt, txt_ids, timesteps, y_vec, cond, guidance
+        )
         for i, block in enumerate(self.double_blocks):
             if i < self.ckpt_double and torch.is_grad_enabled():
                 x, ctx = checkpoint(block, x, ctx, vec, cos, sin, use_reentrant=False)
@@ -155,6 +188,21 @@ class MMDiT(nn.Module):
         cond_mask: (B, 1, T, H, W) 1 on conditioned frames (both None = no condition),
         guidance: (B,) -> velocity (B, C, T, H, W)
         """
+        img, img_ids, txt_ids, cond = self.pack_video(latents, txt, cond_latent, cond_mask)
+        out = self.forward(img, img_ids, txt, txt_ids, timesteps, y_vec, cond, guidance)
+        return unpack_latents(out, self.config.patch_size, *latents.shape[2:])
+
+    def pack_video(
+        self,
+        latents: torch.Tensor,
+        txt: torch.Tensor,
+        cond_latent: torch.Tensor | None = None,
+        cond_mask: torch.Tensor | None = None,
+    ):
+        """`forward`'s token inputs from unpacked latents (arguments as in `forward_video`).
+
+        -> img (B, L_img, C·p²), img_ids (B, L_img, 3), txt_ids (B, L_txt, 3), cond or None
+        """
         p = self.config.patch_size
         B, _, T, H, W = latents.shape
         img = pack_latents(latents, p)
@@ -167,8 +215,7 @@ class MMDiT(nn.Module):
             if self.cond_in is None:
                 raise UsageError("this model has cond_embed=False: it takes no image condition")
             cond = pack_latents(torch.cat((cond_mask, cond_latent), dim=1).to(latents.dtype), p)
-        out = self.forward(img, img_ids, txt, txt_ids, timesteps, y_vec, cond, guidance)
-        return unpack_latents(out, p, T, H, W)
+        return img, img_ids, txt_ids, cond
 
     def forward_flops(self, num_image_tokens: int, num_text_tokens: int) -> float:
         """Model FLOPs of one forward pass (see `dit_flops`)."""
