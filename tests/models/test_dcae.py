@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tolerances import assert_max_rel, assert_rel_l2, rel_l2
 
 from vidcli.errors import CheckpointError, ShapeError, UsageError
 from vidcli.models.dcae import (
@@ -19,10 +20,6 @@ from vidcli.models.dcae import (
     save_autoencoder,
 )
 from vidcli.models.dcae.loading import load_state_dict_strict
-
-
-def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a - b).norm() / b.norm()).item()
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +58,8 @@ def test_reproduces_open_sora_vectors(tiny, video_vectors, name):
     with torch.no_grad():
         out = VECTOR_CALLS[name](tiny, video_vectors)
     ref = video_vectors[name]
-    assert out.shape == ref.shape
-    assert rel_l2(out, ref) <= 1e-4
+    assert_rel_l2(out, ref)
+    assert_max_rel(out, ref)
 
 
 def test_f32t4c128_state_dict_matches_reference_keys(reference_dir):

@@ -8,6 +8,7 @@ import re
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from tolerances import assert_max_rel
 
 from vidcli.errors import CheckpointError, ShapeError, UsageError
 from vidcli.models.mmdit import (
@@ -23,8 +24,6 @@ from vidcli.models.mmdit import (
     unpack_latents,
 )
 from vidcli.models.mmdit.rope import interleaved_to_half_split_index, rope_angles
-
-FORWARD_TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +50,6 @@ def case_inputs(tensors, case: str) -> dict[str, torch.Tensor]:
     return {n: tensors[prefix + n] for n in names if prefix + n in tensors}
 
 
-def assert_close_rel(got: torch.Tensor, want: torch.Tensor, tol: float = FORWARD_TOL):
-    err = (got - want).abs().max().item()
-    assert err <= tol * max(1.0, want.abs().max().item()), f"max abs diff {err}"
-
-
 # ---------------------------------------------------------------- reference equivalence
 
 
@@ -65,7 +59,7 @@ def test_forward_matches_reference(vectors, name):
     model = reference_model(vectors, name)
     with torch.no_grad():
         out = model(**case_inputs(tensors, f"fwd_{name}"))
-    assert_close_rel(out, tensors[f"fwd_{name}.out"])
+    assert_max_rel(out, tensors[f"fwd_{name}.out"])
 
 
 def test_os2_intermediates_match_reference(vectors):
@@ -98,7 +92,7 @@ def test_os2_intermediates_match_reference(vectors):
     dbg = sorted(k.removeprefix("fwd_os2.dbg.") for k in tensors if k.startswith("fwd_os2.dbg."))
     assert sorted(seen) == dbg
     for key in dbg:
-        assert_close_rel(seen[key], tensors[f"fwd_os2.dbg.{key}"])
+        assert_max_rel(seen[key], tensors[f"fwd_os2.dbg.{key}"])
 
 
 def test_rope_pairing_is_not_interchangeable(vectors):
@@ -107,7 +101,7 @@ def test_rope_pairing_is_not_interchangeable(vectors):
     model = reference_model(vectors, "os2", use_liger_rope=False)
     with torch.no_grad():
         out = model(**inputs)
-    assert_close_rel(out, tensors["fwd_os2.out_if_interleaved_rope"])
+    assert_max_rel(out, tensors["fwd_os2.out_if_interleaved_rope"])
     assert (out - tensors["fwd_os2.out"]).abs().max() > 1e-2
 
 
@@ -132,7 +126,7 @@ def test_flux_weights_run_half_split_after_permutation(vectors):
     converted.load_state_dict(state)
     with torch.no_grad():
         out = converted(**case_inputs(tensors, "fwd_flux"))
-    assert_close_rel(out, tensors["fwd_flux.out"])
+    assert_max_rel(out, tensors["fwd_flux.out"])
 
 
 def test_packing_and_ids_match_reference(vectors):
@@ -159,7 +153,7 @@ def test_forward_video_matches_forward(vectors):
         out = model.forward_video(
             z, inputs["timesteps"], inputs["txt"], inputs["y_vec"], cond[:, 1:], cond[:, :1]
         )
-    assert_close_rel(out, unpack_latents(tensors["fwd_os2.out"], 2, T, H, W))
+    assert_max_rel(out, unpack_latents(tensors["fwd_os2.out"], 2, T, H, W))
 
 
 # ---------------------------------------------------------------- layouts, patch sizes, training
@@ -398,7 +392,7 @@ def test_load_reference_folder_and_strict_errors(vectors, tmp_path):
     model = load_dit(tmp_path)
     with torch.no_grad():
         out = model(**case_inputs(tensors, "fwd_os2"))
-    assert_close_rel(out, tensors["fwd_os2.out"])
+    assert_max_rel(out, tensors["fwd_os2.out"])
 
     with pytest.raises(
         CheckpointError, match=r"2 unexpected: \['cond_in.bias', 'cond_in.weight'\]"
