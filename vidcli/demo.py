@@ -4,12 +4,14 @@
 Re-creating it (README, "The demo model"):
 
     vidcli train-ae recipes/demo-ae.toml
-    python -m vidcli.demo ae runs/demo-ae/checkpoints/latest
+    python -m vidcli.demo ae runs/demo-ae/checkpoints/latest --overwrite-package
     vidcli train-dit recipes/demo-dit.toml
-    python -m vidcli.demo dit runs/demo-dit/checkpoints/latest
+    python -m vidcli.demo dit runs/demo-dit/checkpoints/latest --overwrite-package
 
 `ae` exports the EMA weights with a scaling factor measured on the training clips (so the DiT
 sees unit-variance latents); `dit` exports the EMA weights in bfloat16 to keep the package small.
+The export goes to `--out DIR`; replacing the installed package's own demo takes the explicit
+`--overwrite-package`, so a stray run cannot clobber what `vidcli generate` uses.
 """
 
 from __future__ import annotations
@@ -36,13 +38,13 @@ def _ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def export_autoencoder(checkpoint: Path, out_dir: Path = DEMO_DIR / "ae", clips: int = 64) -> Path:
+def export_autoencoder(checkpoint: Path, out_dir: Path, clips: int = 64) -> Path:
     """The checkpoint's EMA autoencoder, with scaling_factor = std of its latents on its data."""
     import dataclasses
 
+    from vidcli.data.section import video_dataset
     from vidcli.models.dcae import load_autoencoder, save_autoencoder
     from vidcli.recipe import load_recipe
-    from vidcli.train.data import video_dataset
 
     model = load_autoencoder(checkpoint)
     model.load_state_dict(_ema_state(checkpoint))
@@ -55,7 +57,7 @@ def export_autoencoder(checkpoint: Path, out_dir: Path = DEMO_DIR / "ae", clips:
     return save_autoencoder(export, out_dir)
 
 
-def export_dit(checkpoint: Path, out_dir: Path = DEMO_DIR / "dit") -> Path:
+def export_dit(checkpoint: Path, out_dir: Path) -> Path:
     """The checkpoint's EMA DiT in bfloat16 (loaders upcast it to float32)."""
     from vidcli.models.mmdit import load_dit, save_dit
 
@@ -64,13 +66,41 @@ def export_dit(checkpoint: Path, out_dir: Path = DEMO_DIR / "dit") -> Path:
     return save_dit(model.to(torch.bfloat16), out_dir)
 
 
+def export_dir(part: str, out: Path | None, overwrite: bool, overwrite_package: bool) -> Path:
+    """Where `part` is exported: `out`, or the package's own demo folder when explicitly asked;
+    UsageError rather than replacing anything unasked."""
+    if (out is None) == (not overwrite_package):
+        raise UsageError(
+            f"python -m vidcli.demo {part}: give exactly one of --out DIR (a new folder) or "
+            f"--overwrite-package (replace {DEMO_DIR / part})"
+        )
+    if out is None:
+        return DEMO_DIR / part
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out}: folder is not empty; add --overwrite to replace it")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    from vidcli.console import report_error
+
     parser = argparse.ArgumentParser(prog="python -m vidcli.demo", description=__doc__)
     parser.add_argument("part", choices=("ae", "dit"))
     parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--out", type=Path, help="folder to export into")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument(
+        "--overwrite-package",
+        action="store_true",
+        help="replace the installed package's demo model (vidcli/assets/demo/PART)",
+    )
     args = parser.parse_args(argv)
     exporter = export_autoencoder if args.part == "ae" else export_dit
-    out = exporter(args.checkpoint.resolve())
+    try:
+        out_dir = export_dir(args.part, args.out, args.overwrite, args.overwrite_package)
+        out = exporter(args.checkpoint.resolve(), out_dir)
+    except Exception as err:  # one line (and exit 2 for usage), as the vidcli commands do
+        return report_error(err)
     config = json.loads((out / "config.json").read_text())
     print(out, f"scaling_factor={config.get('scaling_factor')}" if args.part == "ae" else "")
     return 0
