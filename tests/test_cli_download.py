@@ -66,3 +66,22 @@ def test_list_json_is_valid(tmp_path):
     aliases = {a["name"]: a for a in json.loads(done.stdout)["aliases"]}
     assert aliases["opensora-v2-hcae"]["repo_id"] == "hpcai-tech/Open-Sora-v2-Video-DC-AE"
     assert "t5-v1_1-xxl" in aliases
+
+
+@pytest.mark.parametrize("quiet", [["--quiet"], []])
+def test_no_progress_bars_when_quiet_or_stderr_is_not_a_terminal(hub, tmp_path, quiet):
+    done = vidcli(
+        "download",
+        "org/tiny",
+        "--local-dir",
+        str(tmp_path / "weights"),
+        *quiet,
+        endpoint=hub.url,
+        home=tmp_path / "home",
+    )
+    assert done.returncode == 0, done.stderr
+    # stderr is a pipe here: bars (tqdm's "Fetching 2 files: 100%|...") are for terminals only.
+    assert "%|" not in done.stderr and "Fetching" not in done.stderr, done.stderr
+    if quiet:
+        assert done.stderr == ""
+    assert done.stdout.strip() == str(tmp_path / "weights")

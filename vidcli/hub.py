@@ -188,7 +188,7 @@ def download(
     local_dir: Path | None = None,
     token: str | None = None,
     endpoint: str | None = None,
-    progress: bool = True,
+    progress: bool | None = None,
     cache_dir: Path | None = None,
     offline: bool | None = None,
 ) -> DownloadResult:
@@ -199,11 +199,16 @@ def download(
     last 10 MiB chunk written (within this call: huggingface_hub >= 2 deletes partial files).
     `endpoint` defaults to `HF_ENDPOINT`, `token` to `HF_TOKEN` or the saved login, `cache_dir`
     to the Hub cache (`HF_HOME`), `offline` to `HF_HUB_OFFLINE`: offline, only the cache is read.
+    `progress` defaults to bars only for a person watching (stderr a terminal, not `--quiet`).
     """
     import huggingface_hub
     from huggingface_hub import constants
     from huggingface_hub.utils import filter_repo_objects
 
+    from vidcli.console import progress_enabled
+
+    if progress is None:
+        progress = progress_enabled()
     repo_id, alias_include = resolve(repo_or_alias)
     patterns = list(include) if include else (list(alias_include) if alias_include else None)
     excluded = list(exclude) if exclude else None
