@@ -120,6 +120,10 @@ class MMDiT(nn.Module):
             if cond is None:
                 cond = img.new_zeros(*img.shape[:2], c.cond_channels)
             x = x + self.cond_in(cond)
+        elif cond is not None:
+            raise UsageError(
+                "this model has cond_embed=False: it takes no condition, pass cond=None"
+            )
 
         vec = self.time_in(timestep_embedding(timesteps))
         if self.guidance_in is not None:
@@ -150,7 +154,8 @@ class MMDiT(nn.Module):
 
         img: (B, L_img, C·p²), img_ids: (B, L_img, 3), txt: (B, L_txt, D_txt),
         txt_ids: (B, L_txt, 3), timesteps: (B,) in [0, 1] (1 = noise), y_vec: (B, D_vec),
-        cond: (B, L_img, (C+1)·p²) or None (= all-zero condition, the t2v case),
+        cond: (B, L_img, (C+1)·p²) or None (= all-zero condition, the t2v case); only for
+            models with cond_embed,
         guidance: (B,) when guidance_embed
         -> (B, L_img, C·p²)
         """
