@@ -249,6 +249,122 @@ def temporal_image_scale(scale: float, step: int, num_steps: int, num_frames: in
     return torch.linspace(1.0, float(top), num_frames)[None, None, :, None, None]
 
 
+SOLVERS = ("euler", "rf2")
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """What the sampling loop is about to evaluate; handed to `SamplingHooks.before_evaluation`."""
+
+    step: int
+    """0-based solver step."""
+    num_steps: int
+    """Steps in the schedule (a leap may end the run earlier)."""
+    t: float
+    """Time of this evaluation (1 = noise)."""
+    midpoint: bool
+    """True for rf2's second evaluation of a step, at t + h/2."""
+    evaluation: int
+    """0-based count of model evaluations so far in this run."""
+    branches: tuple[str, ...]
+    """CFG layout along the batch, N rows each, in order: ("cond", "uncond") for t2v,
+    ("cond", "uncond", "uncond_noimg") with an image condition, ("cond",) without CFG."""
+    batch: int
+    """N: rows per branch."""
+
+
+class SamplingHooks:
+    """Per-evaluation hook of the sampling loop (caches, attention plans, token merging).
+
+    Subclass and override; the loop calls `before_evaluation` right before each model call and
+    `end_run` once sampling finished (also after a leap).
+    """
+
+    def before_evaluation(self, info: StepInfo) -> None:
+        """Called before every model call of the run."""
+
+    def end_run(self) -> None:
+        """Called once after the last evaluation."""
+
+
+@dataclass
+class LeapConfig:
+    """Linear Proportional Leap (On-device Sora, arXiv 2502.04363, §1.1 of
+    shared/reference/attention-tokens-solvers.md): once consecutive velocities stop turning,
+    jump to t = 0 along the last velocity."""
+
+    min_step: int = 14
+    """First step at which the cosine test runs (the authors' 14 of 30)."""
+    eps: float = 1e-3
+    """A cosine counts as an improvement when it beats the best by more than eps."""
+    patience: int = 3
+    """Steps without improvement before the leap fires."""
+
+    @classmethod
+    def for_steps(cls, num_steps: int, start: float, patience: int = 3) -> LeapConfig:
+        """The rule scaled to a run: the test starts after `start` of the steps."""
+        return cls(min_step=max(1, round(start * num_steps)), patience=patience)
+
+
+def velocity_cosine(v: torch.Tensor, v_prev: torch.Tensor) -> float:
+    """The authors' probe: cosine similarity row by row (along W) of item 0, channel 0, frame 0,
+    averaged over the rows. v, v_prev: (B, C, T, H, W)."""
+    a, b = v[0, 0, 0].float(), v_prev[0, 0, 0].float()
+    return torch.nn.functional.cosine_similarity(a, b, dim=-1).mean().item()
+
+
+class _LeapTracker:
+    """Patience state of one run: leap when the cosine has not improved for `patience` steps."""
+
+    def __init__(self, config: LeapConfig):
+        self.config, self.best, self.tol, self.prev = config, 0.0, config.patience, None
+
+    def should_leap(self, step: int, v: torch.Tensor) -> bool:
+        prev, self.prev = self.prev, v
+        if prev is None or step < self.config.min_step:
+            return False
+        cos = velocity_cosine(v, prev)
+        if cos > self.best + self.config.eps:
+            self.best, self.tol = cos, self.config.patience
+            return False
+        self.tol -= 1
+        return self.tol <= 0
+
+
+def sample_ode(
+    velocity_fn: Callable[[torch.Tensor, float, int], torch.Tensor],
+    x: torch.Tensor,
+    schedule: Sequence[float],
+    solver: str = "euler",
+    callback: StepCallback | None = None,
+    leap: LeapConfig | None = None,
+) -> torch.Tensor:
+    """Integrate dx/dt = v̂(x, t, step) along the schedule (1 -> 0 samples, 0 -> 1 inverts).
+
+    euler: x ← x + h·v̂(x, t_i), h = t_{i+1} - t_i (one evaluation per step).
+    rf2 (RF-Solver-2, arXiv 2411.04746 eq. 8): v₁ = v̂(x, t), v₂ = v̂(x + h/2·v₁, t + h/2) and the
+    Taylor update x + h·v₁ + ½h²·(v₂ - v₁)/(h/2), which simplifies to x + h·v₂ (the explicit
+    midpoint rule; two evaluations per step, exact for velocities linear in t).
+    leap: after v̂(x, t_i) is known, a Linear Proportional Leap may end the run with
+    x + (t_end - t_i)·v̂(x, t_i).
+    """
+    if solver not in SOLVERS:
+        raise UsageError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
+    tracker = _LeapTracker(leap) if leap is not None else None
+    t_end = schedule[-1]
+    for i, (t_curr, t_next) in enumerate(itertools.pairwise(schedule)):
+        if callback is not None:
+            callback(i, x)
+        h = t_next - t_curr
+        v = velocity_fn(x, t_curr, i)
+        if tracker is not None and tracker.should_leap(i, v):
+            return x + (t_end - t_curr) * v
+        if solver == "rf2":
+            v = velocity_fn(x + (h / 2) * v, t_curr + h / 2, i)
+        x = x + h * v
+    return x
+
+
 def sample_euler(
     velocity_fn: Callable[[torch.Tensor, float, int], torch.Tensor],
     x: torch.Tensor,
@@ -256,11 +372,7 @@ def sample_euler(
     callback: StepCallback | None = None,
 ) -> torch.Tensor:
     """Euler integration x ← x + (t_{i+1} - t_i)·v̂(x, t_i) along the schedule (1 -> 0)."""
-    for i, (t_curr, t_next) in enumerate(itertools.pairwise(schedule)):
-        if callback is not None:
-            callback(i, x)
-        x = x + (t_next - t_curr) * velocity_fn(x, t_curr, i)
-    return x
+    return sample_ode(velocity_fn, x, schedule, "euler", callback)
 
 
 def sample_i2v(
@@ -275,6 +387,9 @@ def sample_i2v(
     guidance: GuidanceConfig | None = None,
     replace_all_items: bool = False,
     callback: StepCallback | None = None,
+    solver: str = "euler",
+    leap: LeapConfig | None = None,
+    hooks: SamplingHooks | None = None,
 ) -> torch.Tensor:
     """Open-Sora 2.0 sampling with text and image CFG (t2v when `condition` is None or "t2v").
 
@@ -282,8 +397,10 @@ def sample_i2v(
     negative prompt ("" in the reference), batch N or 1. With an image condition each step runs
     the model on 3N rows [prompt + cond, negative + cond, negative + zero cond] giving v_c, v_u,
     v_u2 and uses v̂ = v_u2 + g_img·(v_u - v_u2) + g_txt·(v_c - v_u); t2v runs 2N rows
-    [prompt, negative] and uses v̂ = v_u + g_txt·(v_c - v_u), the same value. Returns the final
-    latent (N, C, T, H, W), with reference frames pasted back into item 0 (see
+    [prompt, negative] and uses v̂ = v_u + g_txt·(v_c - v_u), the same value, and N rows at steps
+    whose text scale is 1 (v̂ = v_c). `solver`: "euler" or "rf2" (see `sample_ode`); `leap`: Linear
+    Proportional Leap; `hooks`: told every evaluation's step and batch layout (`StepInfo`).
+    Returns the final latent (N, C, T, H, W), with reference frames pasted back into item 0 (see
     `paste_reference_frames`).
     """
     guidance = guidance or GuidanceConfig()
@@ -300,9 +417,8 @@ def sample_i2v(
     # t2v: the condition is all zero, so the rows [negative + cond] and [negative + zero cond] are
     # the same input; v_u2 = v_u and v̂ reduces to v_u + g_txt·(v_c - v_u) on 2N rows.
     image_cfg = condition.kind != "t2v"
-    rows = 3 if image_cfg else 2
-    txt_rows = torch.cat((txt, *[neg_txt] * (rows - 1)))
-    y_rows = torch.cat((y_vec, *[neg_y_vec] * (rows - 1)))
+    txt_rows = torch.cat((txt, neg_txt, neg_txt))
+    y_rows = torch.cat((y_vec, neg_y_vec, neg_y_vec))
     cond_mask_rows = cond_latent_rows = None  # t2v: no condition = all-zero condition rows
     if image_cfg:
         mask = condition.mask.to(noise.dtype)
@@ -311,23 +427,63 @@ def sample_i2v(
         cond_latent_rows = torch.cat((ref, ref, torch.zeros_like(ref)))
     temporal = guidance.scale_temporal_osci and condition.kind.startswith("i2v")
     num_steps = len(schedule) - 1
+    evaluations = 0
+
+    def evaluate(x: torch.Tensor, t: float, step: int, branches: tuple[str, ...]) -> torch.Tensor:
+        nonlocal evaluations
+        if hooks is not None:
+            midpoint = t != schedule[step]
+            info = StepInfo(step, num_steps, t, midpoint, evaluations, branches, N)
+            hooks.before_evaluation(info)
+        evaluations += 1
+        rows = len(branches) * N
+        t_vec = torch.full((rows,), t, dtype=x.dtype, device=x.device)
+        cond_latent = cond_latent_rows[:rows] if image_cfg else None
+        cond_mask = cond_mask_rows[:rows] if image_cfg else None
+        x_rows = torch.cat([x] * len(branches))
+        v = model_fn(x_rows, t_vec, txt_rows[:rows], y_rows[:rows], cond_latent, cond_mask, None)
+        return v.chunk(len(branches))
 
     def guided_velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
-        t_vec = torch.full((rows * N,), t, dtype=x.dtype, device=x.device)
-        x_rows = torch.cat([x] * rows)
-        v = model_fn(x_rows, t_vec, txt_rows, y_rows, cond_latent_rows, cond_mask_rows, None)
         g_txt = oscillated_scale(guidance.text, step, guidance.text_osci)
         if not image_cfg:
-            v_c, v_u = v.chunk(2)
+            if g_txt == 1.0:  # v_u + 1·(v_c - v_u) = v_c: the negative rows would be wasted
+                return evaluate(x, t, step, ("cond",))[0]
+            v_c, v_u = evaluate(x, t, step, ("cond", "uncond"))
             return v_u + g_txt * (v_c - v_u)
-        v_c, v_u, v_u2 = v.chunk(3)
+        v_c, v_u, v_u2 = evaluate(x, t, step, ("cond", "uncond", "uncond_noimg"))
         g_img = oscillated_scale(guidance.image, step, guidance.image_osci)
         if temporal and g_img > 1.0:
-            g_img = temporal_image_scale(g_img, step, num_steps, T).to(x.device, v.dtype)
+            g_img = temporal_image_scale(g_img, step, num_steps, T).to(x.device, v_c.dtype)
         return v_u2 + g_img * (v_u - v_u2) + g_txt * (v_c - v_u)
 
-    x = sample_euler(guided_velocity, noise, schedule, callback)
+    x = sample_ode(guided_velocity, noise, schedule, solver, callback, leap)
+    if hooks is not None:
+        hooks.end_run()
     return paste_reference_frames(x, condition, replace_all_items)
+
+
+def invert(
+    model_fn: ModelFn,
+    latent: torch.Tensor,
+    schedule: Sequence[float],
+    txt: torch.Tensor,
+    y_vec: torch.Tensor,
+    solver: str = "rf2",
+    hooks: SamplingHooks | None = None,
+) -> torch.Tensor:
+    """RF-Solver inversion (video -> noise): integrate the source prompt's velocity backwards, from
+    t = 0 to t = 1 along the reversed `schedule`, without CFG (guidance 1, as RF-Edit inverts).
+
+    latent: (N, C, T, H, W) clean latent; txt: (N, L, D_txt), y_vec: (N, D_vec)
+    -> (N, C, T, H, W) noise that `sample_i2v(..., guidance=GuidanceConfig(text=1.0),
+    solver=solver)` on the same schedule maps back to `latent`.
+    """
+    unguided = GuidanceConfig(text=1.0, text_osci=False)
+    return sample_i2v(
+        model_fn, latent, list(reversed(schedule)), txt, y_vec, txt, y_vec,
+        guidance=unguided, solver=solver, hooks=hooks,
+    )  # fmt: skip
 
 
 def sample_distilled(
