@@ -393,6 +393,12 @@ def generate(
     offload: Annotated[
         bool, typer.Option(help="Keep the text encoder and AE off the GPU when idle.")
     ] = False,
+    raw_weights: Annotated[
+        bool,
+        typer.Option(
+            "--raw-weights", help="Sample a checkpoint's raw weights, not its EMA (the default)."
+        ),
+    ] = False,
     set_values: SetOpt = None,
     print_recipe: PrintRecipeOpt = False,
     json_output: JsonOpt = False,
@@ -428,6 +434,7 @@ def generate(
             overwrite=overwrite,
             snap=snap,
             offload=offload,
+            raw_weights=raw_weights,
         )
         return pipeline.run(loaded, options)
 

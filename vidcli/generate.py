@@ -43,6 +43,8 @@ class GenerateOptions:
     """Round frames/height/width to the nearest the autoencoder accepts."""
     offload: bool = False
     """Move the text encoder and AE to the CPU while the DiT samples."""
+    raw_weights: bool = False
+    """Sample a train-dit checkpoint's raw weights rather than its EMA (`ema.safetensors`)."""
 
 
 @dataclass
@@ -118,15 +120,37 @@ class Pipeline:
     device: str
 
 
-def load_pipeline(recipe: Recipe) -> Pipeline:
-    """Build the `[ae]`, `[text]` and `[dit]` models of a recipe on the best device."""
+def load_pipeline(recipe: Recipe, ema: bool = True) -> Pipeline:
+    """Build the `[ae]`, `[text]` and `[dit]` models of a recipe on the best device.
+
+    When `[dit] path` is a train-dit checkpoint holding EMA weights, `ema` samples those.
+    """
     from vidcli.models import autoencoder_from_section, dit_from_section, text_encoder_from_section
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ae = autoencoder_from_section(recipe.ae).eval()
     text = text_encoder_from_section(recipe.text, device=device)
     dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(device).eval()
+    if ema and recipe.dit.path:
+        load_ema_weights(dit, Path(recipe.dit.path))
     return Pipeline(ae=ae, text=text, dit=dit, device=device)
+
+
+EMA_FILE = "ema.safetensors"
+"""The EMA weights a train-dit checkpoint folder holds beside model.safetensors."""
+
+
+def load_ema_weights(dit: torch.nn.Module, checkpoint: Path) -> bool:
+    """Load `checkpoint/ema.safetensors` into `dit` (strict) if there is one; True if loaded."""
+    from safetensors.torch import load_file
+
+    ema_file = checkpoint / EMA_FILE
+    if not ema_file.is_file():
+        return False
+    device = next(dit.parameters()).device
+    dit.load_state_dict(load_file(str(ema_file), device=str(device)), strict=True)
+    log.info("sampling the EMA weights of %s (--raw-weights for the raw ones)", checkpoint)
+    return True
 
 
 @torch.no_grad()
@@ -215,7 +239,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         raise UsageError(f"--format {options.output_format}: choose one of {', '.join(FORMATS)}")
     sample = recipe.sample
     started = time.perf_counter()
-    pipe = load_pipeline(recipe)
+    pipe = load_pipeline(recipe, ema=not options.raw_weights)
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, options.snap)
     paths = _output_paths(options)
     reference = _image_latent(pipe.ae, options.image, size[1], size[2]) if options.image else None
