@@ -1,0 +1,184 @@
+"""Caching policies: exactness when computing everything, threshold limits, CLI-level errors,
+calibration round trips (issue 15)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vidcli import flow
+from vidcli.errors import UsageError
+from vidcli.models.mmdit.config import MMDiTConfig
+from vidcli.models.mmdit.model import MMDiT
+from vidcli.sampling.cache import (
+    METHODS,
+    CacheCalibration,
+    CachedDiT,
+    CacheSpec,
+    build_policy,
+    parse_cache,
+)
+from vidcli.sampling.cache.calibration import Recorder, load_calibration, save_calibration
+
+STEPS = 12
+N, C, T, H, W = 2, 4, 3, 4, 4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = MMDiTConfig(
+        in_channels=C * 4,
+        vec_in_dim=8,
+        context_in_dim=12,
+        hidden_size=32,
+        num_heads=2,
+        depth=2,
+        depth_single_blocks=2,
+        axes_dim=(4, 6, 6),
+        cond_embed=True,
+        fused_qkv=False,
+        use_liger_rope=True,
+    )
+    model = MMDiT(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(
+        noise=torch.randn(N, C, T, H, W, generator=g),
+        txt=torch.randn(N, 5, 12, generator=g),
+        y_vec=torch.randn(N, 8, generator=g),
+        neg_txt=torch.randn(1, 5, 12, generator=g),
+        neg_y_vec=torch.randn(1, 8, generator=g),
+    )
+    schedule = flow.inference_schedule(STEPS, H * W // 4, T)
+    return model, inputs, schedule
+
+
+def _calibration(tiny) -> CacheCalibration:
+    recorder = Recorder(STEPS)
+    _sample(tiny, recorder)
+    coeffs, curves, losses = recorder.result()
+    return CacheCalibration(coeffs, {str(STEPS): curves}, {str(STEPS): losses})
+
+
+@pytest.fixture(scope="module")
+def calibration(tiny):
+    return _calibration(tiny)
+
+
+def _sample(tiny, policy):
+    model, inputs, schedule = tiny
+    fn = model.forward_video if policy is None else CachedDiT(model, policy, STEPS)
+    hooks = None if policy is None else fn
+    with torch.no_grad():
+        x = flow.sample_i2v(fn, schedule=schedule, hooks=hooks, **inputs)
+    return x, (fn.stats if policy is not None else None)
+
+
+def _policy(name, value, calibration):
+    return build_policy(CacheSpec(name, value), calibration, STEPS, frames=T)
+
+
+# "Always compute" for each method: the setting at which it reuses nothing.
+ALWAYS = {
+    "uniform": 1,
+    "teacache": 0.0,
+    "adacache": 0.0,
+    "toca": 1,
+    "smoothcache": 0.0,
+    "ditfastattn": 0.0,
+    "fbcache": 0.0,
+    "taylorseer": 1,
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALWAYS))
+def test_always_compute_reproduces_uncached_exactly(tiny, calibration, name):
+    reference, _ = _sample(tiny, None)
+    out, stats = _sample(tiny, _policy(name, ALWAYS[name], calibration))
+    assert torch.equal(out, reference)
+    assert (stats.full_evals, stats.partial_evals, stats.skipped_evals) == (STEPS, 0, 0)
+    assert stats.blocks_computed == pytest.approx(STEPS * 4)
+
+
+# Steps each method computes however large its threshold / interval.
+FORCED = {
+    "uniform": [0, STEPS - 1],
+    "teacache": [0, STEPS - 1],
+    "fbcache": [0],
+    "taylorseer": [0, 1, 2],
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORCED))
+def test_huge_threshold_computes_only_forced_steps(tiny, calibration, name):
+    _, stats = _sample(tiny, _policy(name, 10**9, calibration))
+    assert [i for i, k in enumerate(stats.kinds) if k == "full"] == FORCED[name]
+    assert stats.full_evals + stats.partial_evals + stats.skipped_evals == STEPS
+
+
+def test_huge_threshold_adacache_computes_forced_and_codebook_steps(tiny, calibration):
+    # The largest codebook rate (6 at 30 steps, scaled to 12 steps: 2) bounds every reuse.
+    _, stats = _sample(tiny, _policy("adacache", 10**9, calibration))
+    assert [i for i, k in enumerate(stats.kinds) if k == "full"] == [0, 1, 3, 5, 7, 9, 10, 11]
+
+
+def test_huge_threshold_smoothcache_reuses_lookahead_steps(tiny, calibration):
+    _, stats = _sample(tiny, _policy("smoothcache", 10**9, calibration))
+    # Compute at 0, reuse the next LOOKAHEAD (5) steps, compute at 6, ..., and at the last step.
+    assert [i for i, k in enumerate(stats.kinds) if k == "full"] == [0, 6, 11]
+
+
+def test_huge_threshold_ditfastattn_attends_only_at_step_0(tiny, calibration):
+    _, stats = _sample(tiny, _policy("ditfastattn", 10**9, calibration))
+    assert stats.kinds == ["full"] + ["partial"] * (STEPS - 1)
+
+
+def test_toca_huge_interval_partial_after_warmup(tiny, calibration):
+    _, stats = _sample(tiny, _policy("toca", 10**9, calibration))
+    assert stats.kinds == ["full"] * 3 + ["partial"] * (STEPS - 3)
+    assert 0 < stats.blocks_computed < STEPS * 4
+
+
+def test_caching_changes_output_but_stays_close(tiny, calibration):
+    reference, _ = _sample(tiny, None)
+    for name in ALWAYS:
+        out, _ = _sample(tiny, _policy(name, METHODS[name].default, calibration))
+        rel = ((out - reference).norm() / reference.norm()).item()
+        assert rel < 0.5, name
+
+
+@pytest.mark.parametrize(
+    "spec", ["nope", "teacache:-1", "teacache:abc", "uniform:0", "uniform:2.5", "none:3"]
+)
+def test_bad_specs_list_the_valid_ones(spec):
+    with pytest.raises(UsageError) as err:
+        parse_cache(spec)
+    assert spec in str(err.value)
+    if spec == "nope":
+        for name in METHODS:
+            assert name in str(err.value)
+
+
+def test_parse_defaults_and_values():
+    assert parse_cache("teacache") == CacheSpec("teacache", METHODS["teacache"].default)
+    assert parse_cache("uniform:4") == CacheSpec("uniform", 4.0)
+    assert str(parse_cache("uniform:4")) == "uniform:4"
+    assert str(parse_cache("fbcache:0.08")) == "fbcache:0.08"
+
+
+def test_calibration_file_round_trip(tmp_path, calibration):
+    path = tmp_path / "cache-calibration.json"
+    save_calibration(calibration, path)
+    loaded = load_calibration(path)
+    assert loaded.teacache == calibration.teacache
+    assert loaded.smoothcache == calibration.smoothcache
+    assert loaded.ditfastattn == calibration.ditfastattn
+
+
+def test_teacache_fit_recovers_a_known_polynomial():
+    from vidcli.sampling.cache.calibration import fit_teacache
+
+    coeffs = [3.0, -2.0, 0.5, 1.5, 0.01]
+    xs = [i / 50 for i in range(1, 40)]
+    pairs = [(x, sum(c * x ** (4 - k) for k, c in enumerate(coeffs))) for x in xs]
+    assert fit_teacache(pairs) == pytest.approx(coeffs, rel=1e-6, abs=1e-8)

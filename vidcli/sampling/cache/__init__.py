@@ -1,0 +1,170 @@
+"""Training-free caching for the MMDiT: one mechanism (`CachedDiT`), one policy per method.
+
+`--cache METHOD[:VALUE]` / `[sample] cache = "METHOD[:VALUE]"` selects a method; VALUE is its
+threshold, or its refresh interval K for the periodic methods (uniform, toca, taylorseer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vidcli.console import log
+from vidcli.errors import UsageError
+from vidcli.sampling.cache.base import CachePolicy
+from vidcli.sampling.cache.calibration import FILENAME, CacheCalibration, load_calibration
+from vidcli.sampling.cache.runner import CachedDiT, CacheStats
+
+
+@dataclass(frozen=True)
+class Method:
+    """A selectable caching method and the meaning of its value."""
+
+    name: str
+    value: str
+    """"threshold" (a float >= 0) or "interval" (an integer K >= 1)."""
+    default: float
+    summary: str
+
+    @property
+    def integer(self) -> bool:
+        return self.value == "interval"
+
+
+METHODS = {
+    m.name: m
+    for m in (
+        Method("none", "threshold", 0.0, "no caching (the default)"),
+        Method("uniform", "interval", 3, "control: compute every K-th step, reuse the output"),
+        Method("teacache", "threshold", 0.2, "accumulated rescaled change of block 0's input"),
+        Method("adacache", "threshold", 0.08, "codebook schedule from a mid-block residual rate"),
+        Method("toca", "interval", 4, "full every K steps, top tokens recomputed in between"),
+        Method("smoothcache", "threshold", 0.15, "calibrated static per-module-type schedule"),
+        Method("ditfastattn", "threshold", 0.1, "attention shared across steps and CFG branches"),
+        Method("fbcache", "threshold", 0.05, "skip the rest when block 0's residual is stable"),
+        Method("taylorseer", "interval", 5, "full every K steps, Taylor-forecast in between"),
+    )
+}
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    """A parsed `METHOD[:VALUE]`."""
+
+    method: str
+    value: float
+
+    def __str__(self) -> str:
+        if self.method == "none":
+            return "none"
+        value = int(self.value) if METHODS[self.method].integer else self.value
+        return f"{self.method}:{value}"
+
+
+def method_list() -> str:
+    return ", ".join(
+        f"{m.name}" + ("" if m.name == "none" else f"[:{m.value}]") for m in METHODS.values()
+    )
+
+
+def parse_cache(spec: str, source: str = "--cache") -> CacheSpec:
+    """`METHOD[:VALUE]` -> CacheSpec; a bad name or value is a UsageError listing the choices."""
+    name, _, raw = str(spec).strip().partition(":")
+    name = name.lower()
+    if name not in METHODS:
+        raise UsageError(
+            f"{source} {spec!r}: unknown caching method; choose one of {method_list()}"
+        )
+    method = METHODS[name]
+    if not raw:
+        return CacheSpec(name, method.default)
+    if name == "none":
+        raise UsageError(f"{source} {spec!r}: 'none' takes no value")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if method.integer and not (value == value and value >= 1 and value == int(value)):
+        raise UsageError(
+            f"{source} {spec!r}: {name} takes an integer interval K >= 1 (e.g. {name}:4)"
+        )
+    if not method.integer and not (value == value and value >= 0 and value != float("inf")):
+        raise UsageError(
+            f"{source} {spec!r}: {name} takes a threshold >= 0 (e.g. {name}:{method.default})"
+        )
+    return CacheSpec(name, value)
+
+
+def find_calibration(explicit: str, dit_path: str) -> CacheCalibration:
+    """`[sample] cache_calibration`, else `cache-calibration.json` in the DiT folder, else empty."""
+    if explicit:
+        return load_calibration(explicit)
+    if dit_path:
+        candidate = Path(dit_path)
+        candidate = (candidate if candidate.is_dir() else candidate.parent) / FILENAME
+        if candidate.is_file():
+            return load_calibration(candidate)
+    return CacheCalibration()
+
+
+def build_policy(
+    spec: CacheSpec, calibration: CacheCalibration, num_steps: int, frames: int = 1
+) -> CachePolicy | None:
+    """The policy of a spec for a run of `num_steps` steps (None for "none").
+
+    frames: latent frames (AdaCache's motion score). SmoothCache and DiTFastAttn need a
+    calibration for this step count; TeaCache falls back to f(x) = x without one.
+    """
+    from vidcli.sampling.cache import (
+        adacache,
+        ditfastattn,
+        fbcache,
+        smoothcache,
+        taylorseer,
+        teacache,
+        toca,
+        uniform,
+    )
+
+    v, steps = spec.value, str(num_steps)
+    hint = f"vidcli benchmark --caching --calibrate --steps {num_steps}"
+    where = calibration.source or "this model (no cache-calibration.json)"
+    match spec.method:
+        case "none":
+            return None
+        case "uniform":
+            return uniform.UniformCache(int(v))
+        case "teacache":
+            if calibration.teacache is None:
+                log.warning("teacache: %s has no coefficients; using f(x) = x (%s)", where, hint)
+                return teacache.TeaCache(v)
+            return teacache.TeaCache(v, calibration.teacache)
+        case "adacache":
+            return adacache.AdaCache(v, num_steps, frames)
+        case "toca":
+            return toca.ToCa(int(v))
+        case "smoothcache":
+            if steps not in calibration.smoothcache:
+                raise UsageError(f"smoothcache: {where} has no calibration for {steps} steps", hint)
+            return smoothcache.SmoothCache(v, calibration.smoothcache[steps], num_steps)
+        case "ditfastattn":
+            if steps not in calibration.ditfastattn:
+                raise UsageError(f"ditfastattn: {where} has no calibration for {steps} steps", hint)
+            return ditfastattn.DiTFastAttn(v, calibration.ditfastattn[steps])
+        case "fbcache":
+            return fbcache.FirstBlockCache(v)
+        case "taylorseer":
+            return taylorseer.TaylorSeer(int(v))
+    raise AssertionError(spec.method)
+
+
+__all__ = [
+    "METHODS",
+    "CacheCalibration",
+    "CacheSpec",
+    "CacheStats",
+    "CachedDiT",
+    "build_policy",
+    "find_calibration",
+    "parse_cache",
+]

@@ -1,0 +1,183 @@
+"""Text -> image -> video, as Open-Sora 2.0's released inference configs do it (`use_t2i2v`).
+
+1. A guidance-distilled text-to-image MMDiT (Flux-dev) draws frame 0 for the raw prompt at the
+   `[t2i] resolution` (image area ≈ resolution², the video's aspect ratio, sides multiples of
+   AE compression × patch), with Flux's guidance vector and the resolution-dependent shift
+   α = lin(H_lat·W_lat / p²) (one latent frame), Euler, `flow.sample_distilled`;
+2. its AE (Flux AE) decodes the image, which is resized to cover the video size and
+   center-cropped (the reference resizes the saved PNG the same way);
+3. the video AE encodes it as the i2v condition (`condition_latent`), and the video model
+   samples i2v_head with text and image guidance (`flow.sample_i2v`).
+
+The i2v condition, one definition for training and inference: **latent frame 0 of the clip**.
+Training (train-dit `i2v_ratio`) takes latent frame 0 of the encoded training clip; here the
+clip is the still image held for the frames one latent frame covers (`time_compression` frames
+for a non-causal AE such as the Video DC-AE, 1 frame for the causal HunyuanVideo VAE, whose
+latent frame 0 is frame 0 encoded alone either way). The reference encodes the image alone
+(T = 1), which for the Video DC-AE differs from what its hcae model was trained on.
+
+Deliberate difference: the reference's hcae config sets AE_SPATIAL_COMPRESSION = 32 process-wide,
+so its Flux stage draws a 288×512 image at 768px (opensora2-mmdit.md §13.3); we draw the
+documented 576×1024.
+
+Shapes: images (N, 3, H, W) in [-1, 1]; latents (N, C, T, H', W').
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from vidcli import flow
+from vidcli.errors import ShapeError
+
+
+@dataclass
+class ImageStage:
+    """The text-to-image models of t2i2v, loaded once: a distilled DiT and its AE."""
+
+    dit: Any
+    """MMDiT with guidance_embed (Flux-dev)."""
+    ae: Any
+    """Its 2-D autoencoder (Flux AE)."""
+    resolution: int
+    """Image area ≈ resolution² pixels."""
+    guidance: float
+    """Distilled guidance scale (Flux-dev: 4.0)."""
+    steps: int
+    """Denoising steps."""
+
+
+def image_size(resolution: int, height: int, width: int, multiple: int) -> tuple[int, int]:
+    """(H, W) with H·W ≈ resolution² at the aspect ratio height:width, sides multiples of
+    `multiple` (rounded to nearest): 768 at 16:9 -> (576, 1024), 256 at 16:9 -> (192, 336)."""
+    ratio = height / width
+    area = resolution * resolution
+    h = max(multiple, round(math.sqrt(area * ratio) / multiple) * multiple)
+    w = max(multiple, round(math.sqrt(area / ratio) / multiple) * multiple)
+    return h, w
+
+
+def prompt_with_suffix(prompt: str, fps: int, motion_score: int) -> str:
+    """Open-Sora 2.0's inference suffix: "<prompt>. {fps} FPS. {motion_score} motion score."."""
+    text = prompt.strip()
+    if not text.endswith("."):
+        text += "."
+    if f"{fps} FPS" not in text:
+        text += f" {fps} FPS."
+    return f"{text} {motion_score} motion score."
+
+
+def cover_resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 3, H, W) scaled to cover (height, width), then center-cropped to it (bilinear,
+    antialiased); unchanged when the size already matches."""
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    scale = max(height / h, width / w)
+    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
+    resized = F.interpolate(
+        images.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+    )
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    return resized[..., top : top + height, left : left + width].clamp(-1, 1)
+
+
+def condition_frames(ae) -> int:
+    """Frames of the still clip whose latent frame 0 is the i2v condition (see module doc)."""
+    best = 1
+    for frames in range(1, ae.time_compression + 1):
+        try:
+            _, t_lat, _, _ = ae.latent_shape(frames, ae.spatial_compression, ae.spatial_compression)
+        except ShapeError:
+            continue
+        if t_lat == 1:
+            best = frames
+    return best
+
+
+@torch.no_grad()
+def condition_latent(ae, image: torch.Tensor) -> torch.Tensor:
+    """The i2v condition of one image (3, H, W) in [-1, 1]: latent frame 0 of the still clip,
+    shaped (C, 1, H', W')."""
+    clip = image[:, None].expand(-1, condition_frames(ae), -1, -1)
+    device = next(ae.parameters()).device
+    return ae.encode(clip[None].to(device, torch.float32))[0, :, :1].float()
+
+
+@torch.no_grad()
+def sample_images(
+    dit,
+    ae,
+    tokens: torch.Tensor,
+    pooled: torch.Tensor,
+    seeds: list[int],
+    size: tuple[int, int],
+    steps: int,
+    guidance: float,
+    shift: bool = True,
+    flow_shift: float | None = None,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """Guidance-distilled text-to-image: (N, 3, H, W) in [-1, 1] for text embeddings
+    tokens (N, L, D_txt), pooled (N, D_vec) and one seed per image; size = (H, W) in pixels."""
+    height, width = size
+    channels, t_lat, h_lat, w_lat = ae.latent_shape(1, height, width)
+    p = dit.config.patch_size
+    if h_lat % p or w_lat % p:
+        raise ShapeError(
+            f"image {height}x{width}: latent {h_lat}x{w_lat} is not divisible by patch {p}"
+        )
+    device = tokens.device
+    # One generator per image: an image depends on its seed, not on its batch.
+    noise = torch.stack(
+        [
+            torch.randn((channels, t_lat, h_lat, w_lat), generator=torch.Generator().manual_seed(s))
+            for s in seeds
+        ]
+    ).to(device)
+    schedule = flow.inference_schedule(
+        steps, h_lat * w_lat // (p * p), t_lat, shift=shift, flow_shift=flow_shift
+    )
+    latents = flow.sample_distilled(
+        dit.forward_video, noise, schedule, tokens, pooled, guidance=guidance, callback=callback
+    )
+    ae_device = next(ae.parameters()).device
+    images = ae.decode(latents.to(ae_device, torch.float32)).float().cpu()
+    return images[:, :, 0].clamp(-1, 1)
+
+
+@torch.no_grad()
+def first_frame_conditions(
+    stage: ImageStage,
+    video_ae,
+    tokens: torch.Tensor,
+    pooled: torch.Tensor,
+    seeds: list[int],
+    video_size: tuple[int, int],
+    shift: bool = True,
+    callback: Callable[[int, torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """t2i2v steps 1-3: the frame-0 images (N, 3, H, W) at the video size, and their i2v
+    condition latents [(C, 1, H', W')] under the video AE. tokens/pooled: raw-prompt embeddings."""
+    multiple = stage.ae.spatial_compression * stage.dit.config.patch_size
+    size = image_size(stage.resolution, *video_size, multiple)
+    images = sample_images(
+        stage.dit,
+        stage.ae,
+        tokens,
+        pooled,
+        seeds,
+        size,
+        stage.steps,
+        stage.guidance,
+        shift=shift,
+        callback=callback,
+    )
+    images = cover_resize(images, *video_size)
+    return images, [condition_latent(video_ae, image) for image in images]
