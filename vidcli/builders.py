@@ -1,4 +1,8 @@
-"""Recipe sections -> models: the one place that reads `[ae]`, `[dit]` and `[text]`."""
+"""Recipe sections -> models: the one place that reads `[ae]`, `[dit]` and `[text]`.
+
+It sits beside the stages, above `vidcli.models`: the model families take their own configs and
+never see a recipe; the stages (train-ae, train-dit, generate, prepare-data --encode) call these.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ from pathlib import Path
 
 import torch
 
-from vidcli.models.dcae import DCAE, TilingConfig, build_autoencoder, load_autoencoder
+from vidcli.models.autoencoders import build_autoencoder, load_autoencoder
+from vidcli.models.dcae import TilingConfig
 from vidcli.models.mmdit import MMDiT, build_dit, load_dit
 from vidcli.models.text import TextEncoder, TextEncoderConfig, build_text_encoder
 from vidcli.recipe import AESection, DiTSection, TextSection
 
 
-def autoencoder_from_section(ae: AESection) -> DCAE:
-    """The `[ae]` autoencoder: loaded from `path`, or freshly initialised from `preset`."""
+def autoencoder_from_section(ae: AESection):
+    """The `[ae]` autoencoder of any family: loaded from `path`, or initialised from `preset`."""
     overrides = dict(ae.overrides)
     if ae.scaling_factor is not None:
         overrides["scaling_factor"] = ae.scaling_factor

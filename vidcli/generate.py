@@ -125,7 +125,11 @@ def load_pipeline(recipe: Recipe, ema: bool = True) -> Pipeline:
 
     When `[dit] path` is a train-dit checkpoint holding EMA weights, `ema` samples those.
     """
-    from vidcli.models import autoencoder_from_section, dit_from_section, text_encoder_from_section
+    from vidcli.builders import (
+        autoencoder_from_section,
+        dit_from_section,
+        text_encoder_from_section,
+    )
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ae = autoencoder_from_section(recipe.ae).eval()

@@ -87,9 +87,9 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
 
     import torch
 
+    from vidcli.builders import autoencoder_from_section, text_encoder_from_section
     from vidcli.data.latents import encode_latents
-    from vidcli.models import autoencoder_from_section, text_encoder_from_section
-    from vidcli.train.data import manifest_for
+    from vidcli.data.section import manifest_for
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = "cuda" if torch.cuda.is_available() else "cpu"

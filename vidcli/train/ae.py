@@ -13,10 +13,11 @@ from typing import Any
 import torch
 from einops import rearrange
 
+from vidcli.builders import autoencoder_from_section
 from vidcli.console import log
+from vidcli.data.section import video_dataset
 from vidcli.errors import UsageError
 from vidcli.metrics import psnr
-from vidcli.models import autoencoder_from_section
 from vidcli.models.dcae import DCAE, save_autoencoder
 from vidcli.recipe import Recipe
 from vidcli.train import data as train_data
@@ -130,7 +131,7 @@ def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, s
 def _batches(recipe: Recipe, rank: int, world: int):
     """Video batches `(B, 3, T, H, W)`; with `image_ratio`, some steps are single frames (T = 1)."""
     data, train_cfg = recipe.data, recipe.train
-    dataset = train_data.video_dataset(data)
+    dataset = video_dataset(data)
 
     def batch_at(index: int) -> torch.Tensor:
         rows = train_data.rows_for_step(

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import save_file
 
 from vidcli import flow
+from vidcli.builders import autoencoder_from_section, dit_from_section, text_encoder_from_section
 from vidcli.console import log
-from vidcli.models import autoencoder_from_section, dit_from_section, text_encoder_from_section
+from vidcli.data.section import latent_dataset, video_dataset
 from vidcli.models.mmdit import MMDiT, make_image_ids, pack_latents
 from vidcli.models.text import TextEncoder
 from vidcli.recipe import Recipe
@@ -111,7 +112,7 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
     data, train_cfg = recipe.data, recipe.train
     empty = text.encode([""])
     if data.latents:
-        dataset = train_data.latent_dataset(data)
+        dataset = latent_dataset(data)
         first = dataset[0]["latent"]
 
         def load(rows: list[int], gen: torch.Generator) -> dict[str, Any]:
@@ -127,7 +128,7 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
         num_rows, latent_channels, latent_thw = len(dataset), first.shape[0], tuple(first.shape[1:])
     else:
         ae = autoencoder_from_section(recipe.ae).eval().requires_grad_(False)
-        dataset = train_data.video_dataset(data)
+        dataset = video_dataset(data)
         latent_channels, *latent_thw = ae.latent_shape(data.num_frames, data.height, data.width)
 
         def load(rows: list[int], gen: torch.Generator) -> dict[str, Any]:

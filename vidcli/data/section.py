@@ -1,0 +1,73 @@
+"""`[data]` -> the manifest it names and the datasets the stages read.
+
+The data package's one reader of the `[data]` recipe section: train-ae, train-dit and
+`prepare-data --encode` all resolve their clips here, so a source is prepared the same way
+whichever stage asks first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from vidcli.console import log, progress_enabled
+from vidcli.data.datasets import LatentDataset, VideoDataset
+from vidcli.data.prepare import MANIFEST_NAME, PrepareOptions, prepare
+from vidcli.errors import UsageError
+from vidcli.recipe import DataSection
+
+
+def manifest_for(data: DataSection) -> Path:
+    """The manifest of `[data]`: `manifest` as given, or `source` prepared once into the cache."""
+    if data.manifest:
+        folder = Path(data.manifest)
+        manifest = folder / MANIFEST_NAME if folder.is_dir() else folder
+        if not manifest.is_file():
+            raise UsageError(
+                f"[data] manifest = {data.manifest!r}: no {MANIFEST_NAME} there",
+                hint="vidcli prepare-data SOURCE --out DIR, then set data.manifest=DIR",
+            )
+        return manifest
+    if not data.source:
+        raise UsageError(
+            "[data] needs a source (folder, glob, listing or synthetic:shapes:N), "
+            "a manifest or latents",
+            hint='--set data.source="synthetic:shapes:64"',
+        )
+    key = hashlib.sha1(data.source.encode()).hexdigest()[:10]
+    out_dir = Path(data.cache_dir) / f"prepared-{key}"
+    manifest = out_dir / MANIFEST_NAME
+    if not manifest.is_file():
+        log.info("preparing %s into %s", data.source, out_dir)
+    # prepare() is incremental: an unchanged source costs a stat per file.
+    result = prepare(
+        PrepareOptions(
+            sources=[data.source],
+            out_dir=out_dir,
+            workers=1,
+            min_frames=data.num_frames * data.frame_stride,
+            cache_dir=Path(data.cache_dir),
+        ),
+        progress=progress_enabled(),
+    )
+    if result.accepted == 0:
+        raise UsageError(
+            f"[data] source = {data.source!r}: no usable video (see {result.rejected})"
+        )
+    return result.manifest
+
+
+def video_dataset(data: DataSection, num_frames: int | None = None) -> VideoDataset:
+    """Clips of `[data]` as (3, T, H, W) in [-1, 1]."""
+    return VideoDataset(
+        manifest_for(data),
+        num_frames=num_frames or data.num_frames,
+        height=data.height,
+        width=data.width,
+        stride=data.frame_stride,
+    )
+
+
+def latent_dataset(data: DataSection) -> LatentDataset:
+    """Pre-extracted latent shards of `[data] latents`."""
+    return LatentDataset(data.latents)
