@@ -5,10 +5,12 @@ import csv
 import importlib.util
 import json
 import math
+import statistics
 from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 from typer.testing import CliRunner
 
 import vidcli.benchmark as bench
@@ -16,6 +18,7 @@ from vidcli import metrics
 from vidcli.cli import app
 from vidcli.errors import UsageError
 from vidcli.models.mmdit import DIT_PRESETS, dit_flops
+from vidcli.timing import median_ratio, time_interleaved
 
 TINY = ["--dit", "mmdit-tiny", "--resolution", "64", "--frames", "8", "--repeat", "1"]
 TINY_AES = ["--ae", "dc-ae-tiny:2", "--ae", "dc-ae-tiny:1"]
@@ -36,18 +39,18 @@ def compare_run(tmp_path_factory):
     files = {"csv": out / "rows.csv", "plot": out / "speedup.png"}
     torch.set_num_threads(1)
     outputs = ["--csv", str(files["csv"]), "--plot", str(files["plot"])]
-    args = ["benchmark", "--compare-ae", *TINY_AES, *TINY, "--steps", "3", "--json", *outputs]
-    result = CliRunner().invoke(app, args)
+    args = ["benchmark", "--compare-ae", *TINY_AES, *TINY, "--repeat", "3", "--steps", "3"]
+    result = CliRunner().invoke(app, [*args, "--json", *outputs])
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout), files
+    return json.loads(result.stdout), files, result.stderr
 
 
 def test_compare_ae_rows_follow_from_the_latent_shapes(compare_run):
-    data, _ = compare_run
+    data, _, _ = compare_run
     env, rows = data["env"], data["rows"]
     assert env["resolution"] == [64, 128]  # 16:9 of 64 px, rounded to the 64 px the rows need
     assert env["threads"] == 1 and env["dtype"] == "fp32" and env["torch"] == torch.__version__
-    assert env["ae_timing"] == "measured" or env["ae_timing"].startswith("probe 8x64x64")
+    assert env["ae_timing"] == "extrapolated: probe 8x64x64, scaled by voxels"
     assert [(r["ae"], r["patch"]) for r in rows] == [("dc-ae-tiny", 2), ("dc-ae-tiny", 1)]
     # dc-ae-tiny: 32x spatial, 4x temporal, 8 channels -> latent (8, 2, 2, 4) of 8x64x128.
     assert [r["latent_shape"] for r in rows] == [[8, 2, 2, 4]] * 2
@@ -61,20 +64,77 @@ def test_compare_ae_rows_follow_from_the_latent_shapes(compare_run):
         assert r["peak_mem_bytes"] > 2**20
         for key in ("train_step_s", "infer_step_s", "encode_s", "decode_s"):
             assert r[key] > 0
+        assert r["train_step_s"] == statistics.median(r["train_rounds"])
+        assert r["decode_s"] == pytest.approx(statistics.median(r["decode_rounds"]))
     base, other = rows
     assert base["speedup_train"] == base["speedup_infer"] == base["speedup_video"] == 1.0
-    assert other["speedup_train"] == pytest.approx(base["train_step_s"] / other["train_step_s"])
-    assert other["speedup_video"] == pytest.approx(base["video_s"] / other["video_s"])
+    # Speedups are medians of per-round ratios (rows timed interleaved), not ratios of medians.
+    for key, rounds in (("speedup_train", "train_rounds"), ("speedup_infer", "infer_rounds")):
+        ratios = [a / b for a, b in zip(base[rounds], other[rounds], strict=True)]
+        assert len(ratios) == 3 and other[key] == pytest.approx(statistics.median(ratios))
+    video = [
+        [3 * i + d for i, d in zip(r["infer_rounds"], r["decode_rounds"], strict=True)]
+        for r in rows
+    ]
+    ratios = [a / b for a, b in zip(*video, strict=True)]
+    assert other["speedup_video"] == pytest.approx(statistics.median(ratios))
+
+
+def test_interleaved_timing_alternates_rows_and_takes_median_ratios():
+    calls = []
+
+    def row(name, seconds):
+        def call():
+            calls.append(name)
+            return seconds.pop(0)
+
+        return call
+
+    # Round 2 is slow for both rows (a neighbour's burst): the ratio survives it.
+    a, b = time_interleaved([row("A", [9.0, 4.0, 40.0, 4.0]), row("B", [9.0, 1.0, 10.0, 1.5])], 3)
+    assert calls == ["A", "B"] * 4  # one warm-up round, then A B A B A B
+    assert a.seconds == (4.0, 40.0, 4.0) and b.seconds == (1.0, 10.0, 1.5)
+    assert median_ratio(a, b) == 4.0
+    assert a.median / b.median == pytest.approx(2.67, abs=0.01)  # what sequential medians give
+
+
+def test_probe_times_are_labelled_extrapolated_everywhere(compare_run):
+    data, files, stderr = compare_run
+    for r in data["rows"]:
+        assert r["ae_timing_probe"] == "8x64x64"
+        assert r["extrapolated"] == ["encode_s", "decode_s", "video_s", "speedup_video"]
+    assert "extrapolated, not measured" in stderr  # the table's caption
+    assert "video s*" in stderr and "x video*" in stderr
+    with Image.open(files["plot"]) as png:
+        assert "extrapolated, not measured" in png.info["Description"]
+    lines = bench.BenchmarkResult(env=data["env"], rows=_rows(data)).stdout_lines()
+    assert all(line.endswith("*") for line in lines[:2])
+    assert lines[2].startswith("* extrapolated, not measured: AE encode/decode timed on a 8x64x64")
+
+
+def _rows(data):
+    return [bench.AERow(**r) for r in data["rows"]]
+
+
+def test_full_size_ae_times_carry_no_extrapolation_label(tmp_path):
+    plot = tmp_path / "speedup.png"
+    args = ["benchmark", "--compare-ae", *TINY_AES, *TINY, "--ae-timing", "full"]
+    result = CliRunner().invoke(app, [*args, "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert "*" not in result.stdout and "extrapolated" not in result.stderr
+    with Image.open(plot) as png:
+        assert png.info["Description"] == "all times measured"
 
 
 def test_compare_ae_writes_csv_and_png(compare_run):
-    data, files = compare_run
+    data, files, _ = compare_run
     with files["csv"].open() as f:
         table = list(csv.DictReader(f))
     assert [row["latent_shape"] for row in table] == ["8x2x2x4"] * 2
     assert [float(row["train_step_s"]) for row in table] == [
         r["train_step_s"] for r in data["rows"]
     ]
+    assert table[0]["extrapolated"] == "encode_s decode_s video_s speedup_video"
     png = files["plot"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
@@ -183,5 +243,21 @@ def test_attention_and_kernel_benches_cover_each_backend():
         assert r["forward_flops"] == pytest.approx(4 * 6 * r["tokens"] ** 2 * 64 / r["forward_s"])
     (kernel,) = result.kernels
     assert kernel["kernel"] == "attention" and kernel["backend"] == "sdpa"
+    assert kernel["dtype"] == kernel["kernel_compute"] == kernel["reference_compute"] == "float32"
+    assert kernel["equal_work"] and kernel["differs"] is None
     assert kernel["max_abs_err"] < 1e-5
     assert kernel["speedup"] == pytest.approx(kernel["reference_s"] / kernel["kernel_s"])
+
+
+def test_kernel_rows_say_when_the_work_differs():
+    from vidcli.benchmark.kernels import attention_rows
+
+    low, same = attention_rows(torch.device("cpu"), torch.bfloat16, repeat=1)
+    assert (low["dtype"], low["kernel_compute"], low["reference_compute"]) == (
+        "bfloat16",
+        "bfloat16",
+        "float32",
+    )
+    assert not low["equal_work"] and "not equal work" in low["differs"]
+    assert same["dtype"] == "float32" and same["equal_work"] and same["differs"] is None
+    assert low["max_abs_err"] < 0.05 and same["max_abs_err"] < 1e-5

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +54,41 @@ def time_calls(
         synchronize(device)
         seconds.append(time.perf_counter() - start)
     return Timing(tuple(seconds))
+
+
+def time_once(fn: Callable[[], object], device: torch.device | str) -> float:
+    """Seconds of one call of `fn`, the device synchronised before and after."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_interleaved(
+    fns: Sequence[Callable[[], float]], repeat: int, warmup: int = 1
+) -> list[Timing]:
+    """Time rows A, B, ... alternately (A B A B ...), `warmup` untimed rounds first.
+
+    Each `fn` runs one call and returns its seconds (see `time_once`). Interleaving puts every
+    row's i-th call in the same moment of a busy machine, so `median_ratio` of two rows survives
+    a neighbouring job that would skew rows timed one after the other.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    seconds: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for row, fn in zip(seconds, fns, strict=True):
+            row.append(fn())
+    return [Timing(tuple(row)) for row in seconds]
+
+
+def median_ratio(numerator: Timing, denominator: Timing) -> float:
+    """Median over rounds of numerator[i] / denominator[i] (rounds timed together, interleaved)."""
+    return statistics.median(
+        a / b for a, b in zip(numerator.seconds, denominator.seconds, strict=True)
+    )
 
 
 def time_call(

@@ -21,7 +21,7 @@ from vidcli.benchmark.compare_ae import AERow
 from vidcli.benchmark.options import BenchmarkOptions, environment, resolve_settings
 from vidcli.errors import UsageError
 
-__all__ = ["BenchmarkOptions", "BenchmarkResult", "run"]
+__all__ = ["AERow", "BenchmarkOptions", "BenchmarkResult", "run"]
 
 
 @dataclass
@@ -36,12 +36,15 @@ class BenchmarkResult:
     files: list[Path] = field(default_factory=list)
 
     def stdout_lines(self) -> list[str]:
+        note = compare_ae.extrapolation_note(self.rows)
         lines = [
             f"{r.ae}:{r.patch}\ttokens {r.tokens}\ttrain {r.train_step_s:.4g} s "
             f"({r.speedup_train:.2f}x)\tinfer step {r.infer_step_s:.4g} s "
             f"({r.speedup_infer:.2f}x)\tvideo {r.video_s:.4g} s ({r.speedup_video:.2f}x)"
+            + ("*" if "video_s" in r.extrapolated else "")
             for r in self.rows
         ]
+        lines += [note] if note else []
         lines += [f"{q['ae']}\tPSNR {q['psnr']:.2f} dB\tSSIM {q['ssim']:.4f}" for q in self.quality]
         lines += [
             f"attention {a['backend']}\t{a['tokens']} tokens\tfwd {_ms(a['forward_s'])}\t"
@@ -49,8 +52,9 @@ class BenchmarkResult:
             for a in self.attention
         ]
         lines += [
-            f"kernel {k['kernel']} ({k['backend']})\t{_ms(k['kernel_s'])} vs reference "
-            f"{_ms(k['reference_s'])}\t{k['speedup']:.2f}x\tmax err {k['max_abs_err']:.2e}"
+            f"kernel {k['kernel']} ({k['backend']}, {k['dtype']})\t{_ms(k['kernel_s'])} vs "
+            f"reference {_ms(k['reference_s'])}\t{k['speedup']:.2f}x\t"
+            f"max err {k['max_abs_err']:.2e}" + (f"\t({k['differs']})" if k["differs"] else "")
             for k in self.kernels
         ]
         return lines + [f"wrote {p}" for p in self.files]

@@ -4,13 +4,15 @@ counts."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from vidcli.benchmark.options import SEED, WARMUP, Settings
-from vidcli.timing import time_calls
+from vidcli.timing import Timing, time_interleaved, time_once
 
 
 def attention_sizes(device: torch.device) -> tuple[int, int, tuple[int, ...], torch.dtype]:
@@ -53,7 +55,8 @@ _REFERENCE_SCORE_BYTES = {"cpu": 2**30, "cuda": 8 * 2**30}
 
 
 def attention_bench(s: Settings) -> list[dict[str, Any]]:
-    """Forward and forward+backward time of each attention backend at a few token counts."""
+    """Forward and forward+backward time of each attention backend at a few token counts; at
+    each count the backends are timed interleaved (A B C A B C ...)."""
     device = torch.device(s.device)
     heads, dim, token_counts, dtype = attention_sizes(device)
     rows = []
@@ -65,31 +68,45 @@ def attention_bench(s: Settings) -> list[dict[str, Any]]:
         )
         grad = torch.randn_like(q)
         flops = 4 * heads * tokens**2 * dim  # QK^T and PV; backward is 2.5x (five matmuls)
+        timed: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
         for name, fn in _attention_backends(device).items():
             row = {"backend": name, "tokens": tokens, "heads": heads, "head_dim": dim}
             row.update(forward_s=None, fwd_bwd_s=None, forward_flops=None, fwd_bwd_flops=None)
             if name == "reference" and heads * tokens**2 * 4 > _REFERENCE_SCORE_BYTES[s.device]:
                 rows.append({**row, "skipped": "scores too large for the reference"})
                 continue
+            calls = (no_grad_call(fn, q, k, v), _fwd_bwd(fn, q, k, v, grad))
             try:
-                fwd = time_calls(no_grad_call(fn, q, k, v), device, s.repeat, WARMUP)
-                both = time_calls(_fwd_bwd(fn, q, k, v, grad), device, s.repeat, WARMUP)
+                for call in calls:
+                    call()
             except RuntimeError as e:  # a pinned SDPA backend that does not take this input
                 rows.append({**row, "skipped": str(e).splitlines()[0]})
                 continue
-            row.update(
-                forward_s=fwd.median,
-                fwd_bwd_s=both.median,
-                forward_flops=flops / fwd.median,
-                fwd_bwd_flops=3.5 * flops / both.median,
-                spread=max(fwd.spread, both.spread),
-            )
             rows.append(row)
+            timed[name] = calls
+        fwd, both = (_interleaved([pair[i] for pair in timed.values()], s) for i in (0, 1))
+        measured = {name: (f, b) for name, f, b in zip(timed, fwd, both, strict=True)}
+        for row in rows:
+            if row["tokens"] == tokens and row["backend"] in measured:
+                f, b = measured[row["backend"]]
+                row.update(
+                    forward_s=f.median,
+                    fwd_bwd_s=b.median,
+                    forward_flops=flops / f.median,
+                    fwd_bwd_flops=3.5 * flops / b.median,
+                    spread=max(f.spread, b.spread),
+                )
     return rows
 
 
+def _interleaved(calls: list[Callable[[], None]], s: Settings) -> list[Timing]:
+    """Timings of `calls` run alternately, one call each per round."""
+    device = torch.device(s.device)
+    return time_interleaved([partial(time_once, c, device) for c in calls], s.repeat, WARMUP)
+
+
 def no_grad_call(fn, *args):
-    """fn(*args) as a no-argument call without autograd, for time_calls."""
+    """fn(*args) as a no-argument call without autograd, for the timing helpers."""
 
     @torch.no_grad()
     def call() -> None:

@@ -2,22 +2,25 @@
 autoencoder (random weights, random inputs: speed does not depend on the values), with times,
 memory, FLOPs and speedups against the first row, as a table, JSON rows or CSV.
 
-On CPU each AE row runs in a fresh process so its peak RSS is its own, and the AE times come from a
-small probe clip scaled by voxel count (DC-AE is convolutions plus linear attention: cost linear in
-T*H*W).
+Each row lives in a worker process of its own (`worker.RowProcess`: its peak memory is its own),
+and the rows are timed interleaved, A B A B ..., one call at a time: a speedup is the median over
+rounds of baseline time / row time, so a neighbouring job slows both sides of each ratio alike.
+On CPU the AE times come from a small probe clip scaled by voxel count (DC-AE is convolutions
+plus linear attention: cost linear in T*H*W); every output marks those numbers as extrapolated.
 """
 
 from __future__ import annotations
 
 import csv as csv_module
 import dataclasses
-import json
+import gc
 import logging
 import math
 import resource
-import subprocess
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +28,23 @@ import torch
 import torch.nn.functional as F
 
 from vidcli.benchmark.options import DTYPES, SEED, WARMUP, Settings
-from vidcli.errors import StageFailed, UsageError
-from vidcli.timing import Timing, measure_matmul_peak, time_calls
+from vidcli.benchmark.worker import RowProcess
+from vidcli.errors import UsageError
+from vidcli.timing import Timing, measure_matmul_peak, median_ratio, time_interleaved, time_once
 
 log = logging.getLogger("vidcli")
 
 DEFAULT_AES = ("dc-ae-f8t4c16:2", "dc-ae-f32t4c128:1")
+"""The rows of a plain `--compare-ae`: the 4x8x8 baseline at patch 2, then the Video DC-AE."""
 PROBE_SIDE = 64
 """Probe clips are PROBE_SIDE px square (or the AE's spatial compression if larger)."""
+CFG_ROWS = 2
+"""DiT rows per video in one denoising step: flow.sample_i2v's text-to-video CFG batch
+[prompt, negative prompt]."""
+RGB = 3
+"""Input channels of every AE: RGB video."""
+EXTRAPOLATED_FIELDS = ("encode_s", "decode_s", "video_s", "speedup_video")
+"""Row fields that hold probe times scaled by voxel count (or depend on them) on a probe run."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class AESpec:
 
 @dataclass
 class AERow:
-    """Measurements of one AE; times in seconds per batch, medians over `repeat` calls."""
+    """Measurements of one AE; times in seconds per batch, medians over `repeat` rounds."""
 
     ae: str
     patch: int
@@ -60,7 +72,7 @@ class AERow:
     train_step_s: float
     """DiT forward + backward + AdamW step."""
     infer_step_s: float
-    """One denoising step: the DiT on 3*batch rows (text, negative text, unconditioned)."""
+    """One denoising step: the DiT on CFG_ROWS * batch rows (prompt, negative prompt)."""
     video_s: float
     """steps * infer_step_s + decode_s."""
     encode_s: float
@@ -78,26 +90,40 @@ class AERow:
     dit_params: int
     ae_timing_probe: str | None
     """Probe clip TxHxW whose times were scaled by voxel count; None when measured at full size."""
+    extrapolated: list[str]
+    """The fields of this row scaled from the probe clip rather than measured (empty if none)."""
+    train_rounds: list[float]
+    """Seconds of each interleaved round (the speedups are medians of per-round ratios)."""
+    infer_rounds: list[float]
+    encode_rounds: list[float]
+    """Per round; scaled like encode_s on a probe run."""
+    decode_rounds: list[float]
     train_spread: float
     infer_spread: float
     encode_spread: float
     decode_spread: float
     speedup_train: float = 1.0
+    """Median over rounds of baseline train time / this row's (row 0 is the baseline)."""
     speedup_infer: float = 1.0
     speedup_video: float = 1.0
     psnr: float | None = None
     ssim: float | None = None
 
+    def video_rounds(self, steps: int) -> list[float]:
+        """steps * infer + decode of each round."""
+        return [steps * i + d for i, d in zip(self.infer_rounds, self.decode_rounds, strict=True)]
+
 
 def parse_ae_spec(spec: str) -> AESpec:
     """'PRESET:PATCH' -> AESpec; UsageError naming the presets otherwise."""
-    from vidcli.models.dcae import AE_PRESETS
+    from vidcli.models.autoencoders import all_presets
 
+    presets = all_presets()
     preset, sep, patch = spec.rpartition(":")
-    if not sep or preset not in AE_PRESETS or not patch.isdigit() or int(patch) < 1:
+    if not sep or preset not in presets or not patch.isdigit() or int(patch) < 1:
         raise UsageError(
             f"--ae {spec!r}: expected PRESET:PATCH with PATCH a positive integer and PRESET one "
-            f"of {', '.join(AE_PRESETS)}",
+            f"of {', '.join(presets)}",
             hint="vidcli benchmark --compare-ae --ae dc-ae-f8t4c16:2 --ae dc-ae-f32t4c128:1",
         )
     return AESpec(preset, int(patch))
@@ -112,10 +138,9 @@ def pixel_alignment(specs: list[AESpec]) -> int:
 
 def _meta_autoencoder(preset: str):
     """The AE without weights in memory: enough for shapes and compression factors."""
-    from vidcli.models.dcae import build_autoencoder
+    from vidcli.models.autoencoders import build_autoencoder
 
-    with torch.device("meta"):
-        return build_autoencoder(preset)
+    return build_autoencoder(preset, device="meta")
 
 
 def row_tokens(spec: AESpec, s: Settings) -> tuple[tuple[int, int, int, int], int]:
@@ -125,25 +150,59 @@ def row_tokens(spec: AESpec, s: Settings) -> tuple[tuple[int, int, int, int], in
     return latent, t * (h // spec.patch) * (w // spec.patch)
 
 
+def extrapolation_note(rows: list[AERow]) -> str | None:
+    """The footnote for fields marked `*`, or None when every number was measured."""
+    probes = sorted({r.ae_timing_probe for r in rows if r.ae_timing_probe})
+    if not probes:
+        return None
+    return (
+        f"* extrapolated, not measured: AE encode/decode timed on a {', '.join(probes)} probe "
+        "clip and scaled by voxel count (video time and its speedup include the decode)"
+    )
+
+
+# ------------------------------------------------------------------------------- measurement
+
+
 def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow], dict[str, Any]]:
-    """Measure every row (CPU: each in a fresh process) and fill the speedups against row 0."""
+    """Measure every row interleaved, each in its own worker, and fill the speedups vs row 0."""
     for spec in specs:
         row_tokens(spec, s)  # every shape error before the first long measurement
     peak = measure_matmul_peak(s.device, DTYPES[s.dtype])
-    rows = []
-    for i, spec in enumerate(specs):
-        log.info("compare-ae %d/%d: %s", i + 1, len(specs), spec.label)
-        if s.device == "cpu":
-            # A fresh process per row: ru_maxrss never goes down, so a shared process would
-            # report the largest row's peak for every later row.
-            rows.append(_measure_row_in_subprocess(spec, s, peak))
-        else:
-            rows.append(measure_row(spec, s, peak))
+    log.info("compare-ae: %s, timed interleaved", ", ".join(spec.label for spec in specs))
+    with ExitStack() as stack:
+        workers = [
+            stack.enter_context(
+                RowProcess(
+                    "vidcli.benchmark.compare_ae:RowBench",
+                    f"compare-ae row {spec.label}",
+                    spec=dataclasses.asdict(spec),
+                    settings=dataclasses.asdict(s),
+                )
+            )
+            for spec in specs
+        ]
+
+        def interleaved(method: str) -> list[Timing]:
+            return time_interleaved([partial(w.call, method) for w in workers], s.repeat, WARMUP)
+
+        train = interleaved("train")
+        facts = [w.call("finish_train") for w in workers]
+        infer = interleaved("infer")
+        probes = [w.call("start_autoencoder") for w in workers]
+        encode = interleaved("encode")
+        decode = interleaved("decode")
+    rows = [
+        _row(spec, s, peak, *measured)
+        for spec, *measured in zip(specs, facts, probes, train, infer, encode, decode, strict=True)
+    ]
     base = rows[0]
+    base_train, base_infer = Timing(tuple(base.train_rounds)), Timing(tuple(base.infer_rounds))
+    base_video = Timing(tuple(base.video_rounds(s.steps)))
     for row in rows:
-        row.speedup_train = base.train_step_s / row.train_step_s
-        row.speedup_infer = base.infer_step_s / row.infer_step_s
-        row.speedup_video = base.video_s / row.video_s
+        row.speedup_train = median_ratio(base_train, Timing(tuple(row.train_rounds)))
+        row.speedup_infer = median_ratio(base_infer, Timing(tuple(row.infer_rounds)))
+        row.speedup_video = median_ratio(base_video, Timing(tuple(row.video_rounds(s.steps))))
     probe = {r.ae_timing_probe for r in rows} - {None}
     env = {
         "resolution": [s.height, s.width],
@@ -156,53 +215,37 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         "matmul_peak_flops": peak,
         "mfu_against": f"measured {s.dtype} matmul peak on this device",
         "ae_timing": (
-            f"probe {', '.join(sorted(probe))}, scaled by voxels" if probe else "measured"
+            f"extrapolated: probe {', '.join(sorted(probe))}, scaled by voxels"
+            if probe
+            else "measured"
         ),
+        "interleaved": "rows timed A B A B ..., one call at a time; speedups are medians of "
+        "per-round ratios",
         "peak_mem": (
             "peak RSS of each row's own process after the DiT train steps"
             if s.device == "cpu"
-            else "torch.cuda.max_memory_allocated over the DiT train steps"
+            else "torch.cuda.max_memory_allocated of each row's own process over its train steps"
         ),
     }
     return rows, env
 
 
-def _measure_row_in_subprocess(spec: AESpec, s: Settings, matmul_peak: float) -> AERow:
-    """`measure_row` in a new Python process; arguments and the row travel as JSON."""
-    job = json.dumps([dataclasses.asdict(spec), dataclasses.asdict(s), matmul_peak])
-    code = "from vidcli.benchmark.compare_ae import row_worker; row_worker()"
-    # The worker's stderr is ours (its errors show); its stdout carries only the row.
-    done = subprocess.run(
-        [sys.executable, "-c", code], input=job, stdout=subprocess.PIPE, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise StageFailed(
-            f"compare-ae row {spec.label} failed in its worker process (exit {done.returncode})"
-        )
-    return AERow(**json.loads(done.stdout))
-
-
-def row_worker() -> None:
-    """Entry of the per-row process: JSON [spec, settings, matmul peak] on stdin, row on stdout."""
-    spec, settings, peak = json.loads(sys.stdin.read())
-    blocks = settings["dit_blocks"]
-    settings["dit_blocks"] = tuple(blocks) if blocks else None
-    row = measure_row(AESpec(**spec), Settings(**settings), peak)
-    sys.stdout.write(json.dumps(dataclasses.asdict(row)))
-
-
-def measure_row(spec: AESpec, s: Settings, matmul_peak: float) -> AERow:
-    """DiT train/inference timings on this AE's latent size, then the AE's encode/decode."""
-    torch.set_num_threads(s.threads)
-    torch.manual_seed(SEED)
-    device, dtype = torch.device(s.device), DTYPES[s.dtype]
+def _row(
+    spec: AESpec,
+    s: Settings,
+    matmul_peak: float,
+    facts: dict[str, Any],
+    probe: dict[str, Any],
+    train: Timing,
+    infer: Timing,
+    encode: Timing,
+    decode: Timing,
+) -> AERow:
     latent, tokens = row_tokens(spec, s)
-    dit, train, infer, peak_mem = _time_dit(spec, latent, s)
-    flops = 3 * dit.forward_flops(tokens, s.text_tokens) * s.batch_size
-    dit_params = sum(p.numel() for p in dit.parameters())
-    del dit
-    encode, decode, probe = _time_autoencoder(spec.preset, s, device, dtype)
-    decode_s = decode.median * probe[2] if probe else decode.median
+    encode_rounds = [t * probe["encode_scale"] for t in encode.seconds]
+    decode_rounds = [t * probe["decode_scale"] for t in decode.seconds]
+    decode_s = decode.median * probe["decode_scale"]
+    flops = facts["flops_per_step"]
     return AERow(
         ae=spec.preset,
         patch=spec.patch,
@@ -211,16 +254,21 @@ def measure_row(spec: AESpec, s: Settings, matmul_peak: float) -> AERow:
         train_step_s=train.median,
         infer_step_s=infer.median,
         video_s=s.steps * infer.median + decode_s,
-        encode_s=encode.median * probe[1] if probe else encode.median,
+        encode_s=encode.median * probe["encode_scale"],
         decode_s=decode_s,
-        peak_mem_bytes=peak_mem,
+        peak_mem_bytes=facts["peak_mem_bytes"],
         flops_per_step=flops,
         achieved_flops=flops / train.median,
         mfu=flops / train.median / matmul_peak,
         samples_per_s=s.batch_size / train.median,
         text_tokens=s.text_tokens,
-        dit_params=dit_params,
-        ae_timing_probe=probe[0] if probe else None,
+        dit_params=facts["dit_params"],
+        ae_timing_probe=probe["label"],
+        extrapolated=list(EXTRAPOLATED_FIELDS) if probe["label"] else [],
+        train_rounds=list(train.seconds),
+        infer_rounds=list(infer.seconds),
+        encode_rounds=encode_rounds,
+        decode_rounds=decode_rounds,
         train_spread=train.spread,
         infer_spread=infer.spread,
         encode_spread=encode.spread,
@@ -228,63 +276,119 @@ def measure_row(spec: AESpec, s: Settings, matmul_peak: float) -> AERow:
     )
 
 
-def _time_dit(
-    spec: AESpec, latent: tuple[int, ...], s: Settings
-) -> tuple[torch.nn.Module, Timing, Timing, int]:
-    """(model, train-step timing, denoising-step timing, peak memory bytes) on random tokens."""
-    from vidcli.models.mmdit import build_dit, make_image_ids
+class RowBench:
+    """One row's models and the calls timed on them, built inside the row's worker process.
 
-    device, dtype = torch.device(s.device), DTYPES[s.dtype]
-    c, t, h, w = latent
-    blocks = {}
-    if s.dit_blocks:
-        blocks = dict(depth=s.dit_blocks[0], depth_single_blocks=s.dit_blocks[1])
-    model = build_dit(
-        s.dit,
-        device=device,
-        dtype=dtype,
-        in_channels=c * spec.patch**2,
-        patch_size=spec.patch,
-        **blocks,
-    )
-    cfg, b = model.config, s.batch_size
-    ids = make_image_ids(b, t, h // spec.patch, w // spec.patch, device=device)
-    inputs = dict(
-        img=torch.randn(b, ids.shape[1], cfg.in_channels, device=device, dtype=dtype),
-        img_ids=ids,
-        txt=torch.randn(b, s.text_tokens, cfg.context_in_dim, device=device, dtype=dtype),
-        txt_ids=torch.zeros(b, s.text_tokens, 3, device=device),
-        timesteps=torch.rand(b, device=device, dtype=dtype),
-        y_vec=torch.randn(b, cfg.vec_in_dim, device=device, dtype=dtype),
-        guidance=torch.full((b,), 4.0, device=device, dtype=dtype),
-    )
-    target = torch.randn_like(inputs["img"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    Phases, each timed interleaved with the other rows: `train` (DiT step), then
+    `finish_train`, `infer` (denoising step), then `start_autoencoder`, `encode`, `decode`.
+    Each timing method runs one call and returns its seconds.
+    """
 
-    def train_step() -> None:
-        F.mse_loss(model(**inputs).float(), target.float()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def __init__(self, spec: dict[str, Any], settings: dict[str, Any]):
+        from vidcli.models.mmdit import build_dit, make_image_ids
 
-    # The sampler's classifier-free guidance runs text, negative text and unconditioned rows
-    # in one batch of 3B (flow.py), so one denoising step is one call on 3B rows.
-    cfg_inputs = {k: torch.cat([v] * 3) for k, v in inputs.items()}
+        blocks = settings["dit_blocks"]
+        s = Settings(**{**settings, "dit_blocks": tuple(blocks) if blocks else None})
+        self.spec, self.s = AESpec(**spec), s
+        torch.set_num_threads(s.threads)
+        torch.manual_seed(SEED)
+        self.device, self.dtype = torch.device(s.device), DTYPES[s.dtype]
+        device, dtype = self.device, self.dtype
+        (c, t, h, w), self.tokens = row_tokens(self.spec, s)
+        p = self.spec.patch
+        depth = {}
+        if s.dit_blocks:
+            depth = dict(depth=s.dit_blocks[0], depth_single_blocks=s.dit_blocks[1])
+        model = build_dit(
+            s.dit, device=device, dtype=dtype, in_channels=c * p**2, patch_size=p, **depth
+        )
+        cfg, b = model.config, s.batch_size
+        ids = make_image_ids(b, t, h // p, w // p, device=device)
+        self.inputs = dict(
+            img=torch.randn(b, ids.shape[1], cfg.in_channels, device=device, dtype=dtype),
+            img_ids=ids,
+            txt=torch.randn(b, s.text_tokens, cfg.context_in_dim, device=device, dtype=dtype),
+            txt_ids=torch.zeros(b, s.text_tokens, 3, device=device),
+            timesteps=torch.rand(b, device=device, dtype=dtype),
+            y_vec=torch.randn(b, cfg.vec_in_dim, device=device, dtype=dtype),
+            guidance=torch.full((b,), 4.0, device=device, dtype=dtype),
+        )
+        self.target = torch.randn_like(self.inputs["img"])
+        self.model = model
+        self.optimizer: torch.optim.Optimizer | None = torch.optim.AdamW(
+            model.parameters(), lr=1e-5
+        )
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def train(self) -> float:
+        def step() -> None:
+            out = self.model(**self.inputs)
+            F.mse_loss(out.float(), self.target.float()).backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+        return time_once(step, self.device)
+
+    def finish_train(self) -> dict[str, Any]:
+        """Peak memory of the train steps, FLOPs and size; frees the optimizer for inference."""
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
+        self.optimizer = None  # free the AdamW moments before the inference timings
+        self.model.requires_grad_(False)
+        # The sampler runs CFG_ROWS rows per video in one batch (flow.sample_i2v).
+        self.cfg_inputs = {k: torch.cat([v] * CFG_ROWS) for k, v in self.inputs.items()}
+        flops = 3 * self.model.forward_flops(self.tokens, self.s.text_tokens) * self.s.batch_size
+        return {
+            "peak_mem_bytes": peak,
+            "flops_per_step": flops,
+            "dit_params": sum(p.numel() for p in self.model.parameters()),
+        }
 
     @torch.no_grad()
-    def infer_step() -> None:
-        model(**cfg_inputs)
+    def infer(self) -> float:
+        return time_once(lambda: self.model(**self.cfg_inputs), self.device)
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    train = time_calls(train_step, device, s.repeat, WARMUP)
-    if device.type == "cuda":
-        peak_mem = torch.cuda.max_memory_allocated(device)
-    else:
-        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
-    optimizer.state.clear()  # free the AdamW moments before the inference timings
-    model.requires_grad_(False)
-    infer = time_calls(infer_step, device, s.repeat, WARMUP)
-    return model, train, infer, peak_mem
+    def start_autoencoder(self) -> dict[str, Any]:
+        """Drop the DiT, build the AE and its input; {label, encode_scale, decode_scale} of the
+        probe clip (label None and scales 1 when timed at full size)."""
+        from vidcli.models.autoencoders import build_autoencoder
+        from vidcli.models.dcae import TilingConfig
+
+        del self.model, self.inputs, self.cfg_inputs, self.target
+        gc.collect()
+        s = self.s
+        ae = build_autoencoder(self.spec.preset).to(device=self.device, dtype=self.dtype).eval()
+        full = (s.frames, s.height, s.width)
+        size, probe = full, {"label": None, "encode_scale": 1.0, "decode_scale": 1.0}
+        if s.ae_timing == "probe":
+            small = probe_shape(ae)
+            if math.prod(small) < math.prod(full):
+                # Linear cost in voxels: encode scales with input voxels, decode with output ones.
+                size = small
+                probe = {
+                    "label": "x".join(map(str, small)),
+                    "encode_scale": math.prod(full) / math.prod(small),
+                    "decode_scale": _decoded_voxels(ae, *full) / _decoded_voxels(ae, *small),
+                }
+        elif self.device.type == "cuda":
+            ae.tiling = TilingConfig()
+        shape = (s.batch_size, RGB, *size)
+        self.x = torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1
+        self.ae = ae
+        with torch.no_grad():
+            self.z = ae.encode(self.x)
+        return probe
+
+    @torch.no_grad()
+    def encode(self) -> float:
+        return time_once(lambda: self.ae.encode(self.x), self.device)
+
+    @torch.no_grad()
+    def decode(self) -> float:
+        return time_once(lambda: self.ae.decode(self.z), self.device)
 
 
 # ru_maxrss is in kilobytes on Linux, bytes on macOS.
@@ -298,41 +402,20 @@ def probe_shape(ae) -> tuple[int, int, int]:
     return frames, side, side
 
 
-def _time_autoencoder(preset: str, s: Settings, device: torch.device, dtype: torch.dtype):
-    """(encode Timing, decode Timing, probe) where probe = (label, encode scale, decode scale)
-    when the times were taken on a probe clip, else None."""
-    from vidcli.models.dcae import TilingConfig, build_autoencoder
-
-    ae = build_autoencoder(preset).to(device=device, dtype=dtype).eval()
-    full = (s.frames, s.height, s.width)
-    size, probe = full, None
-    if s.ae_timing == "probe":
-        small = probe_shape(ae)
-        if math.prod(small) < math.prod(full):
-            # Linear cost in voxels: encode scales with input voxels, decode with output voxels.
-            encode_scale = math.prod(full) / math.prod(small)
-            decode_scale = _decoded_voxels(ae, *full) / _decoded_voxels(ae, *small)
-            size, probe = small, ("x".join(map(str, small)), encode_scale, decode_scale)
-    elif device.type == "cuda":
-        ae.tiling = TilingConfig()
-    x = torch.rand(s.batch_size, ae.config.in_channels, *size, device=device, dtype=dtype) * 2 - 1
-    with torch.no_grad():
-        z = ae.encode(x)
-        encode = time_calls(lambda: ae.encode(x), device, s.repeat, WARMUP)
-        decode = time_calls(lambda: ae.decode(z), device, s.repeat, WARMUP)
-    return encode, decode, probe
-
-
 def _decoded_voxels(ae, frames: int, height: int, width: int) -> int:
     _, t, _, _ = ae.latent_shape(frames, height, width)
     return ae.decoded_frames(t) * height * width
+
+
+# ------------------------------------------------------------------------------- output
 
 
 CSV_FIELDS = [f.name for f in dataclasses.fields(AERow)]
 
 
 def write_csv(rows: list[AERow], path: Path) -> Path:
-    """One line per row, the AERow fields as columns (latent shape as CxTxHxW)."""
+    """One line per row, the AERow fields as columns (latent shape as CxTxHxW, other lists
+    space-separated: `extrapolated` names the columns scaled from a probe clip)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         writer = csv_module.DictWriter(f, fieldnames=CSV_FIELDS)
@@ -340,6 +423,9 @@ def write_csv(rows: list[AERow], path: Path) -> Path:
         for row in rows:
             values = dataclasses.asdict(row)
             values["latent_shape"] = "x".join(map(str, row.latent_shape))
+            for name, value in values.items():
+                if isinstance(value, list) and name != "latent_shape":
+                    values[name] = " ".join(map(str, value))
             writer.writerow(values)
     return path
 
@@ -357,12 +443,14 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
         title=f"DiT {env['dit']} on each AE's latents, {env['frames']} frames "
         f"{env['resolution'][0]}x{env['resolution'][1]}, batch {env['batch_size']}, "
         f"{env['device_name']} {env['dtype']}",
-        caption=f"median of {env['repeat']} after {WARMUP} warm-up; AE times: "
-        f"{env['ae_timing']}; MFU against the measured matmul peak "
-        f"{env['matmul_peak_flops'] / 1e12:.3g} TFLOP/s",
+        caption=f"median of {env['repeat']} rounds, rows interleaved, after {WARMUP} warm-up; "
+        f"MFU against the measured matmul peak {env['matmul_peak_flops'] / 1e12:.3g} TFLOP/s"
+        + (f"\n{note}" if (note := extrapolation_note(rows)) else ""),
     )
-    columns = ["AE:patch", "latent", "tokens", "train s", "samples/s", "step s", "video s"]
-    columns += ["enc s", "dec s", "peak mem", "TFLOP/step", "MFU", "x train", "x step", "x video"]
+    mark = "*" if note else ""
+    columns = ["AE:patch", "latent", "tokens", "train s", "samples/s", "step s", f"video s{mark}"]
+    columns += [f"enc s{mark}", f"dec s{mark}", "peak mem", "TFLOP/step", "MFU", "x train"]
+    columns += ["x step", f"x video{mark}"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("AE:patch", "latent") else "right")
     for r in rows:

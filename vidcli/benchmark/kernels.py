@@ -1,38 +1,77 @@
 """`vidcli benchmark --kernels`: each vidcli_kernels kernel against its PyTorch reference on the
-same inputs: time, speedup and largest difference."""
+same inputs: time, speedup and largest difference.
+
+The attention reference always computes in float32 (it upcasts its inputs), so a bfloat16 kernel
+against it is not equal work: such a row says so (`equal_work`, `differs`), and a float32 row,
+where both compute in float32, is added beside it.
+"""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import torch
 
-from vidcli.benchmark.attention import attention_sizes, no_grad_call
+from vidcli.benchmark.attention import attention_sizes
 from vidcli.benchmark.options import SEED, WARMUP, Settings
-from vidcli.timing import time_calls
+from vidcli.timing import median_ratio, time_interleaved, time_once
+
+REFERENCE_COMPUTE = torch.float32
+"""What `attention_reference` computes in, whatever its inputs (kernels/attention.py)."""
 
 
 def kernels_bench(s: Settings) -> list[dict[str, Any]]:
-    """Each vidcli_kernels kernel against its reference: time, speedup, largest difference."""
-    from vidcli_kernels.attention import attention, attention_backend, attention_reference
-
+    """Each vidcli_kernels kernel against its reference at the device's attention dtype."""
     device = torch.device(s.device)
-    heads, dim, token_counts, dtype = attention_sizes(device)
+    *_, dtype = attention_sizes(device)
+    return attention_rows(device, dtype, s.repeat)
+
+
+def attention_rows(device: torch.device, dtype: torch.dtype, repeat: int) -> list[dict[str, Any]]:
+    """`attention` vs `attention_reference` on `dtype` inputs, plus on float32 inputs (equal
+    work) when `dtype` is not float32; kernel and reference timed interleaved."""
+    from vidcli_kernels.attention import attention, attention_backend
+    from vidcli_kernels.attention import attention_reference as ref_fn
+
+    heads, dim, token_counts, _ = attention_sizes(device)
     tokens = token_counts[0]
-    torch.manual_seed(SEED)
-    q, k, v = (torch.randn(1, heads, tokens, dim, device=device, dtype=dtype) for _ in range(3))
-    kernel = time_calls(no_grad_call(attention, q, k, v), device, s.repeat, WARMUP)
-    reference = time_calls(no_grad_call(attention_reference, q, k, v), device, s.repeat, WARMUP)
-    err = (attention(q, k, v).float() - attention_reference(q, k, v).float()).abs().max().item()
-    return [
-        {
-            "kernel": "attention",
-            "backend": attention_backend(q),
-            "shape": [1, heads, tokens, dim],
-            "dtype": str(dtype).removeprefix("torch."),
-            "kernel_s": kernel.median,
-            "reference_s": reference.median,
-            "speedup": reference.median / kernel.median,
-            "max_abs_err": err,
-        }
-    ]
+    rows = []
+    for input_dtype in dict.fromkeys((dtype, REFERENCE_COMPUTE)):
+        torch.manual_seed(SEED)
+        q, k, v = (
+            torch.randn(1, heads, tokens, dim, device=device, dtype=input_dtype) for _ in range(3)
+        )
+        with torch.no_grad():
+            kernel, reference = time_interleaved(
+                [partial(time_once, partial(fn, q, k, v), device) for fn in (attention, ref_fn)],
+                repeat,
+                WARMUP,
+            )
+            out, ref = attention(q, k, v).float(), ref_fn(q, k, v).float()
+        equal = input_dtype == REFERENCE_COMPUTE
+        name = _name(input_dtype)
+        rows.append(
+            {
+                "kernel": "attention",
+                "backend": attention_backend(q),
+                "shape": [1, heads, tokens, dim],
+                "dtype": name,
+                "kernel_compute": name,
+                "reference_compute": _name(REFERENCE_COMPUTE),
+                "equal_work": equal,
+                "differs": None
+                if equal
+                else f"not equal work: the kernel computes in {name} (float32 accumulation), "
+                f"the reference upcasts to {_name(REFERENCE_COMPUTE)}",
+                "kernel_s": kernel.median,
+                "reference_s": reference.median,
+                "speedup": median_ratio(reference, kernel),
+                "max_abs_err": (out - ref).abs().max().item(),
+            }
+        )
+    return rows
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
