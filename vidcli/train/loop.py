@@ -11,7 +11,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,10 @@ from torch import nn
 
 from vidcli.console import log, progress_bar
 from vidcli.errors import StageFailed
+from vidcli.fileio import atomic_write_text
 from vidcli.recipe import LauncherSection, Recipe, TrainSection, write_resolved_recipe
 from vidcli.train import checkpoint as ckpt
+from vidcli.train import seeds
 from vidcli.train.ema import EMA
 
 LossFn = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, float]]]
@@ -97,111 +99,198 @@ def train(
     world: int,
     resume: str | None,
 ) -> TrainResult:
-    """Run the loop to `recipe.train.max_steps`; rank 0 logs and returns the result."""
-    train_cfg, launcher = recipe.train, recipe.launcher
+    """Run the loop to `recipe.train.max_steps`; rank 0 logs and returns the result.
+
+    The output folder was checked by the launcher (`launcher.prepare_output`): a fresh run only
+    starts in a folder that holds no other run, or one the user asked to overwrite.
+    """
+    train_cfg = recipe.train
     output = Path(train_cfg.output)
     checkpoints = output / "checkpoints"
     ema = EMA(spec.model, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
-
-    # Resume: engine (weights, optimizer, LR schedule), EMA and counters from one folder.
-    state = ckpt.TrainerState(step=0, samples_seen=0)
-    resumed_from = ckpt.resolve_resume(resume, checkpoints)
-    if resumed_from is not None:
-        engine.load_checkpoint(str(resumed_from), tag="deepspeed")
-        for name, extra in spec.extra_engines.items():
-            extra.load_checkpoint(str(resumed_from), tag=name)
-        state = ckpt.read_state(resumed_from)
-        if ema is not None:
-            from safetensors.torch import load_file
-
-            ema.load_state_dict(load_file(str(resumed_from / "ema.safetensors")))
-        if rank == 0:
-            log.info("resumed from %s at step %d", resumed_from, state.step)
+    state, resumed_from = _resume(spec, engine, ema, resume, checkpoints, rank)
+    metrics_file = output / "metrics.jsonl"
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         write_resolved_recipe(recipe, output)
-    metrics_file = output / "metrics.jsonl"
-    if rank == 0 and resumed_from is None:
-        metrics_file.unlink(missing_ok=True)
-    elif rank == 0:
-        _truncate_metrics(metrics_file, state.step)
+        # Lines past the checkpoint (or every line, on a fresh start) will be logged again.
+        truncate_metrics(metrics_file, state.step)
 
-    samples_per_step = train_cfg.batch_size * launcher.grad_accum * world
-    window: list[dict[str, float]] = []
-    window_losses: list[float] = []
-    window_start = time.perf_counter()
-    run_start = time.perf_counter()
+    meter = _Meter(spec, engine, world, recipe)
     start_step = state.step
-    last_loss = float("nan")
-    last_logged: dict[str, float] = {}
     with progress_bar() as bar:
         task = bar.add_task(f"train-{spec.name}", total=train_cfg.max_steps, status="")
         bar.update(task, completed=state.step)
         while state.step < train_cfg.max_steps:
-            step = state.step
-            step_losses = []
-            for micro in range(launcher.grad_accum):
-                index = step * launcher.grad_accum + micro
-                # Randomness of this micro-step (noise, dropout, t) depends on (seed, rank, step)
-                # alone, so resuming reproduces it without saving generator states.
-                torch.manual_seed(_seed_for(train_cfg.seed, rank, index))
-                batch = spec.batch_at(index)
-                with autocast_context(launcher.precision):
-                    loss, extra = spec.loss(engine, batch, step)
-                if not _finite_everywhere(loss):
-                    step_losses.append(float("nan"))
-                    continue  # skip this micro-batch: its gradient never reaches the weights
-                engine.backward(loss)
-                engine.step()
-                step_losses.append(loss.detach().float().item())
-                window.append(extra)
-            if any(math.isnan(v) for v in step_losses):
-                state.consecutive_bad_steps += 1
-                log.warning("step %d: non-finite loss, step skipped", step)
-                if state.consecutive_bad_steps >= train_cfg.max_bad_steps:
-                    raise StageFailed(
-                        f"train-{spec.name}: {state.consecutive_bad_steps} steps in a row with a "
-                        f"non-finite loss (at step {step}); lower [train] lr or check the data"
-                    )
-            else:
-                state.consecutive_bad_steps = 0
-                last_loss = sum(step_losses) / len(step_losses)
-                window_losses.append(last_loss)
-            if ema is not None:
-                ema.update(spec.model)
+            step_loss, extras = _train_step(spec, recipe, engine, state.step, rank)
+            _count_step(spec, train_cfg, state, step_loss)
+            if step_loss is not None:
+                meter.add(step_loss, extras)
+                if ema is not None:
+                    ema.update(spec.model)
             state.step += 1
-            state.samples_seen += samples_per_step
-
-            if state.step % train_cfg.log_every == 0 or state.step == train_cfg.max_steps:
-                elapsed = time.perf_counter() - window_start
-                record = _log_record(
-                    spec, engine, state, window, window_losses, elapsed, samples_per_step, world
-                )
-                last_logged = record
+            state.samples_seen += meter.samples_per_step
+            at_end = state.step == train_cfg.max_steps
+            if state.step % train_cfg.log_every == 0 or at_end:
+                record = meter.flush(state)
                 if rank == 0:
-                    with metrics_file.open("a") as f:
-                        f.write(json.dumps(record) + "\n")
-                window, window_losses = [], []
-                window_start = time.perf_counter()
+                    _append_line(metrics_file, json.dumps(record))
                 bar.update(task, status=f"loss {record['loss']:.4f} lr {record['lr']:.2e}")
-            if state.step % train_cfg.ckpt_every == 0 or state.step == train_cfg.max_steps:
+            if state.step % train_cfg.ckpt_every == 0 or at_end:
                 save_checkpoint(spec, recipe, engine, ema, state, checkpoints, rank)
             bar.update(task, completed=state.step)
+    return meter.result(state, start_step, output, checkpoints, resumed_from)
 
-    wall = time.perf_counter() - run_start
-    steps_run = state.step - start_step
-    return TrainResult(
-        stage=spec.name,
-        steps=state.step,
-        final_loss=last_loss,
-        wall_time_s=wall,
-        output=str(output),
-        checkpoint=str(ckpt.step_dir(checkpoints, state.step)),
-        samples_per_s=steps_run * samples_per_step / wall if wall > 0 else 0.0,
-        tokens_per_s=steps_run * samples_per_step * spec.tokens_per_sample / wall if wall else 0.0,
-        resumed_from=str(resumed_from) if resumed_from else None,
-        metrics={k: v for k, v in last_logged.items() if k not in ("step",)},
-    )
+
+def _resume(
+    spec: StageSpec,
+    engine: Any,
+    ema: EMA | None,
+    resume: str | None,
+    checkpoints: Path,
+    rank: int,
+) -> tuple[ckpt.TrainerState, Path | None]:
+    """Engine (weights, optimizer, LR schedule), EMA and counters from one checkpoint folder."""
+    resumed_from = ckpt.resolve_resume(resume, checkpoints)
+    if resumed_from is None:
+        return ckpt.TrainerState(step=0, samples_seen=0), None
+    engine.load_checkpoint(str(resumed_from), tag="deepspeed")
+    for name, extra in spec.extra_engines.items():
+        extra.load_checkpoint(str(resumed_from), tag=name)
+    state = ckpt.read_state(resumed_from)
+    if ema is not None:
+        from safetensors.torch import load_file
+
+        ema.load_state_dict(load_file(str(resumed_from / "ema.safetensors")))
+    if rank == 0:
+        log.info("resumed from %s at step %d", resumed_from, state.step)
+    return state, resumed_from
+
+
+def _train_step(
+    spec: StageSpec, recipe: Recipe, engine: Any, step: int, rank: int
+) -> tuple[float | None, list[dict[str, float]]]:
+    """One optimizer step over `grad_accum` micro-batches: (mean loss or None if skipped, extras).
+
+    A non-finite loss on any rank skips the whole step, yet every micro-batch still goes through
+    `engine.backward` and `engine.step`: DeepSpeed's accumulation boundaries, reductions, LR
+    schedule and step counters then advance exactly as on a good step, and only the optimizer's
+    update is withheld (`_update_withheld`), so no weight or optimizer moment moves.
+    """
+    grad_accum = recipe.launcher.grad_accum
+    losses: list[float] = []
+    extras: list[dict[str, float]] = []
+    finite = True
+    for micro in range(grad_accum):
+        index = step * grad_accum + micro
+        # Randomness of this micro-step (noise, dropout, t) depends on (seed, rank, step) alone,
+        # so resuming reproduces it without saving generator states.
+        torch.manual_seed(seeds.step_seed(recipe.train.seed, rank, index, seeds.GLOBAL_RNG))
+        batch = spec.batch_at(index)
+        with autocast_context(recipe.launcher.precision):
+            loss, extra = spec.loss(engine, batch, step)
+        finite = _finite_everywhere(loss) and finite
+        engine.backward(loss)
+        last = micro == grad_accum - 1
+        with contextlib.nullcontext() if finite or not last else _update_withheld(engine):
+            engine.step()
+        losses.append(loss.detach().float().item())
+        extras.append(extra)
+    if not finite:
+        return None, []
+    return sum(losses) / len(losses), extras
+
+
+@contextlib.contextmanager
+def _update_withheld(engine: Any) -> Iterator[None]:
+    """Inside, DeepSpeed's `step` runs in full but its optimizer leaves weights and moments alone.
+
+    DeepSpeed still reduces and then clears the gradients, steps the LR schedule and counts the
+    step. With a precision whose overflow check already skipped the update (fp16/bf16 ZeRO),
+    DeepSpeed leaves its LR schedule behind; it is stepped here so the schedule follows the step.
+    """
+    optimizer = engine.basic_optimizer
+    optimizer.step = lambda *args, **kwargs: None  # shadows the class method for one call
+    try:
+        yield
+    finally:
+        del optimizer.step
+    if not engine.was_step_applied() and engine.lr_scheduler is not None:
+        engine.lr_scheduler.step()
+
+
+def _count_step(
+    spec: StageSpec, train_cfg: TrainSection, state: ckpt.TrainerState, loss: float | None
+) -> None:
+    """Track skipped steps; too many in a row end the run."""
+    if loss is not None:
+        state.consecutive_bad_steps = 0
+        return
+    state.consecutive_bad_steps += 1
+    log.warning("step %d: non-finite loss, step skipped", state.step)
+    if state.consecutive_bad_steps >= train_cfg.max_bad_steps:
+        raise StageFailed(
+            f"train-{spec.name}: {state.consecutive_bad_steps} steps in a row with a "
+            f"non-finite loss (at step {state.step}); lower [train] lr or check the data"
+        )
+
+
+class _Meter:
+    """Losses and metrics since the last log line, and the run's throughput."""
+
+    def __init__(self, spec: StageSpec, engine: Any, world: int, recipe: Recipe):
+        self.spec, self.engine, self.world = spec, engine, world
+        self.samples_per_step = recipe.train.batch_size * recipe.launcher.grad_accum * world
+        self.losses: list[float] = []
+        self.extras: list[dict[str, float]] = []
+        self.last_loss = float("nan")
+        self.last_logged: dict[str, float] = {}
+        self.run_start = self.window_start = time.perf_counter()
+
+    def add(self, loss: float, extras: list[dict[str, float]]) -> None:
+        self.last_loss = loss
+        self.losses.append(loss)
+        self.extras += extras
+
+    def flush(self, state: ckpt.TrainerState) -> dict[str, float]:
+        """The log record of the window that ends at `state.step` (every rank must call it)."""
+        elapsed = time.perf_counter() - self.window_start
+        self.last_logged = _log_record(
+            self.spec,
+            self.engine,
+            state,
+            self.extras,
+            self.losses,
+            elapsed,
+            self.samples_per_step,
+            self.world,
+        )
+        self.losses, self.extras = [], []
+        self.window_start = time.perf_counter()
+        return self.last_logged
+
+    def result(
+        self,
+        state: ckpt.TrainerState,
+        start_step: int,
+        output: Path,
+        checkpoints: Path,
+        resumed_from: Path | None,
+    ) -> TrainResult:
+        wall = time.perf_counter() - self.run_start
+        samples = (state.step - start_step) * self.samples_per_step
+        return TrainResult(
+            stage=self.spec.name,
+            steps=state.step,
+            final_loss=self.last_loss,
+            wall_time_s=wall,
+            output=str(output),
+            checkpoint=str(ckpt.step_dir(checkpoints, state.step)),
+            samples_per_s=samples / wall if wall > 0 else 0.0,
+            tokens_per_s=samples * self.spec.tokens_per_sample / wall if wall > 0 else 0.0,
+            resumed_from=str(resumed_from) if resumed_from else None,
+            metrics={k: v for k, v in self.last_logged.items() if k != "step"},
+        )
 
 
 def save_checkpoint(
@@ -301,22 +390,30 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return flag.item() == 0.0
 
 
-def _seed_for(seed: int, rank: int, index: int) -> int:
-    return (seed * 1_000_003 + rank * 7_919 + index) % (2**63 - 1)
-
-
 def _barrier() -> None:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
 
 
-def _truncate_metrics(metrics_file: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint (they will be logged again)."""
+def _append_line(path: Path, line: str) -> None:
+    with path.open("a") as f:
+        f.write(line + "\n")
+
+
+def truncate_metrics(metrics_file: Path, step: int) -> None:
+    """Keep the log lines of steps <= `step`, atomically.
+
+    A run killed while appending leaves a half-written last line: it is dropped, like the lines
+    written after the checkpoint (they will be logged again).
+    """
     if not metrics_file.is_file():
         return
-    kept = [
-        line
-        for line in metrics_file.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= step
-    ]
-    metrics_file.write_text("".join(f"{line}\n" for line in kept))
+    kept = []
+    for line in metrics_file.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # the torn tail of an interrupted append
+        if isinstance(record, dict) and record.get("step", step + 1) <= step:
+            kept.append(line)
+    atomic_write_text(metrics_file, "".join(f"{line}\n" for line in kept))
