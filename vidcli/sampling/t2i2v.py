@@ -53,10 +53,20 @@ class ImageStage:
     """Denoising steps."""
 
 
+# Open-Sora's named aspect ratios as height / width: 16:9, 9:16, 1:1, 2.39:1.
+NAMED_RATIOS = (9 / 16, 16 / 9, 1.0, 1 / 2.39)
+
+
 def image_size(resolution: int, height: int, width: int, multiple: int) -> tuple[int, int]:
-    """(H, W) with H·W ≈ resolution² at the aspect ratio height:width, sides multiples of
-    `multiple` (rounded to nearest): 768 at 16:9 -> (576, 1024), 256 at 16:9 -> (192, 336)."""
+    """(H, W) with H·W ≈ resolution² at the video's aspect ratio, sides multiples of `multiple`.
+
+    The reference names the ratio ("16:9"); video sizes are rounded (256px 16:9 = 192×336), so a
+    ratio within 3% of a named one is taken as that one: 768 for 192×336 -> (576, 1024).
+    """
     ratio = height / width
+    named = min(NAMED_RATIOS, key=lambda r: abs(math.log(r / ratio)))
+    if abs(math.log(named / ratio)) < 0.03:
+        ratio = named
     area = resolution * resolution
     h = max(multiple, round(math.sqrt(area * ratio) / multiple) * multiple)
     w = max(multiple, round(math.sqrt(area / ratio) / multiple) * multiple)
