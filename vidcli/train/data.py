@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from vidcli.train import seeds
+
 
 def rows_for_step(
     step: int, batch: int, rank: int, world: int, num_rows: int, seed: int
@@ -25,5 +27,8 @@ def rows_for_step(
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
-    """A generator for a step's own randomness (noise, timesteps, dropout coins)."""
-    return torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + step) % (2**63 - 1))
+    """A generator for a step's own randomness (noise, timesteps, dropout coins).
+
+    Its stream is distinct from the global RNG the loop seeds for the same step (`seeds.BATCH`).
+    """
+    return torch.Generator().manual_seed(seeds.step_seed(seed, rank, step, seeds.BATCH))
