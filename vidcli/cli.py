@@ -192,6 +192,10 @@ def prepare_data(
         float, typer.Option("--fps-max", "--max-fps", min=0, help="Reject higher; 0 = off.")
     ] = 0.0,
     require_caption: Annotated[bool, typer.Option(help="Reject videos without a caption.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace an existing --synthetic set; re-probe files probed before."),
+    ] = False,
     synthetic: Annotated[
         str | None,
         typer.Option(help="Write a synthetic set instead, e.g. `shapes:64` (N captioned clips)."),
@@ -215,18 +219,26 @@ def prepare_data(
         from vidcli.data import stage
 
         if synthetic:
-            return stage.run_synthetic(synthetic, out)
-        if encode is not None:
-            loaded = _load(encode, set_values or [])
-            return stage.run_encode(loaded, out, nproc=nproc or loaded.launcher.nproc)
-        if not sources:
+            _check_synthetic_alone(
+                sources=sources,
+                min_frames=min_frames,
+                min_size=min_size,
+                max_aspect=max_aspect,
+                min_fps=min_fps,
+                fps_max=max_fps,
+                require_caption=require_caption,
+                encode=encode,
+                recipe=recipe,
+            )
+            return stage.run_synthetic(synthetic, out, overwrite=overwrite)
+        if encode is None and not sources:
             raise UsageError(
                 "prepare-data needs at least one SOURCE (folder, glob or listing), "
                 "or --synthetic shapes:N",
                 hint="vidcli prepare-data clips/ --out data/",
             )
         options = stage.PrepareOptions(
-            sources=list(sources),
+            sources=list(sources or []),
             out_dir=out,
             workers=workers,
             min_frames=max(1, min_frames),
@@ -235,11 +247,33 @@ def prepare_data(
             min_fps=min_fps or None,
             max_fps=max_fps or None,
             require_caption=require_caption,
+            overwrite=overwrite,
         )
+        if encode is not None:
+            # SOURCE given: probe it into --out first and encode that manifest, not [data]'s.
+            loaded = _load(encode, set_values or [])
+            if sources:
+                loaded = stage.prepare_for_encode(loaded, options)
+            return stage.run_encode(loaded, out, nproc=nproc or loaded.launcher.nproc)
         buckets = _load(recipe, set_values or []).data.buckets if recipe else None
         return stage.run_prepare(options, buckets)
 
     _run(action, as_json=json_output, quiet=quiet, debug=debug)
+
+
+def _check_synthetic_alone(**given: Any) -> None:
+    """--synthetic writes clips and nothing else: the probe filters and SOURCE do not apply."""
+    used = [
+        "SOURCE" if name == "sources" else "--" + name.replace("_", "-")
+        for name, value in given.items()
+        if value
+    ]
+    if used:
+        raise UsageError(
+            f"--synthetic only writes the clips; {', '.join(used)} do not apply to it",
+            hint="vidcli prepare-data --synthetic shapes:64 --out data/shapes, then "
+            "vidcli prepare-data data/shapes/listing.jsonl --out data/ --min-frames ...",
+        )
 
 
 # ------------------------------------------------------------------------------------ training

@@ -1,10 +1,31 @@
-"""Atomic file writes: a temp file in the target folder, renamed into place when complete."""
+"""Atomic writes: readers see the old file (or folder) or the new one, never a partial one.
+
+Every writer in vidcli goes through these helpers:
+
+- `atomic_path(path)`: a fresh, uniquely named temp file beside `path` to write by any means
+  (pyarrow, safetensors, PyAV); renamed over `path` when the block ends, removed on error.
+- `atomic_write_text(path, text)` / `atomic_write_bytes(path, data)`: the common cases.
+- `atomic_folder(path)`: a staging folder for outputs made of several files (a model's
+  config + weights); the whole folder is renamed into place in one step.
+
+Temp names are unique (mkstemp / mkdtemp in the target's folder, so the final rename never
+crosses file systems): two writers of one target, or a leftover from a killed run, never collide.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
 
 
 def temp_path_beside(path: Path) -> Path:
@@ -14,18 +35,72 @@ def temp_path_beside(path: Path) -> Path:
     """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
+    os.chmod(tmp, 0o666 & ~_umask())
     return Path(tmp)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to a temp file in the same folder, then rename it over `path`."""
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp file beside `path`; it replaces `path` if the block completes.
+
+    On an exception the temp file is removed and `path` keeps its old content (or stays absent).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_beside(path)
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write `text` to `path` atomically (UTF-8)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield an empty staging folder beside `path`; it becomes `path` if the block completes.
+
+    Publishing is one rename when `path` does not exist yet. An existing `path` (folder or file)
+    is first renamed aside, then the new folder renamed in, then the old one deleted: a reader
+    sees the old folder or the new one whole, never a mix of their files (between the two
+    renames `path` is briefly absent). If the second rename fails, the old folder is put back.
+    On an exception in the block the staging folder is removed and `path` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs are shared
+    try:
+        yield staging
+        _install_folder(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _install_folder(staging: Path, path: Path) -> None:
+    if not os.path.lexists(path):
+        os.replace(staging, path)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+    old = aside / path.name
+    os.replace(path, old)
+    try:
+        os.replace(staging, path)
+    except BaseException:
+        os.replace(old, path)  # if even this fails, the old folder stays in `aside`, not deleted
+        os.rmdir(aside)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)

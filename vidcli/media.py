@@ -8,9 +8,6 @@ crash never leaves a half-written video under the final name.
 from __future__ import annotations
 
 import math
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -20,7 +17,7 @@ import av
 import numpy as np
 
 from vidcli.errors import ShapeError, UsageError, VidcliError
-from vidcli.fileio import temp_path_beside
+from vidcli.fileio import atomic_folder, atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -289,14 +286,27 @@ def write_video(
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     if format == "png":
-        return _write_png_folder(path, array, fps)
-    tmp = str(temp_path_beside(path))
-    try:
-        _encode(tmp, array, fps, format)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        with atomic_folder(path) as folder:
+            _encode(str(folder / "frame_%05d.png"), array, fps, "png")
+        return path
+    with atomic_path(path) as tmp:
+        _encode(str(tmp), array, fps, format)
+    return path
+
+
+def write_image(
+    path: str | Path, image: np.ndarray | torch.Tensor, overwrite: bool = False
+) -> Path:
+    """Write one image as a PNG file, atomically: `(H, W, 3)` uint8 or `(3, H, W)` in [-1, 1]."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+    frames = image[None] if isinstance(image, np.ndarray) else image[:, None]
+    array = to_uint8_frames(frames)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        # image2 with a single frame and no %d pattern writes exactly that file.
+        _encode(str(tmp), array, 1, "png")
     return path
 
 
@@ -324,18 +334,3 @@ def _encode(target: str, array: np.ndarray, fps: float, format: str) -> None:
             frame = av.VideoFrame.from_ndarray(image, format="rgb24")
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
-
-
-def _write_png_folder(path: Path, array: np.ndarray, fps: float) -> Path:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    tmp.chmod(0o755)  # mkdtemp makes 0700: a frames folder is an output others read
-    try:
-        _encode(str(tmp / "frame_%05d.png"), array, fps, "png")
-        if path.exists():
-            # Replacing a folder cannot be one rename; the old one goes only after the new is whole.
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path

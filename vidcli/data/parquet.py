@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vidcli.fileio import temp_path_beside
+from vidcli.fileio import atomic_path
 
 if TYPE_CHECKING:
     import torch
@@ -17,16 +16,9 @@ if TYPE_CHECKING:
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
     """Write `table` to `path`; readers see the old file or the new one, never a partial one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return Path(path)
 
 
 def tensor_columns(name: str) -> list[pa.Field]:

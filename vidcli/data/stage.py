@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,14 @@ from vidcli.data.synthetic import is_synthetic_source, make_shapes_dataset
 from vidcli.errors import UsageError
 from vidcli.recipe import Recipe
 
-__all__ = ["PrepareOptions", "run_encode", "run_prepare", "run_synthetic"]
+__all__ = [
+    "PrepareOptions",
+    "prepare_for_encode",
+    "run_encode",
+    "run_prepare",
+    "run_synthetic",
+    "with_manifest",
+]
 
 
 @dataclass
@@ -45,13 +53,42 @@ def run_prepare(options: PrepareOptions, buckets: dict | None = None) -> Prepare
     return result
 
 
-def run_synthetic(spec: str, out_dir: Path, seed: int = 0) -> SyntheticResult:
-    """`--synthetic shapes:N`: N captioned moving-shape clips written with PyAV."""
+def run_synthetic(
+    spec: str, out_dir: Path, seed: int = 0, overwrite: bool = False
+) -> SyntheticResult:
+    """`--synthetic shapes:N`: N captioned moving-shape clips written with PyAV.
+
+    An existing set in `out_dir` is replaced only with `overwrite`.
+    """
     if not is_synthetic_source(spec):
         raise UsageError(f"--synthetic {spec}: expected shapes:N, e.g. shapes:64")
     n = int(spec.rsplit(":", 1)[1])
-    listing = make_shapes_dataset(out_dir, n, seed=seed)
+    listing = make_shapes_dataset(out_dir, n, seed=seed, overwrite=overwrite)
     return SyntheticResult(out_dir=out_dir, listing=listing, clips=n)
+
+
+def prepare_for_encode(recipe: Recipe, options: PrepareOptions) -> Recipe:
+    """`prepare-data SOURCE --encode R`: probe SOURCE into `options.out_dir`; R reads that manifest.
+
+    Clips must hold the recipe's `num_frames * frame_stride` frames (with `[data] buckets`, the
+    buckets decide) and pass the command line's filters.
+    """
+    data = recipe.data
+    if not data.buckets:
+        options.min_frames = max(options.min_frames, data.num_frames * data.frame_stride)
+    prepared = run_prepare(options, data.buckets or None)
+    if prepared.accepted == 0:
+        raise UsageError(
+            f"{', '.join(options.sources)}: no clip to encode, all {prepared.rejected_count} "
+            f"rejected (see {prepared.rejected})"
+        )
+    return with_manifest(recipe, prepared.manifest)
+
+
+def with_manifest(recipe: Recipe, manifest: Path) -> Recipe:
+    """`recipe` whose `[data]` reads `manifest` (a prepare-data output) instead of its source."""
+    data = dataclasses.replace(recipe.data, manifest=str(manifest), source="", latents="")
+    return dataclasses.replace(recipe, data=data)
 
 
 def run_encode(recipe: Recipe, out_dir: Path, nproc: int = 1) -> LatentsResult:

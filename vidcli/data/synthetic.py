@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from pathlib import Path
 
 import numpy as np
 
 from vidcli.errors import UsageError
+from vidcli.fileio import atomic_write_text
 from vidcli.media import write_video
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -97,17 +97,33 @@ def _shape_mask(shape: str, y: np.ndarray, x: np.ndarray, radius: float) -> np.n
 
 
 def make_shapes_dataset(
-    out_dir: str | Path, n: int, size: int = 64, frames: int = 16, fps: float = 8, seed: int = 0
+    out_dir: str | Path,
+    n: int,
+    size: int = 64,
+    frames: int = 16,
+    fps: float = 8,
+    seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write `n` captioned MP4 clips (+ `.txt` sidecars) and `listing.jsonl`; return the listing.
 
     Deterministic per seed; the combinations are dealt in a shuffled cycle so a small `n` still
     covers many colours, shapes and directions. The listing is written last: it marks completion.
+    A folder that already holds a set (its listing or any clip) is replaced only with `overwrite`.
     """
     if n < 1:
         raise UsageError(f"a shapes dataset needs n >= 1 clips, got {n}")
     out_dir = Path(out_dir)
     clips = out_dir / "clips"
+    listing = out_dir / LISTING_NAME
+    if not overwrite:
+        existing = next(iter(clips.glob("shapes-*")), None) if clips.is_dir() else None
+        existing = listing if listing.exists() else existing
+        if existing is not None:
+            raise UsageError(
+                f"{out_dir} already holds a synthetic set ({existing}); "
+                "pass --overwrite to replace it, or choose another --out"
+            )
     clips.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     combos = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
@@ -119,16 +135,12 @@ def make_shapes_dataset(
         name = f"shapes-{i:05d}"
         caption = shapes_caption(colour, shape, direction)
         write_video(clips / f"{name}.mp4", clip, fps=fps, overwrite=True)
-        (clips / f"{name}.txt").write_text(caption + "\n")
+        atomic_write_text(clips / f"{name}.txt", caption + "\n")
         rows.append(
             {"path": f"clips/{name}.mp4", "caption": caption, "colour": colour, "shape": shape}
             | {"direction": direction}
         )
-    listing = out_dir / LISTING_NAME
-    tmp = listing.with_name(listing.name + ".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    os.replace(tmp, listing)
-    return listing
+    return atomic_write_text(listing, "".join(json.dumps(row) + "\n" for row in rows))
 
 
 _SPEC = re.compile(r"^(?:synthetic:)?shapes:(\d+)$")
@@ -158,7 +170,10 @@ def resolve_synthetic_source(
     listing = folder / LISTING_NAME
     if listing.is_file():
         return listing
-    return make_shapes_dataset(folder, n, size=size, frames=frames, fps=fps, seed=seed)
+    # No listing: a first use, or an interrupted one whose clips (ours, in the cache) are redone.
+    return make_shapes_dataset(
+        folder, n, size=size, frames=frames, fps=fps, seed=seed, overwrite=True
+    )
 
 
 def measure_shapes_clip(clip: np.ndarray, min_pixels: int = 4) -> tuple[str | None, str | None]:

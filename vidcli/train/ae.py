@@ -18,7 +18,7 @@ from vidcli.console import log
 from vidcli.data.section import video_dataset
 from vidcli.errors import UsageError
 from vidcli.metrics import psnr
-from vidcli.models.dcae import DCAE, save_autoencoder
+from vidcli.models.dcae import DCAE, write_autoencoder_files
 from vidcli.recipe import Recipe
 from vidcli.train import data as train_data
 from vidcli.train.launcher import init_process_group, make_engine
@@ -123,7 +123,7 @@ def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, s
     if stem == "model":
         export = type(model)(model.config)
         export.load_state_dict(state)
-        save_autoencoder(export, folder)
+        write_autoencoder_files(export, folder)  # `folder` is the checkpoint's staging folder
     else:
         save_file(state, str(folder / f"{stem}.safetensors"))
 

@@ -25,7 +25,12 @@ load unchanged; diffusers AutoencoderDC folders load through the key map in `con
 """
 
 from vidcli.models.dcae.config import DCAEConfig, TilingConfig
-from vidcli.models.dcae.loading import build_autoencoder, load_autoencoder, save_autoencoder
+from vidcli.models.dcae.loading import (
+    build_autoencoder,
+    load_autoencoder,
+    save_autoencoder,
+    write_autoencoder_files,
+)
 from vidcli.models.dcae.model import DCAE
 from vidcli.models.dcae.presets import AE_PRESETS
 
@@ -37,4 +42,5 @@ __all__ = [
     "build_autoencoder",
     "load_autoencoder",
     "save_autoencoder",
+    "write_autoencoder_files",
 ]

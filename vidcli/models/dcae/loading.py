@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from vidcli.errors import CheckpointError, UsageError
+from vidcli.fileio import atomic_folder
 from vidcli.models.dcae.config import DCAEConfig, config_from_dict, config_to_dict
 from vidcli.models.dcae.convert import (
     config_from_diffusers,
@@ -22,6 +22,7 @@ from vidcli.models.dcae.presets import AE_PRESETS
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+OWN_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 DIFFUSERS_WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 
 
@@ -122,14 +123,31 @@ def load_autoencoder(path: str | Path, preset: str | None = None, **overrides: A
 
 
 def save_autoencoder(model: DCAE, out_dir: str | Path) -> Path:
-    """Write config.json + model.safetensors into out_dir (temporary files, then renames)."""
+    """Publish config.json + model.safetensors as `out_dir` in one step.
+
+    Both files are written into a staging folder that is then renamed to `out_dir`
+    (`fileio.atomic_folder`), so a reader never pairs a new config with old weights. An existing
+    `out_dir` is replaced whole; one that holds other files is refused rather than emptied.
+    """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp_cfg = out_dir / f".{CONFIG_FILE}.tmp"
-    tmp_weights = out_dir / f".{WEIGHTS_FILE}.tmp"
-    tmp_cfg.write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n")
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, str(tmp_weights), metadata={"format": "pt", "vidcli": "dcae"})
-    os.replace(tmp_weights, out_dir / WEIGHTS_FILE)
-    os.replace(tmp_cfg, out_dir / CONFIG_FILE)
+    if out_dir.is_dir():
+        foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in OWN_FILES)
+        if foreign:
+            raise UsageError(
+                f"{out_dir}: holds {', '.join(foreign[:3])}, not only an autoencoder's "
+                f"{' + '.join(OWN_FILES)}; save to an empty or new folder"
+            )
+    with atomic_folder(out_dir) as staging:
+        write_autoencoder_files(model, staging)
     return out_dir
+
+
+def write_autoencoder_files(model: DCAE, folder: Path) -> None:
+    """config.json + model.safetensors written straight into `folder`.
+
+    For callers that publish `folder` atomically themselves (a training checkpoint's staging
+    folder); everyone else uses `save_autoencoder`.
+    """
+    (folder / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n")
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(sd, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "vidcli": "dcae"})

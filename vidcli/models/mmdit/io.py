@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vidcli.errors import CheckpointError, UsageError
+from vidcli.fileio import atomic_folder
 from vidcli.models.mmdit.config import MMDiTConfig
 from vidcli.models.mmdit.model import MMDiT
 from vidcli.models.mmdit.presets import DIT_PRESETS
@@ -55,23 +53,11 @@ def build_dit(
 def save_dit(model: MMDiT, out_dir: str | Path) -> Path:
     """Write `config.json` + `model.safetensors` into `out_dir` atomically (temp dir + rename)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir) as staging:
         config = {"format": FORMAT, **model.config.to_dict()}
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        if out_dir.exists():
-            old = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": FORMAT})
     return out_dir
 
 
