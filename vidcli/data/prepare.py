@@ -138,20 +138,21 @@ def prepare(
     cache = {} if options.overwrite else _read_probe_cache(cache_path)
     probes: dict[str, dict] = {}
     todo: list[str] = []
-    for item in items:
-        stat = _stat(item.path)
-        old = cache.get(item.path)
+    paths = list(dict.fromkeys(item.path for item in items))  # a file with several clips: once
+    for path in paths:
+        stat = _stat(path)
+        old = cache.get(path)
         if stat is None:
-            probes[item.path] = _error_row(item.path, None, None, "file not found")
+            probes[path] = _error_row(path, None, None, "file not found")
         elif old is not None and (old["bytes"], old["mtime"]) == stat:
-            probes[item.path] = old
+            probes[path] = old
         else:
-            todo.append(item.path)
-    skipped = len(items) - len(todo)
+            todo.append(path)
+    skipped = len(paths) - len(todo)
     log.info("probing %d files (%d unchanged since the last run)", len(todo), skipped)
 
     def checkpoint() -> None:
-        rows = [probes[i.path] for i in items if i.path in probes]
+        rows = [probes[path] for path in paths if path in probes]
         write_parquet_atomic(pa.Table.from_pylist(rows, schema=PROBE_SCHEMA), cache_path)
 
     _probe_all(todo, probes, options.workers, progress, checkpoint, options.checkpoint_s)

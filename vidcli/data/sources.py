@@ -38,13 +38,19 @@ class SourceItem:
 
 
 def resolve_sources(specs: list[str], cache_dir: str | Path | None = None) -> list[SourceItem]:
-    """Every file named by `specs`, in order, each path once (the first mention wins)."""
+    """Every clip named by `specs`, in order, each once (the first mention wins).
+
+    A clip is a file and its (start, end): a listing may cut several clips from one video, and
+    each is its own item. A file named again with the same span (a folder and a listing that
+    both hold it, say) is one item.
+    """
     items: list[SourceItem] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, float | None, float | None]] = set()
     for spec in specs:
         for item in _resolve_one(spec, cache_dir):
-            if item.path not in seen:
-                seen.add(item.path)
+            key = (item.path, item.start, item.end)
+            if key not in seen:
+                seen.add(key)
                 items.append(item)
     return items
 
