@@ -199,12 +199,12 @@ def sample_videos(
     if reference is not None:
         refs = [reference] * len(prompts)
         condition = flow.build_condition("i2v_head", noise.shape, refs, causal=False, device=device)
+    # α from the latent size at the DiT's patch (spec §9), unless the recipe fixes flow_shift.
+    alpha = sample.flow_shift
+    if alpha is None:
+        alpha = flow.inference_shift_alpha(h_lat, w_lat, t_lat, p)
     schedule = flow.inference_schedule(
-        sample.steps,
-        h_lat * w_lat // (p * p),
-        t_lat,
-        shift=sample.shift,
-        flow_shift=sample.flow_shift,
+        sample.steps, h_lat * w_lat // (p * p), t_lat, shift=sample.shift, flow_shift=alpha
     )
     guidance = flow.GuidanceConfig(
         text=sample.guidance,
