@@ -433,6 +433,14 @@ def generate(
             "--raw-weights", help="Sample a checkpoint's raw weights, not its EMA (the default)."
         ),
     ] = False,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="LoRA file PATH[:scale] merged into the DiT (repeatable; diffusers or ComfyUI "
+            "layout).",
+        ),
+    ] = None,
     set_values: SetOpt = None,
     print_recipe: PrintRecipeOpt = False,
     json_output: JsonOpt = False,
@@ -469,6 +477,7 @@ def generate(
             snap=snap,
             offload=offload,
             raw_weights=raw_weights,
+            loras=list(lora or []),
         )
         return pipeline.run(loaded, options)
 

@@ -45,6 +45,8 @@ class GenerateOptions:
     """Move the text encoder and AE to the CPU while the DiT samples."""
     raw_weights: bool = False
     """Sample a train-dit checkpoint's raw weights rather than its EMA (`ema.safetensors`)."""
+    loras: list[str] = field(default_factory=list)
+    """LoRA files `PATH[:scale]` merged into the DiT in order (diffusers or ComfyUI layout)."""
 
 
 @dataclass
@@ -152,7 +154,10 @@ def load_ema_weights(dit: torch.nn.Module, checkpoint: Path) -> bool:
     if not ema_file.is_file():
         return False
     device = next(dit.parameters()).device
-    dit.load_state_dict(load_file(str(ema_file), device=str(device)), strict=True)
+    from vidcli.train.lora import plain_state  # a LoRA run's EMA: adapters merged
+
+    state = plain_state(ema_file, load_file(str(ema_file), device=str(device)))
+    dit.load_state_dict(state, strict=True)
     log.info("sampling the EMA weights of %s (--raw-weights for the raw ones)", checkpoint)
     return True
 
@@ -244,6 +249,11 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     sample = recipe.sample
     started = time.perf_counter()
     pipe = load_pipeline(recipe, ema=not options.raw_weights)
+    if options.loras:
+        from vidcli.train.lora import apply_lora_options
+
+        for path, scale in apply_lora_options(pipe.dit, options.loras):
+            log.info("merged LoRA %s (scale %g) into the DiT", path, scale)
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, options.snap)
     paths = _output_paths(options)
     reference = _image_latent(pipe.ae, options.image, size[1], size[2]) if options.image else None
