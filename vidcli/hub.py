@@ -106,6 +106,14 @@ ALIASES: dict[str, ModelAlias] = {
             "text.clip_path",
         ),
         ModelAlias(
+            "lpips-vgg",
+            "nikhilr01/sen-bridge-weights",
+            # One file: the torchvision VGG16 trunk + LPIPS v0.1 linear heads as safetensors.
+            ("lpips_vgg.safetensors",),
+            "LPIPS-VGG perceptual loss weights (VGG16 trunk + LPIPS v0.1 heads) for train-ae",
+            "train.lpips_weights (found in the Hub cache when that key is empty)",
+        ),
+        ModelAlias(
             "all-minilm-l6-v2",
             "sentence-transformers/all-MiniLM-L6-v2",
             ("config.json", "model.safetensors", "modules.json", "*_config.json", *_TOKENIZER),

@@ -14,7 +14,6 @@ import torch
 from einops import rearrange
 
 from vidcli.builders import autoencoder_from_section
-from vidcli.console import log
 from vidcli.data.section import video_dataset
 from vidcli.errors import UsageError
 from vidcli.metrics import psnr
@@ -27,7 +26,7 @@ from vidcli.train.losses import (
     PatchDiscriminator3D,
     adaptive_gan_weight,
     hinge_d_loss,
-    load_lpips,
+    perceptual_loss,
 )
 
 
@@ -38,11 +37,7 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     model = autoencoder_from_section(recipe.ae).train()
     model.tiling = None  # training clips are one tile; tiling is an inference memory tool
     model.check_input_shape(recipe.data.num_frames, recipe.data.height, recipe.data.width)
-    lpips = load_lpips(recipe.train.lpips_weights)
-    if rank == 0 and lpips is None and recipe.train.lpips_weight > 0:
-        log.warning(
-            "train-ae: no LPIPS weights ([train] lpips_weights is empty): training with L1 only"
-        )
+    lpips = perceptual_loss(recipe.train)  # a usage error, not an L1-only run, if weights lack
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
     discriminator = None
     if recipe.train.gan_start >= 0:

@@ -2,12 +2,15 @@
 
 LPIPS needs trained VGG16 + linear-head weights, which cannot be created here: `load_lpips` reads
 them from a .safetensors file whose keys are torchvision's `features.N.*` for the VGG trunk and
-`lin{0..4}.weight` for the heads (the layout of the LPIPS "vgg" release), and returns None when
-no file is given so the trainer can say it runs without the perceptual term.
+`lin{0..4}.weight` for the heads; the `lpips` package's own names (`net.sliceK.N.*`,
+`linI.model.1.weight`) are accepted too. `perceptual_loss` decides for train-ae: no LPIPS when its
+weight is 0, else the weights from `[train] lpips_weights` or from the Hub cache
+(`vidcli download lpips-vgg`), else a usage error: never a silent L1-only run.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -15,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidcli.errors import UsageError
+from vidcli.recipe import TrainSection
 
 # VGG16 `features` layout: conv widths, "M" = max-pool; LPIPS taps the ReLU after each stage.
 VGG16_LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
@@ -65,6 +69,19 @@ class LPIPS(nn.Module):
         return total
 
 
+LPIPS_ALIAS = "lpips-vgg"
+"""The `vidcli download` alias whose file `perceptual_loss` finds in the Hub cache."""
+LPIPS_FILE = "lpips_vgg.safetensors"
+
+# The `lpips` package names the trunk `net.sliceK.N` (N is torchvision's index) and each head
+# `linI.model.1` (after a dropout); torchvision's full VGG16 also has a classifier LPIPS never uses.
+_KEY_RENAMES = (
+    (re.compile(r"^net\.slice\d\.(\d+)\."), r"features.\1."),
+    (re.compile(r"^(lin\d)\.model\.1\.weight$"), r"\1.weight"),
+)
+_UNUSED_KEYS = re.compile(r"^(classifier\.|scaling_layer\.)")
+
+
 def load_lpips(path: str) -> LPIPS | None:
     """LPIPS with weights from `path`; None when `path` is "" (no perceptual loss)."""
     if not path:
@@ -74,7 +91,12 @@ def load_lpips(path: str) -> LPIPS | None:
     if not Path(path).is_file():
         raise UsageError(f"[train] lpips_weights = {path!r}: file not found")
     model = LPIPS()
-    state = load_file(path)
+    state = {}
+    for key, value in load_file(path).items():
+        for pattern, replacement in _KEY_RENAMES:
+            key = pattern.sub(replacement, key)
+        if not _UNUSED_KEYS.match(key):
+            state[key] = value
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UsageError(
@@ -82,6 +104,31 @@ def load_lpips(path: str) -> LPIPS | None:
             f"{unexpected[:3]}); expected keys features.N.weight/bias and lin0..4.weight"
         )
     return model.eval()
+
+
+def perceptual_loss(train: TrainSection) -> LPIPS | None:
+    """The LPIPS train-ae uses: None when `lpips_weight` is 0; a usage error when weights lack."""
+    if train.lpips_weight == 0:
+        return None
+    path = train.lpips_weights or _cached_lpips_file()
+    if not path:
+        raise UsageError(
+            f"[train] lpips_weight = {train.lpips_weight} needs LPIPS-VGG weights, and "
+            "[train] lpips_weights is empty with none in the Hub cache",
+            hint=f"vidcli download {LPIPS_ALIAS} (then train again), set train.lpips_weights="
+            '"FILE.safetensors", or --set train.lpips_weight=0 to train with L1 only',
+        )
+    return load_lpips(path)
+
+
+def _cached_lpips_file() -> str:
+    """The `lpips-vgg` file if `vidcli download lpips-vgg` put it in the Hub cache, else ""."""
+    from huggingface_hub import try_to_load_from_cache
+
+    from vidcli.hub import ALIASES
+
+    cached = try_to_load_from_cache(ALIASES[LPIPS_ALIAS].repo_id, LPIPS_FILE)
+    return cached if isinstance(cached, str) else ""
 
 
 class PatchDiscriminator3D(nn.Module):
