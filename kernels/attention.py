@@ -9,12 +9,19 @@ Backends, in order of preference:
   memory-efficient kernels on CUDA (cuDNN is the fastest on Hopper, see gpu-anchors.md) and a
   fused math kernel on CPU.
 `attention_reference` is the closed form that defines what is correct.
+
+An attention plan (`use_attention_plan`) can take over every `attention` call of a model
+forward: sparse or window attention and token merging over video tokens (sparse_attention.py,
+token_merging.py); model code keeps calling `attention` and never imports those paths.
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +48,33 @@ def attention_backend(q: torch.Tensor) -> str:
     return "sdpa"
 
 
+AttentionPlan = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+_PLAN: ContextVar[AttentionPlan | None] = ContextVar("vidcli_attention_plan", default=None)
+
+
+@contextmanager
+def use_attention_plan(plan: AttentionPlan | None) -> Iterator[None]:
+    """Route every `attention` call inside the block through `plan(q, k, v)` (None = dense)."""
+    token = _PLAN.set(plan)
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q kᵀ / √d) v over all keys.
+    """softmax(q kᵀ / √d) v over all keys, or the active attention plan's version of it.
+
+    q, k, v: (B, heads, L, head_dim) -> (B, heads, L, head_dim)
+    """
+    plan = _PLAN.get()
+    if plan is not None:
+        return plan(q, k, v)
+    return dense_attention(q, k, v)
+
+
+def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """softmax(q kᵀ / √d) v over all keys on the fastest backend (`attention_backend`).
 
     q, k, v: (B, heads, L, head_dim) -> (B, heads, L, head_dim)
     """
