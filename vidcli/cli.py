@@ -47,6 +47,18 @@ PrintRecipeOpt = Annotated[
     bool, typer.Option("--print-recipe", help="Print the fully resolved recipe as TOML and exit.")
 ]
 NprocOpt = Annotated[int | None, typer.Option("--nproc", min=1, help="Local ranks to spawn.")]
+PlanOpt = Annotated[
+    bool,
+    typer.Option("--plan", help="Print the memory plan (nothing is loaded) and exit."),
+]
+GpuMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--gpu-memory",
+        min=1,
+        help="Device memory in GB (1e9 bytes) for --plan; default: the GPU's.",
+    ),
+]
 
 
 def _run(action: Callable[[], Any], *, as_json: bool, quiet: bool, debug: bool) -> None:
@@ -324,6 +336,8 @@ def _train(
     nproc: int | None,
     hostfile: Path | None,
     print_recipe: bool,
+    plan: bool = False,
+    gpu_memory: float | None = None,
 ) -> Any:
     overrides = list(set_values or [])
     if output is not None:
@@ -335,6 +349,12 @@ def _train(
     recipe = _load(recipe_path, overrides)
     if print_recipe:
         return ResolvedRecipe(dump_recipe(recipe))
+    if plan:
+        if stage_name != "dit":
+            raise UsageError("--plan is available for train-dit")
+        from vidcli import memory_plan
+
+        return memory_plan.train_plan(recipe, gpu_memory)
     from vidcli.train import launcher
 
     return launcher.launch(stage_name, recipe, recipe_path=recipe_path, resume=resume)
@@ -351,13 +371,24 @@ def _train_command(stage: str, help_text: str) -> Callable[..., None]:
         nproc: NprocOpt = None,
         hostfile: HostfileOpt = None,
         print_recipe: PrintRecipeOpt = False,
+        plan: PlanOpt = False,
+        gpu_memory: GpuMemoryOpt = None,
         json_output: JsonOpt = False,
         quiet: QuietOpt = False,
         debug: DebugOpt = False,
     ) -> None:
         _run(
             lambda: _train(
-                stage, recipe, set_values, output, resume, nproc, hostfile, print_recipe
+                stage,
+                recipe,
+                set_values,
+                output,
+                resume,
+                nproc,
+                hostfile,
+                print_recipe,
+                plan,
+                gpu_memory,
             ),
             as_json=json_output,
             quiet=quiet,
@@ -441,6 +472,14 @@ def generate(
             "layout).",
         ),
     ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: CUDA when available).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")
+    ] = None,
+    plan: PlanOpt = False,
+    gpu_memory: GpuMemoryOpt = None,
     set_values: SetOpt = None,
     print_recipe: PrintRecipeOpt = False,
     json_output: JsonOpt = False,
@@ -467,6 +506,12 @@ def generate(
         loaded = pipeline.load_generate_recipe(recipe, checkpoint, overrides)
         if print_recipe:
             return ResolvedRecipe(dump_recipe(loaded))
+        if plan:
+            from vidcli import memory_plan
+
+            return memory_plan.generate_plan(
+                loaded, device, dtype, gpu_memory, batch_size, image is not None
+            )
         options = pipeline.GenerateOptions(
             prompts=pipeline.collect_prompts(prompts or [], prompts_file),
             out=out,

@@ -174,7 +174,8 @@ class LiteMLA(nn.Module):
         spatial = qkv.shape[2:]
         d = self.head_dim
         # The two matmuls sum over every position: fp32 keeps long clips from losing precision.
-        with torch.autocast(qkv.device.type, enabled=False):
+        # ("cpu" for meta tensors too: the memory plan runs this on `meta`, which has no autocast.)
+        with torch.autocast("cuda" if qkv.is_cuda else "cpu", enabled=False):
             qkv = qkv.float().flatten(2).unflatten(1, (-1, 3 * d))  # (B, G, 3d, N)
             q, k, v = F.relu(qkv[:, :, :d]), F.relu(qkv[:, :, d : 2 * d]), qkv[:, :, 2 * d :]
             v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones yields the denominator
