@@ -29,13 +29,15 @@ import torch.nn.functional as F
 
 from vidcli.benchmark.options import DTYPES, SEED, WARMUP, Settings
 from vidcli.benchmark.worker import RowProcess
-from vidcli.errors import UsageError
+from vidcli.errors import ShapeError, UsageError
 from vidcli.timing import Timing, measure_matmul_peak, median_ratio, time_interleaved, time_once
 
 log = logging.getLogger("vidcli")
 
-DEFAULT_AES = ("dc-ae-f8t4c16:2", "dc-ae-f32t4c128:1")
-"""The rows of a plain `--compare-ae`: the 4x8x8 baseline at patch 2, then the Video DC-AE."""
+DEFAULT_AES = ("hunyuan-video-vae:2", "dc-ae-f8t4c16:2", "dc-ae-f32t4c128:1")
+"""The rows of a plain `--compare-ae`: the baseline is the AE Open-Sora 2.0's 11B model really
+uses (HunyuanVideo VAE, 4x8x8, patch 2), then the same-family 4x8x8 DC-AE stand-in, then the
+Video DC-AE."""
 PROBE_SIDE = 64
 """Probe clips are PROBE_SIDE px square (or the AE's spatial compression if larger)."""
 CFG_ROWS = 2
@@ -143,9 +145,23 @@ def _meta_autoencoder(preset: str):
     return build_autoencoder(preset, device="meta")
 
 
+def row_frames(ae, frames: int) -> int:
+    """The clip length a row measures: `frames`, or the next count the AE takes (a causal AE
+    needs T = 4k + 1: Open-Sora pairs 129 HunyuanVideo frames with 128 Video DC-AE frames)."""
+    side = ae.spatial_compression
+    for candidate in range(frames, frames + 2 * ae.time_compression):
+        try:
+            ae.check_input_shape(candidate, side, side)
+        except ShapeError:
+            continue
+        return candidate
+    return frames
+
+
 def row_tokens(spec: AESpec, s: Settings) -> tuple[tuple[int, int, int, int], int]:
     """(latent (C, T', H', W'), image tokens per sample) of one row; ShapeError if invalid."""
-    latent = _meta_autoencoder(spec.preset).latent_shape(s.frames, s.height, s.width)
+    ae = _meta_autoencoder(spec.preset)
+    latent = ae.latent_shape(row_frames(ae, s.frames), s.height, s.width)
     _, t, h, w = latent
     return latent, t * (h // spec.patch) * (w // spec.patch)
 
@@ -361,7 +377,7 @@ class RowBench:
         gc.collect()
         s = self.s
         ae = build_autoencoder(self.spec.preset).to(device=self.device, dtype=self.dtype).eval()
-        full = (s.frames, s.height, s.width)
+        full = (row_frames(ae, s.frames), s.height, s.width)
         size, probe = full, {"label": None, "encode_scale": 1.0, "decode_scale": 1.0}
         if s.ae_timing == "probe":
             small = probe_shape(ae)
@@ -397,7 +413,7 @@ _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 def probe_shape(ae) -> tuple[int, int, int]:
     """The smallest clip the AE round-trips in time (two latent frames), PROBE_SIDE px square."""
-    frames = 2 * ae.time_compression if ae.is_video else 1
+    frames = ae.decoded_frames(2) if ae.is_video else 1
     side = max(PROBE_SIDE, ae.spatial_compression)
     return frames, side, side
 
