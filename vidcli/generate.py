@@ -132,9 +132,12 @@ def load_pipeline(recipe: Recipe, ema: bool = True) -> Pipeline:
         dit_from_section,
         text_encoder_from_section,
     )
+    from vidcli.data.provenance import check_checkpoint
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ae = autoencoder_from_section(recipe.ae).eval()
+    if recipe.dit.path:  # a DiT trained on another AE's latents would sample noise
+        check_checkpoint(recipe.dit.path, recipe.ae, ae)
     text = text_encoder_from_section(recipe.text, device=device)
     dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(device).eval()
     if ema and recipe.dit.path:

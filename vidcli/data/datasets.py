@@ -7,6 +7,7 @@ are opened per item, so nothing shared crosses a fork.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch.utils.data import Dataset
 
 from vidcli.data.buckets import BucketConfig
 from vidcli.data.parquet import decode_tensor
+from vidcli.data.provenance import PROVENANCE_KEY
 from vidcli.errors import StageFailed, UsageError
 from vidcli.media import MediaError, read_frames
 
@@ -127,10 +129,21 @@ class LatentDataset(Dataset):
             )
         self.rows: list[tuple[int, int]] = []
         self.buckets: list[str | None] = []
+        made_by: dict[bytes | None, Path] = {}
         for s, shard in enumerate(self.shards):
             table = pq.read_table(shard, columns=["bucket"])
             self.rows.extend((s, r) for r in range(table.num_rows))
             self.buckets.extend(table.column("bucket").to_pylist())
+            made_by.setdefault((table.schema.metadata or {}).get(PROVENANCE_KEY), shard)
+        if len(made_by) > 1:
+            first, other = list(made_by.values())[:2]
+            raise UsageError(
+                f"{latents_dir}: shards made with different settings or models ({first.name} vs "
+                f"{other.name}); re-encode the folder with one recipe"
+            )
+        recorded = next(iter(made_by))
+        self.provenance: dict | None = json.loads(recorded) if recorded else None
+        """What made the shards (see `vidcli.data.provenance`); None for older shards."""
         self._cached: tuple[int, list[dict]] | None = None
 
     def __len__(self) -> int:

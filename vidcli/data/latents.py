@@ -3,7 +3,9 @@
 Shard k (`latents-0000k.parquet`) holds manifest rows [k * shard_size, (k + 1) * shard_size);
 rank r of a world of n encodes the shards with k % n == r. Each shard is written atomically and
 carries a fingerprint of its rows and settings, so a rerun skips finished shards and redoes stale
-ones: an interrupted run loses at most the shards in flight.
+ones: an interrupted run loses at most the shards in flight. Each shard also records what made it
+(`provenance.py`: the AE, its weights hash and scaling, the text encoder, the clip settings); the
+fingerprint covers all of it, so another AE or text encoder re-encodes every shard.
 
 Columns: index (manifest row), path, caption, bucket, then latent (C, T, H, W), text_tokens
 (L, D), text_mask (L,), text_pooled (Dp,), each as bytes + shape + dtype (see `parquet.py`).
@@ -29,6 +31,7 @@ from rich.progress import Progress
 from vidcli.data.buckets import BucketConfig
 from vidcli.data.datasets import VideoDataset
 from vidcli.data.parquet import encode_tensor, tensor_columns, write_parquet_atomic
+from vidcli.data.provenance import PROVENANCE_KEY
 from vidcli.errors import UsageError
 from vidcli.media import MediaError
 
@@ -99,18 +102,27 @@ def encode_latents(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     progress: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> LatentsResult:
-    """Encode this rank's shards of `manifest` into `out_dir`; skips shards already done."""
+    """Encode this rank's shards of `manifest` into `out_dir`; skips shards already done.
+
+    `provenance`: the `ae` and `text` parts (see `provenance.recipe_provenance`); the `clip`
+    part is added here from the settings.
+    """
     started = time.perf_counter()
     if shard_size < 1 or batch_size < 1:
         raise UsageError(f"shard_size and batch_size must be >= 1, got {shard_size}, {batch_size}")
     if not 0 <= rank < world_size:
         raise UsageError(f"rank must be in [0, {world_size}), got {rank}")
     dataset = VideoDataset(manifest, num_frames, height, width, fps, stride, buckets)
-    table = pq.read_table(manifest, columns=["path", "bytes", "mtime"])
-    columns = (table.column(c).to_pylist() for c in ("path", "bytes", "mtime"))
-    keys = [f"{p}|{b}|{m}" for p, b, m in zip(*columns, strict=True)]
-    settings = json.dumps([num_frames, height, width, fps, stride, repr(buckets), str(dtype)])
+    names = ("path", "bytes", "mtime", "start", "end")
+    table = pq.read_table(manifest, columns=list(names))
+    columns = (table.column(c).to_pylist() for c in names)
+    keys = ["|".join(map(str, row)) for row in zip(*columns, strict=True)]
+    clip = {"num_frames": num_frames, "height": height, "width": width, "fps": fps}
+    clip |= {"frame_stride": stride, "buckets": repr(buckets), "dtype": str(dtype)}
+    provenance = {**(provenance or {}), "clip": clip}
+    settings = json.dumps(provenance, sort_keys=True)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     mine = [k for k in range(-(-len(dataset) // shard_size)) if k % world_size == rank]
@@ -129,7 +141,9 @@ def encode_latents(
                     dataset, indices, autoencoder, text_encoder, batch_size, device, dtype
                 )
                 shard_table = pa.Table.from_pylist(records, schema=SHARD_SCHEMA)
-                shard_table = shard_table.replace_schema_metadata({FINGERPRINT_KEY: fingerprint})
+                shard_table = shard_table.replace_schema_metadata(
+                    {FINGERPRINT_KEY: fingerprint, PROVENANCE_KEY: settings.encode()}
+                )
                 write_parquet_atomic(shard_table, path)
                 written, rows, failed = written + 1, rows + len(records), failed + lost
             bar.advance(task)

@@ -126,6 +126,7 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
 
     from vidcli.builders import autoencoder_from_section, text_encoder_from_section
     from vidcli.data.latents import encode_latents
+    from vidcli.data.provenance import recipe_provenance
     from vidcli.data.section import manifest_for
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -133,6 +134,7 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
     ae = autoencoder_from_section(recipe.ae).to(device).eval()
     text = text_encoder_from_section(recipe.text, device=device)
     data = recipe.data
+    provenance = recipe_provenance(recipe.ae, ae, recipe.text)
     return encode_latents(
         manifest_for(data),
         out_dir,
@@ -147,4 +149,5 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
         world_size=world,
         device=device,
         progress=progress_enabled(),
+        provenance=provenance,
     )

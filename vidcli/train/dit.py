@@ -16,6 +16,7 @@ from safetensors.torch import save_file
 from vidcli import flow
 from vidcli.builders import autoencoder_from_section, dit_from_section, text_encoder_from_section
 from vidcli.console import log
+from vidcli.data.provenance import check_autoencoder, recipe_provenance, write_provenance
 from vidcli.data.section import latent_dataset, video_dataset
 from vidcli.models.mmdit import MMDiT, make_image_ids, pack_latents
 from vidcli.models.text import TextEncoder
@@ -32,7 +33,7 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     rank, world = init_process_group()
     torch.manual_seed(recipe.train.seed)
     text = text_encoder_from_section(recipe.text)
-    batch_at, latent_channels, latent_thw = _batches(recipe, text, rank, world)
+    batch_at, latent_channels, latent_thw, provenance = _batches(recipe, text, rank, world)
     model = dit_from_section(recipe.dit, latent_channels, text)
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
     p = model.config.patch_size
@@ -63,6 +64,7 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         save_weights=lambda state, folder, stem: save_dit_weights(model, state, folder, stem),
         tokens_per_sample=tokens,
     )
+    spec.save_weights = _recording(spec.save_weights, provenance)
     return train(spec, recipe, engine, rank, world, resume)
 
 
@@ -107,12 +109,27 @@ def save_dit_weights(model: MMDiT, state: dict[str, torch.Tensor], folder: Path,
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
+def _recording(save_weights, provenance: dict[str, Any]):
+    """`save_weights` that also writes `latents.json` (what made the latents) beside the model."""
+
+    def save(state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
+        save_weights(state, folder, stem)
+        if stem == "model":
+            write_provenance(folder, provenance)
+
+    return save
+
+
 def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
-    """(batch_at, latent channels, (T', H', W')) for pre-extracted or on-the-fly latents."""
+    """(batch_at, latent channels, (T', H', W'), provenance) of pre-extracted or on-the-fly latents.
+
+    Pre-extracted latents must come from `[ae]` (a one-line error otherwise).
+    """
     data, train_cfg = recipe.data, recipe.train
     empty = text.encode([""])
     if data.latents:
         dataset = latent_dataset(data)
+        provenance = _checked_provenance(recipe, dataset.provenance)
         first = dataset[0]["latent"]
 
         def load(rows: list[int], gen: torch.Generator) -> dict[str, Any]:
@@ -128,6 +145,9 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
         num_rows, latent_channels, latent_thw = len(dataset), first.shape[0], tuple(first.shape[1:])
     else:
         ae = autoencoder_from_section(recipe.ae).eval().requires_grad_(False)
+        provenance = recipe_provenance(recipe.ae, ae, recipe.text)
+        provenance["clip"] = {"num_frames": data.num_frames, "height": data.height}
+        provenance["clip"] |= {"width": data.width, "frame_stride": data.frame_stride}
         dataset = video_dataset(data)
         latent_channels, *latent_thw = ae.latent_shape(data.num_frames, data.height, data.width)
 
@@ -157,7 +177,16 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
         _maybe_image_condition(batch, train_cfg.i2v_ratio, gen)
         return batch
 
-    return batch_at, latent_channels, tuple(latent_thw)
+    return batch_at, latent_channels, tuple(latent_thw), provenance
+
+
+def _checked_provenance(recipe: Recipe, recorded: dict[str, Any] | None) -> dict[str, Any]:
+    """The latents' provenance, once checked against the recipe's `[ae]`."""
+    with torch.random.fork_rng():  # building a fresh preset must not move the DiT's init
+        ae = autoencoder_from_section(recipe.ae)
+    current = recipe_provenance(recipe.ae, ae, recipe.text)
+    check_autoencoder(recorded, current["ae"], f"latents {recipe.data.latents}")
+    return recorded or current
 
 
 def _maybe_image_condition(batch: dict[str, Any], ratio: float, gen: torch.Generator) -> None:
