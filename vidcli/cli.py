@@ -7,6 +7,7 @@ that `vidcli --help` answers without importing torch.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -319,11 +320,24 @@ OutputOpt = Annotated[
 ResumeOpt = Annotated[
     str | None,
     typer.Option(
-        "--resume", help="`latest` or a checkpoint folder: continue a run exactly where it stopped."
+        "--resume",
+        help="Continue a run exactly where it stopped: from the newest checkpoint of the output "
+        "folder (bare `--resume`, or `--resume latest`) or from a checkpoint folder vidcli wrote.",
     ),
 ]
 HostfileOpt = Annotated[
-    Path | None, typer.Option("--hostfile", help="DeepSpeed hostfile: run on many nodes.")
+    Path | None,
+    typer.Option(
+        "--hostfile",
+        help="DeepSpeed hostfile: run on many nodes (slots set the ranks per node). The output "
+        "folder must be on storage every node mounts at the same path.",
+    ),
+]
+OverwriteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--overwrite", help="Start afresh in an output folder that holds another run, removing it."
+    ),
 ]
 
 
@@ -338,6 +352,7 @@ def _train(
     print_recipe: bool,
     plan: bool = False,
     gpu_memory: float | None = None,
+    overwrite: bool = False,
 ) -> Any:
     overrides = list(set_values or [])
     if output is not None:
@@ -357,7 +372,9 @@ def _train(
         return memory_plan.train_plan(recipe, gpu_memory)
     from vidcli.train import launcher
 
-    return launcher.launch(stage_name, recipe, recipe_path=recipe_path, resume=resume)
+    return launcher.launch(
+        stage_name, recipe, recipe_path=recipe_path, resume=resume, overwrite=overwrite
+    )
 
 
 def _train_command(stage: str, help_text: str) -> Callable[..., None]:
@@ -370,6 +387,7 @@ def _train_command(stage: str, help_text: str) -> Callable[..., None]:
         resume: ResumeOpt = None,
         nproc: NprocOpt = None,
         hostfile: HostfileOpt = None,
+        overwrite: OverwriteOpt = False,
         print_recipe: PrintRecipeOpt = False,
         plan: PlanOpt = False,
         gpu_memory: GpuMemoryOpt = None,
@@ -389,6 +407,7 @@ def _train_command(stage: str, help_text: str) -> Callable[..., None]:
                 print_recipe,
                 plan,
                 gpu_memory,
+                overwrite=overwrite,
             ),
             as_json=json_output,
             quiet=quiet,
@@ -630,6 +649,19 @@ def benchmark(
     _run(action, as_json=json_output, quiet=quiet, debug=debug)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    app()
+    app(args=bare_resume_means_latest(sys.argv[1:] if argv is None else argv))
+
+
+def bare_resume_means_latest(args: list[str]) -> list[str]:
+    """In `train-ae` / `train-dit`, a `--resume` with no value (last, or before another option)
+    becomes `--resume latest`: Typer has no option with an optional value."""
+    if not {"train-ae", "train-dit"} & set(args):
+        return list(args)
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--resume" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            out.append("latest")
+    return out

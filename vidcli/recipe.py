@@ -166,7 +166,8 @@ class TrainSection:
     lpips_weight: float = _bounded(0.5, ge=0.0)
     """Perceptual (LPIPS) loss weight for train-ae."""
     lpips_weights: str = ""
-    """LPIPS/VGG weights (.safetensors); "" = look in the cache, run without LPIPS if absent."""
+    """LPIPS-VGG weights (.safetensors); "" = the `vidcli download lpips-vgg` file in the Hub
+    cache. With lpips_weight > 0 and neither, train-ae stops with a usage error."""
     gan_start: int = -1
     """Step at which the hinge-GAN phase of train-ae starts (-1 = never)."""
     gan_weight: float = _bounded(0.05, ge=0.0)

@@ -2,8 +2,15 @@
 
 - Started under `torchrun` / `deepspeed` (RANK and WORLD_SIZE set): join that process group.
 - `--nproc N` (N > 1): re-launch this stage under `torch.distributed.run` with N local ranks.
-- `--hostfile F`: re-launch under DeepSpeed's multi-node launcher.
+- `--hostfile F`: re-launch under DeepSpeed's multi-node launcher. The hostfile's slots set the
+  ranks per node (`--nproc` is refused beside it), and the output folder must be on storage that
+  every node mounts at the same path: the resolved recipe the ranks read, the result they report,
+  checkpoints and metrics all live there.
 - Otherwise: a single rank in this process.
+
+Before any of this, `prepare_output` protects the output folder: a fresh run never starts over
+another run's metrics and checkpoints unless asked to (`--overwrite`) or told to continue it
+(`--resume`).
 
 The launcher only launches; the step loop (`loop.py`) receives a ready engine.
 """
@@ -25,16 +32,55 @@ import torch
 from vidcli.console import DEBUG_ENV, log
 from vidcli.errors import StageFailed, UsageError
 from vidcli.recipe import LauncherSection, Recipe, TrainSection, load_recipe, write_resolved_recipe
+from vidcli.train import checkpoint as ckpt
 
 STAGES = ("ae", "dit")
 
 
-def launch(stage: str, recipe: Recipe, recipe_path: Path, resume: str | None = None) -> Any:
+def launch(
+    stage: str,
+    recipe: Recipe,
+    recipe_path: Path,
+    resume: str | None = None,
+    overwrite: bool = False,
+) -> Any:
     """Run `stage` ('ae' or 'dit') with a validated recipe; returns the stage's TrainResult."""
     launcher = recipe.launcher
+    if launcher.hostfile and launcher.nproc != 1:
+        raise UsageError(
+            f"--nproc {launcher.nproc} with --hostfile {launcher.hostfile}: the hostfile's "
+            "slots=N set the ranks per node; drop --nproc (or [launcher] nproc)"
+        )
+    prepare_output(Path(recipe.train.output), resume, overwrite)
     if _inside_distributed_job() or (launcher.nproc == 1 and not launcher.hostfile):
         return run_worker(stage, recipe, resume)
     return _spawn(stage, recipe, resume)
+
+
+def prepare_output(output: Path, resume: str | None, overwrite: bool) -> None:
+    """Refuse a fresh run into a folder that holds another run; `overwrite` clears that run.
+
+    A run is there once it logged a metric or published a checkpoint. Starting over it would
+    drop its metrics and, as its checkpoints have higher step numbers, prune the new ones.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: choose one")
+    metrics, checkpoints = output / "metrics.jsonl", output / "checkpoints"
+    holds_run = metrics.exists() or bool(ckpt.complete_checkpoints(checkpoints))
+    if not holds_run or resume:
+        return
+    if not overwrite:
+        raise UsageError(
+            f"{output} holds another run (metrics.jsonl, checkpoints/): a fresh run would "
+            "replace it",
+            hint="continue it with --resume, replace it with --overwrite, or pick another --output",
+        )
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun every rank gets here
+        log.warning(
+            "--overwrite: removing the previous run's metrics and checkpoints in %s", output
+        )
+        metrics.unlink(missing_ok=True)
+        shutil.rmtree(checkpoints, ignore_errors=True)
 
 
 def run_worker(stage: str, recipe: Recipe, resume: str | None) -> Any:
@@ -134,7 +180,11 @@ def _free_port() -> int:
 def _spawn(stage: str, recipe: Recipe, resume: str | None) -> Any:
     """Re-launch under torch.distributed.run (local ranks) or deepspeed (hostfile)."""
     launcher = recipe.launcher
-    workdir = Path(tempfile.mkdtemp(prefix="vidcli-launch-"))
+    # In the output folder, not /tmp: with a hostfile, remote ranks read the recipe and rank 0
+    # writes the result there, so it must be storage every node shares.
+    output = Path(recipe.train.output)
+    output.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix=".launch-", dir=output))
     try:
         recipe_file = write_resolved_recipe(recipe, workdir)
         result_file = workdir / "result.json"
@@ -159,7 +209,7 @@ def _spawn(stage: str, recipe: Recipe, resume: str | None) -> Any:
             if result_file.is_file():  # a rank reported a user error before failing
                 raise _error_from_result(json.loads(result_file.read_text()))
             raise StageFailed(
-                f"train-{stage} failed on one of its {launcher.nproc} ranks "
+                f"train-{stage} failed on one of its ranks "
                 f"(exit {done.returncode}); see the rank logs above",
                 hint=f"run again with --debug (sets {DEBUG_ENV}=1 on every rank)",
             )

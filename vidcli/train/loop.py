@@ -210,11 +210,15 @@ def _update_withheld(engine: Any) -> Iterator[None]:
     DeepSpeed leaves its LR schedule behind; it is stepped here so the schedule follows the step.
     """
     optimizer = engine.basic_optimizer
+    own = vars(optimizer).get("step")  # an instance-level step, if anything set one
     optimizer.step = lambda *args, **kwargs: None  # shadows the class method for one call
     try:
         yield
     finally:
-        del optimizer.step
+        if own is None:
+            del optimizer.step
+        else:
+            optimizer.step = own
     if not engine.was_step_applied() and engine.lr_scheduler is not None:
         engine.lr_scheduler.step()
 
@@ -320,6 +324,7 @@ def save_checkpoint(
     _barrier()
     final = ckpt.step_dir(checkpoints, state.step)
     if rank == 0:
+        ckpt.write_manifest(staging)  # every rank's shards are in place: hash them all
         ckpt.publish(checkpoints, state.step, recipe.train.keep_last)
     _barrier()
     return final
