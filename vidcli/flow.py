@@ -108,8 +108,11 @@ def velocity_target(
 
 
 def flow_matching_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean((v̂ - v)²) in float32 over every element."""
-    return (pred.float() - target.float()).pow(2).mean()
+    """Per-sample mean((v̂ - v)²) in float32: `(B, ...)` -> `(B,)`; `.mean()` is the batch loss.
+
+    Per sample so a trainer can also report it by timestep (train-dit's loss_t* metrics).
+    """
+    return (pred.float() - target.float()).pow(2).flatten(1).mean(dim=1)
 
 
 # ---------------------------------------------------------------- sampling schedule (spec §9)

@@ -90,7 +90,7 @@ def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
         y_vec=batch["text_pooled"],
         cond=cond,
     )
-    per_sample = (pred.float() - pack_latents(target, patch).float()).pow(2).mean(dim=(1, 2))
+    per_sample = flow.flow_matching_loss(pred, pack_latents(target, patch))  # (B,)
     metrics = {}
     for lo, hi in zip((0.0, *TIMESTEP_BINS[:-1]), TIMESTEP_BINS, strict=True):
         inside = (t >= lo) & (t < hi) if hi < 1.0 else (t >= lo)
