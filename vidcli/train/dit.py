@@ -18,6 +18,7 @@ from vidcli.builders import autoencoder_from_section, dit_from_section, text_enc
 from vidcli.console import log
 from vidcli.data.provenance import check_autoencoder, recipe_provenance, write_provenance
 from vidcli.data.section import latent_dataset, video_dataset
+from vidcli.devices import randn_on
 from vidcli.models.mmdit import MMDiT, make_image_ids, pack_latents
 from vidcli.models.text import TextEncoder
 from vidcli.recipe import Recipe
@@ -72,9 +73,10 @@ def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
     """Rectified-flow loss on one batch: x_t = (1-t)x0 + (1-(1-σ)(1-t))ε, target v = (1-σ)ε - x0."""
     x0 = batch["latent"]  # (B, C, T, H, W)
     B, _, T, H, W = x0.shape
-    gen = batch["generator"]
-    t = flow.sample_training_timesteps(B, alpha, generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
+    gen = batch["generator"]  # a CPU generator: the same t and noise on every device
+    device = x0.device
+    t = flow.sample_training_timesteps(B, alpha, generator=gen).to(device)
+    noise = randn_on(x0.shape, gen, device)
     x_t = flow.noisy_latents(x0, noise, t)
     target = flow.velocity_target(x0, noise)
     txt = batch["text_tokens"]
@@ -83,14 +85,14 @@ def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
         cond = pack_latents(torch.cat((batch["cond_mask"], batch["cond_latent"]), dim=1), patch)
     pred = engine(
         img=pack_latents(x_t, patch),
-        img_ids=make_image_ids(B, T, H // patch, W // patch),
+        img_ids=make_image_ids(B, T, H // patch, W // patch, device=device),
         txt=txt,
-        txt_ids=torch.zeros(B, txt.shape[1], 3),
+        txt_ids=torch.zeros(B, txt.shape[1], 3, device=device),
         timesteps=t,
         y_vec=batch["text_pooled"],
         cond=cond,
     )
-    per_sample = flow.flow_matching_loss(pred, pack_latents(target, patch))  # (B,)
+    per_sample = (pred.float() - pack_latents(target, patch).float()).pow(2).mean(dim=(1, 2))
     metrics = {}
     for lo, hi in zip((0.0, *TIMESTEP_BINS[:-1]), TIMESTEP_BINS, strict=True):
         inside = (t >= lo) & (t < hi) if hi < 1.0 else (t >= lo)

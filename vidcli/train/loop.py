@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from vidcli import devices
 from vidcli.console import log, progress_bar
 from vidcli.errors import StageFailed
 from vidcli.fileio import atomic_write_text
@@ -84,11 +85,9 @@ def lr_multiplier(train: TrainSection) -> Callable[[int], float]:
     return factor
 
 
-def autocast_context(precision: str) -> contextlib.AbstractContextManager:
-    if precision != "bf16":
-        return contextlib.nullcontext()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.autocast(device_type=device, dtype=torch.bfloat16)
+def autocast_context(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on the engine's device (the weights stay fp32: they are the master copy)."""
+    return devices.autocast(device, torch.bfloat16 if precision == "bf16" else torch.float32)
 
 
 def train(
@@ -186,8 +185,10 @@ def _train_step(
         # Randomness of this micro-step (noise, dropout, t) depends on (seed, rank, step) alone,
         # so resuming reproduces it without saving generator states.
         torch.manual_seed(seeds.step_seed(recipe.train.seed, rank, index, seeds.GLOBAL_RNG))
-        batch = spec.batch_at(index)
-        with autocast_context(recipe.launcher.precision):
+        # Batches are built on the CPU (reproducible noise, data loading); the engine's device
+        # (DeepSpeed's accelerator) is where the model is.
+        batch = devices.move_to(spec.batch_at(index), engine.device)
+        with autocast_context(recipe.launcher.precision, engine.device):
             loss, extra = spec.loss(engine, batch, step)
         finite = _finite_everywhere(loss) and finite
         engine.backward(loss)
@@ -389,7 +390,8 @@ def _mean_over_ranks(window: list[dict[str, float]], world: int) -> dict[str, fl
 
 def _finite_everywhere(loss: torch.Tensor) -> bool:
     """All ranks agree on skipping: one rank's NaN skips the micro-step everywhere."""
-    flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0])
+    # On the loss's device: NCCL reduces CUDA tensors only.
+    flag = torch.tensor([0.0 if torch.isfinite(loss.detach()).all() else 1.0], device=loss.device)
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(flag)
     return flag.item() == 0.0

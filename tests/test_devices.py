@@ -1,0 +1,132 @@
+"""Device and dtype: `vidcli.devices`, and train-dit feeding its DiT on the engine's device only.
+
+The train-dit test needs no GPU: `fake_device.FAKE_DEVICE` is a second device on the CPU, the
+DeepSpeed engine is told it lives there (as it would on CUDA), and a forward pre-hook on the DiT
+fails the run if any input tensor is elsewhere. The sabotaged runs show the test catches a
+forgotten batch move and a freshly created tensor without `device=`.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from fake_device import FAKE_DEVICE, fake_device
+
+from vidcli import devices
+from vidcli.errors import UsageError
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+
+
+def test_resolve_device_and_dtype(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert devices.resolve_device(None) == torch.device("cpu")
+    assert devices.resolve_dtype(None, torch.device("cpu")) == torch.float32
+    assert devices.resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+    assert devices.resolve_dtype("fp16", torch.device("cpu")) == torch.float16
+    assert devices.resolve_device("cuda", require_available=False) == torch.device("cuda")
+    with pytest.raises(UsageError, match="--device cuda: no CUDA device"):
+        devices.resolve_device("cuda")
+    with pytest.raises(UsageError, match="--device tpu: choose auto, cpu, cuda"):
+        devices.resolve_device("tpu")
+    with pytest.raises(UsageError, match="--dtype int8: choose one of bf16, fp16, fp32"):
+        devices.resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_move_to_moves_tensors_and_keeps_generators():
+    gen = torch.Generator().manual_seed(0)
+    batch = {"latent": torch.ones(2), "ids": torch.arange(3), "generator": gen, "pair": (1, [2])}
+    with fake_device() as device:
+        moved = devices.move_to(batch, device, torch.bfloat16)
+    assert moved["latent"].device == FAKE_DEVICE and moved["latent"].dtype == torch.bfloat16
+    assert moved["ids"].device == FAKE_DEVICE and moved["ids"].dtype == torch.int64
+    assert moved["generator"] is gen and moved["pair"] == (1, [2])
+
+
+def test_noise_is_drawn_on_the_cpu_then_moved():
+    expected = torch.randn(2, 3, generator=torch.Generator().manual_seed(7))
+    with fake_device() as device:
+        noise = devices.randn_on((2, 3), torch.Generator().manual_seed(7), device)
+        assert noise.device == FAKE_DEVICE
+    assert torch.equal(noise.as_subclass(torch.Tensor), expected)
+
+
+SCRIPT = r"""
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from fake_device import FAKE_DEVICE, assert_inputs_on, fake_device
+from vidcli import devices
+from vidcli.recipe import load_recipe
+from vidcli.train import dit as dit_stage, launcher
+
+overrides, sabotage = json.loads(sys.argv[2]), sys.argv[3]
+real_make_engine = dit_stage.make_engine
+
+
+def make_engine(model, *args, **kwargs):
+    engine = real_make_engine(model, *args, **kwargs)
+    engine.device = FAKE_DEVICE  # where DeepSpeed's accelerator would have put a CUDA rank
+    assert_inputs_on(engine.module, lambda: engine.device)
+    return engine
+
+
+dit_stage.make_engine = make_engine
+if sabotage == "batch":  # the loop forgets to move the batch
+    devices.move_to = lambda obj, device, dtype=None: obj
+if sabotage == "ids":  # position ids created without device=
+    real_ids = dit_stage.make_image_ids
+    dit_stage.make_image_ids = lambda *shape, device=None: real_ids(*shape)
+recipe = load_recipe(sys.argv[4], overrides)
+with fake_device():
+    result = launcher.run_worker("dit", recipe, None)
+print(json.dumps({"steps": result.steps, "loss": result.final_loss}))
+"""
+
+
+def run_train_dit(tmp_path: Path, sabotage: str) -> subprocess.CompletedProcess:
+    """Two train-dit steps of a tiny DiT (bf16 autocast, i2v conditioning) on the fake device."""
+    overrides = {
+        "ae.path": "",
+        "ae.preset": "dc-ae-tiny",
+        "dit.preset": "mmdit-tiny",
+        "data.source": "synthetic:shapes:4",
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.num_frames": 8,
+        "train.output": str(tmp_path / "run"),
+        "train.batch_size": 2,
+        "train.max_steps": 2,
+        "train.ckpt_every": 2,
+        "train.i2v_ratio": 0.5,  # image-conditioned samples: the cond tensors are checked too
+        "launcher.precision": "bf16",
+        "text.max_length": 8,
+    }
+    args = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    recipe = str(REPO / "recipes" / "demo-dit.toml")
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(args), sabotage, recipe],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+
+
+def test_train_dit_feeds_the_dit_on_the_engine_device(tmp_path):
+    done = run_train_dit(tmp_path, "none")
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["steps"] == 2 and result["loss"] == result["loss"]  # finite, not NaN
+
+
+@pytest.mark.parametrize("sabotage", ["batch", "ids"])
+def test_the_device_check_catches_a_missing_move(tmp_path, sabotage):
+    done = run_train_dit(tmp_path, sabotage)
+    assert done.returncode != 0
+    assert "not on the engine's device cpu:0" in done.stderr, done.stderr[-3000:]
