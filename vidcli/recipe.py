@@ -206,6 +206,35 @@ class SampleSection:
     """Resolution-dependent timestep shift (Open-Sora v2)."""
     flow_shift: float | None = None
     """A fixed shift instead of the resolution-dependent one."""
+    solver: Literal["euler", "rf2"] = "euler"
+    """ODE solver: euler (1 DiT evaluation per step) or rf2, RF-Solver's second order (2 per
+    step; at half the steps it costs what Euler does and lands closer to the exact ODE)."""
+    lpl: bool = False
+    """Linear Proportional Leap (On-device Sora): once consecutive velocities stop turning, leap
+    to the end along the last one, skipping the remaining steps."""
+    lpl_start: float = _bounded(0.47, ge=0.0, le=1.0)
+    """Fraction of the steps before LPL's cosine test starts (the authors' 14 of 30)."""
+    lpl_patience: int = _bounded(3, ge=1)
+    """Steps without a cosine improvement above 1e-3 before LPL leaps."""
+    tdtm_steps: int = _bounded(0, ge=0)
+    """Temporal Dimension Token Merging (On-device Sora) for the first this many steps: attention
+    runs over merged pairs of latent frames (0 = off)."""
+    sparse_attention: Literal["off", "window", "sta", "frame_tile"] = "off"
+    """Sparse attention over video tokens: window (3-D local window with DiTFastAttn's residual),
+    sta (sliding tiles), frame_tile (Efficient-vDiT k:(T-k)). Stays dense where the sparse path
+    would be slower (small videos, see README "Faster sampling")."""
+    sparse_window: list[int] = field(default_factory=lambda: [1, 3, 3])
+    """window: radius in tokens along (t, h, w); sta: window width in tiles along (t, h, w)."""
+    sparse_tile: list[int] = field(default_factory=lambda: [2, 4, 4])
+    """sta: tile size in tokens along (t, h, w); the token grid must be divisible by it."""
+    sparse_global_frames: int = _bounded(1, ge=0)
+    """frame_tile: the first k latent frames, which every frame attends to (and which see all)."""
+    sparse_dense_steps: int = _bounded(1, ge=0)
+    """Steps at the start that attend densely; the last one seeds the residual."""
+    sparse_full_every: int = _bounded(0, ge=0)
+    """A full-attention step every this many steps refreshes the residual (0 = never)."""
+    sparse_residual: bool = True
+    """Add the cached full-minus-sparse attention of the last full step (DiTFastAttn's WA-RS)."""
     negative_prompt: str = ""
     """Prompt used for the unconditional branch of CFG."""
 
