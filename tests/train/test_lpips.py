@@ -146,6 +146,7 @@ def test_no_weights_is_an_error_not_an_l1_only_run(monkeypatch, tmp_path):
     assert ALIASES[losses.LPIPS_ALIAS].include == (losses.LPIPS_FILE,)
 
 
+@pytest.mark.slow  # one `vidcli train-ae` process, stopped before training
 def test_train_ae_exits_2_without_lpips_weights(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")

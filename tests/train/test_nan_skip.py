@@ -86,6 +86,7 @@ def reference(skipped_step: int) -> tuple[list[float], float]:
     return w.detach().tolist(), sched.get_last_lr()[0]
 
 
+@pytest.mark.slow  # a DeepSpeed process per ZeRO stage (about 40 s each on 2 busy cores)
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_nan_micro_batch_skips_its_step_and_keeps_deepspeed_in_step(tmp_path, zero_stage):
     cfg = {
