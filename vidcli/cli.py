@@ -462,6 +462,14 @@ def generate(
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
     guidance: Annotated[float | None, typer.Option(help="Text guidance scale.")] = None,
     seed: Annotated[int | None, typer.Option(help="Noise seed (same seed, same video).")] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            help="Training-free DiT caching METHOD[:VALUE]: none, uniform:K, teacache, adacache, "
+            "toca:K, smoothcache, ditfastattn, fbcache, taylorseer:K (README: Faster sampling).",
+        ),
+    ] = None,
     image: Annotated[Path | None, typer.Option(help="First-frame image: image-to-video.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output file, or a folder for several prompts.")
@@ -522,6 +530,10 @@ def generate(
         ):
             if value is not None:
                 overrides.append(f"sample.{key}={value}")
+        if cache is not None:
+            from vidcli.sampling.cache import parse_cache
+
+            overrides.append(f"sample.cache={json.dumps(str(parse_cache(cache)))}")
         loaded = pipeline.load_generate_recipe(recipe, checkpoint, overrides)
         if print_recipe:
             return ResolvedRecipe(dump_recipe(loaded))
@@ -558,6 +570,10 @@ Examples:
     vidcli benchmark --compare-ae --device cuda --dtype bf16 --plot speedup.png --json
 
     vidcli benchmark --compare-ae --ae dc-ae-f8t4c16:2 --ae dc-ae-f32t4c128:1 --dit mmdit-s
+
+    vidcli benchmark --caching --plot pareto.png --csv caching.csv
+
+    vidcli benchmark --caching --calibrate --steps 20 --methods teacache:0.2 --methods toca:4
 """
 
 
@@ -577,8 +593,11 @@ def benchmark(
     frames: Annotated[int | None, typer.Option(help="Frames per video.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Videos per step.")] = 1,
     steps: Annotated[
-        int, typer.Option(min=1, help="Denoising steps counted in the video time.")
-    ] = 30,
+        int | None,
+        typer.Option(
+            min=1, help="Denoising steps counted in the video time (--caching: every row; 50)."
+        ),
+    ] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
     dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per measurement.")] = 3,
@@ -608,6 +627,30 @@ def benchmark(
     kernels: Annotated[
         bool, typer.Option("--kernels", help="Time each kernel against its reference.")
     ] = False,
+    caching: Annotated[
+        bool,
+        typer.Option("--caching", help="Every caching method vs uncached and the uniform control."),
+    ] = False,
+    methods: Annotated[
+        list[str] | None,
+        typer.Option("--methods", help="--caching rows METHOD:VALUE (repeat; default: a grid)."),
+    ] = None,
+    calibrate: Annotated[
+        bool,
+        typer.Option(
+            "--calibrate", help="--caching: first calibrate TeaCache/SmoothCache/DiTFastAttn."
+        ),
+    ] = False,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="--caching calibration file (default: beside the DiT weights)."),
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="--caching: the model's recipe (default: the demo).")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="--caching: also write the JSON result here.")
+    ] = None,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -617,9 +660,26 @@ def benchmark(
     def action() -> Any:
         from vidcli import benchmark as bench
 
+        if caching:
+            from vidcli.benchmark import caching as caching_bench
+
+            if compare_ae or attention or kernels:
+                raise UsageError("--caching runs alone; drop --compare-ae/--attention/--kernels")
+            return caching_bench.run(
+                caching_bench.CachingOptions(
+                    recipe=recipe,
+                    steps=steps or 50,
+                    methods=list(methods or []),
+                    calibrate=calibrate,
+                    calibration=calibration,
+                    csv=csv,
+                    plot=plot,
+                    output=output,
+                )
+            )
         if not (compare_ae or attention or kernels):
             raise UsageError(
-                "choose a benchmark: --compare-ae, --attention or --kernels",
+                "choose a benchmark: --compare-ae, --attention, --kernels or --caching",
                 hint="vidcli benchmark --compare-ae",
             )
         options = bench.BenchmarkOptions(
@@ -629,7 +689,7 @@ def benchmark(
             resolution=resolution,
             frames=frames,
             batch_size=batch_size,
-            steps=steps,
+            steps=steps or 30,
             device=device,
             dtype=dtype,
             repeat=repeat,

@@ -23,6 +23,7 @@ from vidcli.console import log, progress_bar
 from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
+from vidcli.sampling.cache import cache_for_sample, cache_report
 
 FORMATS = ("mp4", "gif", "png")
 
@@ -64,6 +65,16 @@ class GeneratedVideo:
 class GenerateResult:
     videos: list[GeneratedVideo]
     timings_s: dict[str, float] = field(default_factory=dict)
+    cache: str = "none"
+    """`[sample] cache` method (README "Faster sampling")."""
+    cache_value: float | None = None
+    """Its threshold or interval."""
+    full_evals: int | None = None
+    """DiT evaluations computed in full (None without caching)."""
+    partial_evals: int | None = None
+    """Evaluations that computed only some blocks, modules or tokens."""
+    skipped_evals: int | None = None
+    """Evaluations answered from the cache without running the blocks."""
 
     def stdout_lines(self) -> list[str]:
         return [str(v.path) for v in self.videos]
@@ -176,6 +187,8 @@ def sample_videos(
     offload: bool = False,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     timings: dict[str, float] | None = None,
+    model_fn: flow.ModelFn | None = None,
+    hooks: flow.SamplingHooks | None = None,
 ) -> torch.Tensor:
     """Videos `(N, 3, T, H, W)` in [-1, 1] for prompts with their seeds; size = (T, H, W).
 
@@ -222,7 +235,7 @@ def sample_videos(
         scale_temporal_osci=sample.scale_temporal_osci,
     )
     latents = flow.sample_i2v(
-        dit.forward_video,
+        model_fn or dit.forward_video,
         noise,
         schedule,
         emb.tokens.to(device),
@@ -233,6 +246,7 @@ def sample_videos(
         guidance=guidance,
         replace_all_items=True,
         callback=on_step,
+        hooks=hooks,
     )
     timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - tick
 
@@ -263,6 +277,14 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     if options.offload:
         pipe.ae.to("cpu")
     timings: dict[str, float] = {"load": time.perf_counter() - started, "write": 0.0}
+    cached = cache_for_sample(
+        sample.cache,
+        sample.cache_calibration,
+        recipe.dit.path,
+        pipe.dit,
+        sample.steps,
+        pipe.ae.latent_shape(*size)[1],
+    )
 
     videos: list[GeneratedVideo] = []
     with progress_bar() as bar:
@@ -280,6 +302,8 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
                 offload=options.offload,
                 on_step=lambda step, x: bar.advance(task),
                 timings=timings,
+                model_fn=cached,
+                hooks=cached,
             )
             tick = time.perf_counter()
             for i, prompt in enumerate(batch):
@@ -290,7 +314,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
             timings["write"] += time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     log.info("generate: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
-    return GenerateResult(videos=videos, timings_s=timings)
+    return GenerateResult(videos=videos, timings_s=timings, **cache_report(sample.cache, cached))
 
 
 def _valid_size(ae, frames: int, height: int, width: int, snap: bool) -> tuple[int, int, int]:

@@ -237,6 +237,13 @@ class SampleSection:
     """Add the cached full-minus-sparse attention of the last full step (DiTFastAttn's WA-RS)."""
     negative_prompt: str = ""
     """Prompt used for the unconditional branch of CFG."""
+    cache: str = "none"
+    """Training-free DiT caching, "METHOD[:VALUE]": none, uniform:K, teacache, adacache, toca:K,
+    smoothcache, ditfastattn, fbcache, taylorseer:K (vidcli/sampling/cache; README "Faster
+    sampling")."""
+    cache_calibration: str = ""
+    """Calibration JSON of the caching methods (`vidcli benchmark --caching --calibrate`); empty:
+    cache-calibration.json in the [dit] path folder, when there is one."""
 
 
 @dataclass

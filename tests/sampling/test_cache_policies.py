@@ -56,8 +56,7 @@ def tiny():
 def _calibration(tiny) -> CacheCalibration:
     recorder = Recorder(STEPS)
     _sample(tiny, recorder)
-    coeffs, curves, losses = recorder.result()
-    return CacheCalibration(coeffs, {str(STEPS): curves}, {str(STEPS): losses})
+    return recorder.calibration()
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +181,60 @@ def test_teacache_fit_recovers_a_known_polynomial():
     xs = [i / 50 for i in range(1, 40)]
     pairs = [(x, sum(c * x ** (4 - k) for k, c in enumerate(coeffs))) for x in xs]
     assert fit_teacache(pairs) == pytest.approx(coeffs, rel=1e-6, abs=1e-8)
+
+
+def test_calibration_round_trips_through_the_recipe(tmp_path, tiny, calibration):
+    from vidcli.recipe import dump_recipe, load_recipe
+    from vidcli.sampling.cache import find_calibration
+
+    path = tmp_path / "cal.json"
+    save_calibration(calibration, path)
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text(f'[sample]\ncache = "smoothcache:0.1"\ncache_calibration = "{path}"\n')
+    recipe = load_recipe(recipe_file)
+    resolved = tmp_path / "resolved.toml"
+    resolved.write_text(dump_recipe(recipe))
+    again = load_recipe(resolved).sample
+    assert (again.cache, again.cache_calibration) == ("smoothcache:0.1", str(path))
+    loaded = find_calibration(again.cache_calibration, "")
+    assert loaded.to_json() == calibration.to_json()
+    # The policies built from the recipe's calibration behave as the in-memory one.
+    spec = parse_cache(again.cache)
+    a, sa = _sample(tiny, build_policy(spec, loaded, STEPS, T))
+    b, sb = _sample(tiny, build_policy(spec, calibration, STEPS, T))
+    assert torch.equal(a, b) and sa.kinds == sb.kinds
+
+
+def test_calibration_beside_the_dit_weights_is_found(tmp_path, calibration):
+    from vidcli.sampling.cache import find_calibration
+    from vidcli.sampling.cache.calibration import FILENAME
+
+    save_calibration(calibration, tmp_path / FILENAME)
+    assert find_calibration("", str(tmp_path)).teacache == calibration.teacache
+    assert find_calibration("", str(tmp_path / "model.safetensors")).teacache is not None
+    assert find_calibration("", str(tmp_path / "other" / "dit")).teacache is None
+
+
+def test_uncalibrated_smoothcache_names_the_command():
+    with pytest.raises(UsageError, match="no calibration for 12 steps") as err:
+        build_policy(parse_cache("smoothcache"), CacheCalibration(), STEPS)
+    assert "--calibrate" in (err.value.hint or "")
+
+
+def test_bundled_demo_ships_teacache_coefficients():
+    from vidcli.demo import DEMO_DIR
+    from vidcli.sampling.cache.calibration import FILENAME
+
+    shipped = load_calibration(DEMO_DIR / "dit" / FILENAME)
+    assert len(shipped.teacache) == 5
+    assert {"20", "50"} <= set(shipped.smoothcache) and {"20", "50"} <= set(shipped.ditfastattn)
+
+
+def test_cli_generate_rejects_bad_cache_with_exit_2():
+    from typer.testing import CliRunner
+
+    from vidcli.cli import app
+
+    result = CliRunner().invoke(app, ["generate", "a red circle", "--cache", "teacahe:0.1"])
+    assert result.exit_code == 2
+    assert "teacache" in result.output and "uniform" in result.output

@@ -158,6 +158,33 @@ def build_policy(
     raise AssertionError(spec.method)
 
 
+def cache_for_sample(
+    spec: str, calibration: str, dit_path: str, model, num_steps: int, frames: int
+) -> CachedDiT | None:
+    """The runner for `[sample] cache` / `cache_calibration` (None when caching is off).
+
+    frames: latent frames of the video (AdaCache's motion score).
+    """
+    parsed = parse_cache(spec, "[sample] cache")
+    if parsed.method == "none":
+        return None
+    policy = build_policy(parsed, find_calibration(calibration, dit_path), num_steps, frames)
+    return CachedDiT(model, policy, num_steps)
+
+
+def cache_report(spec: str, cached: CachedDiT | None) -> dict:
+    """The result fields of a run: method, value and the evaluation counts (None uncached)."""
+    parsed = parse_cache(spec, "[sample] cache")
+    stats = cached.stats if cached is not None else None
+    return {
+        "cache": parsed.method,
+        "cache_value": None if parsed.method == "none" else parsed.value,
+        "full_evals": stats.full_evals if stats else None,
+        "partial_evals": stats.partial_evals if stats else None,
+        "skipped_evals": stats.skipped_evals if stats else None,
+    }
+
+
 __all__ = [
     "METHODS",
     "CacheCalibration",
@@ -165,6 +192,8 @@ __all__ = [
     "CacheStats",
     "CachedDiT",
     "build_policy",
+    "cache_for_sample",
+    "cache_report",
     "find_calibration",
     "parse_cache",
 ]

@@ -3,9 +3,10 @@
 `vidcli benchmark --caching --calibrate` runs uncached sampling on calibration prompts with
 `Recorder` as the policy and writes `cache-calibration.json`:
 
-- "teacache": degree-4 coefficients (highest power first) fitted to (δ(m_n, m_{n-1}),
-  δ(O_n, O_{n-1})) pairs over every step of every prompt, O = the model output (paper §4.1; the
-  authors' fitting script is unpublished);
+- "teacache": degree-4 coefficients (highest power first) fitted to the (δ(m_n, m_{n-1}),
+  δ(O_n, O_{n-1})) pairs of every step of every prompt and every calibrated step count, O = the
+  model output (paper §4.1; the authors' fitting script is unpublished); "teacache_pairs" keeps
+  the pairs per step count, so calibrating another step count refits on all of them;
 - "smoothcache": {steps: {module type: E[j-1][i]}} layer-output error curves;
 - "ditfastattn": {steps: losses[n][layer][candidate]} one-layer-at-a-time output losses.
 """
@@ -43,6 +44,7 @@ class CacheCalibration:
     """Calibration data of one model (see the module docstring for the layout)."""
 
     teacache: list[float] | None = None
+    teacache_pairs: dict[str, list[list[float]]] = field(default_factory=dict)
     smoothcache: dict[str, dict[str, list[list[float | None]]]] = field(default_factory=dict)
     ditfastattn: dict[str, list[list[list[float]]]] = field(default_factory=dict)
     source: str = ""
@@ -52,14 +54,19 @@ class CacheCalibration:
         return {
             "format": FORMAT,
             "teacache": self.teacache,
+            "teacache_pairs": self.teacache_pairs,
             "smoothcache": self.smoothcache,
             "ditfastattn": self.ditfastattn,
         }
 
     def merge(self, other: CacheCalibration) -> CacheCalibration:
-        """This calibration updated with `other`'s entries (other wins)."""
+        """This calibration updated with `other`'s entries (other wins; TeaCache is refitted on
+        the pairs of both)."""
+        pairs = {**self.teacache_pairs, **other.teacache_pairs}
+        pooled = [tuple(p) for group in pairs.values() for p in group]
         return CacheCalibration(
-            other.teacache or self.teacache,
+            fit_teacache(pooled) if pooled else other.teacache or self.teacache,
+            pairs,
             {**self.smoothcache, **other.smoothcache},
             {**self.ditfastattn, **other.ditfastattn},
             self.source,
@@ -83,7 +90,11 @@ def load_calibration(path: str | Path) -> CacheCalibration:
     ):
         raise UsageError(f"cache calibration {path}: 'teacache' must be a list of numbers")
     return CacheCalibration(
-        coeffs, data.get("smoothcache") or {}, data.get("ditfastattn") or {}, str(path)
+        coeffs,
+        data.get("teacache_pairs") or {},
+        data.get("smoothcache") or {},
+        data.get("ditfastattn") or {},
+        str(path),
     )
 
 
@@ -200,6 +211,13 @@ class Recorder(CachePolicy):
                 image = run.run_blocks(trunks[i], i, hook_for=hook_for).image
                 self.losses_sum[run.step, i, c] += output_loss(out, run.head(image))
         run.work = float(L)  # the extra passes are calibration, not sampling
+
+    def calibration(self) -> CacheCalibration:
+        """What the runs recorded, as a calibration of this step count."""
+        coefficients, curves, losses = self.result()
+        steps = str(self.num_steps)
+        pairs = [list(p) for p in self.pairs]
+        return CacheCalibration(coefficients, {steps: pairs}, {steps: curves}, {steps: losses})
 
     def result(self) -> tuple[list[float], dict, list | None]:
         """(TeaCache coefficients, SmoothCache curves, DiTFastAttn losses) over all runs."""

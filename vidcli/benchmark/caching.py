@@ -1,0 +1,439 @@
+"""`vidcli benchmark --caching`: speed against fidelity for every caching method, next to the
+uniform control (compute every K-th step, reuse the output otherwise).
+
+All rows sample the same prompts with the same seeds. Each row reports the DiT time (the
+sampling loop) and end-to-end time (text + sampling + decode) as speedups over uncached sampling,
+the evaluations it computed in full / in part / not at all, the block-equivalents it computed,
+and the PSNR / SSIM of its decoded videos against the uncached ones. `vs_uniform_db` compares a
+row with the control at the same cost (uniform PSNR interpolated at the row's block-equivalent
+evaluations). Uncached sampling is timed before the first row and again every few rows, and the
+median of those runs is the baseline, because a shared machine drifts. On CPU the speedups count
+process CPU seconds (`time.process_time`, all threads), which other processes on a shared
+machine barely disturb; wall-clock speedups are reported beside them. On CUDA both are wall
+clock (synchronised).
+
+Rows are `SamplingVariant`s (a name, a plot family, a `--cache` spec and `[sample]` overrides),
+so other sampling accelerations (solvers, leaps, token merging) can join the same table and plot:
+`register_variants(factory)` with factory(steps) -> list[SamplingVariant].
+"""
+
+from __future__ import annotations
+
+import csv as csv_module
+import dataclasses
+import itertools
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from vidcli.console import log
+from vidcli.errors import UsageError
+from vidcli.metrics import psnr, ssim
+from vidcli.sampling.cache import (
+    METHODS,
+    CacheCalibration,
+    CachedDiT,
+    build_policy,
+    find_calibration,
+    parse_cache,
+)
+from vidcli.sampling.cache.calibration import (
+    FILENAME,
+    Recorder,
+    load_calibration,
+    save_calibration,
+)
+from vidcli.timing import synchronize
+
+# Prompts of the demo model's world (moving shapes); calibration uses a disjoint set.
+DEFAULT_PROMPTS = (
+    "a red circle moving right",
+    "a blue square moving down",
+    "a green triangle moving left",
+    "a yellow circle moving up",
+)
+CALIBRATION_PROMPTS = (
+    "a blue circle moving left",
+    "a red square moving up",
+    "a yellow triangle moving right",
+    "a green square moving down",
+)
+# Per method, the values swept by default (chosen on the demo model at 20 and 50 steps).
+DEFAULT_GRID: dict[str, tuple[float, ...]] = {
+    "uniform": (2, 3, 4, 5, 6),
+    "teacache": (0.1, 0.3, 0.6),
+    "adacache": (0.02, 0.05),
+    "toca": (3, 5),
+    "smoothcache": (0.1, 0.3),
+    "ditfastattn": (0.3, 1.0),
+    "fbcache": (0.05, 0.1, 0.2),
+    "taylorseer": (3, 5),
+}
+BASELINE_EVERY = 6
+"""Uncached sampling is re-timed after every this many rows."""
+
+
+@dataclass(frozen=True)
+class SamplingVariant:
+    """One row: how to sample, and where it goes in the plot."""
+
+    name: str
+    """Row label, e.g. "teacache:0.2" or "rf2"."""
+    family: str
+    """Plot series, e.g. "teacache" (the uniform control is "uniform")."""
+    cache: str = "none"
+    """A `--cache` spec."""
+    sample: dict[str, Any] = field(default_factory=dict)
+    """`[sample]` fields replaced for this row (e.g. {"solver": "rf2"})."""
+
+
+_EXTRA_FACTORIES: list[Callable[[int], list[SamplingVariant]]] = []
+
+
+def register_variants(factory: Callable[[int], list[SamplingVariant]]) -> None:
+    """Add rows to every caching benchmark: factory(steps) -> variants for that step count."""
+    _EXTRA_FACTORIES.append(factory)
+
+
+@dataclass
+class CachingOptions:
+    """What `vidcli benchmark --caching` runs."""
+
+    recipe: Path | None = None
+    """Recipe of the model (default: the bundled demo)."""
+    steps: int = 50
+    """Sampling steps of every row."""
+    methods: list[str] = field(default_factory=list)
+    """METHOD[:VALUE] rows (empty: DEFAULT_GRID); the uniform control is always included.
+    ["none"] with `calibrate`: calibrate only."""
+    prompts: list[str] = field(default_factory=list)
+    """Prompts (empty: DEFAULT_PROMPTS)."""
+    calibrate: bool = False
+    """First calibrate TeaCache / SmoothCache / DiTFastAttn on CALIBRATION_PROMPTS."""
+    calibration: Path | None = None
+    """Calibration file to use, and to write with `calibrate` (default: beside the DiT)."""
+    csv: Path | None = None
+    plot: Path | None = None
+    output: Path | None = None
+    """Also write the JSON result here."""
+
+
+@dataclass
+class CachingRow:
+    variant: str
+    family: str
+    steps: int
+    dit_s: float
+    """Seconds in the DiT calls of the sampling loop (all prompts together; CPU seconds on CPU)."""
+    total_s: float
+    """Text encoding + sampling + decoding (CPU seconds on CPU)."""
+    dit_speedup: float
+    e2e_speedup: float
+    dit_wall_speedup: float
+    """The DiT speedup by wall clock (noisy on a shared machine)."""
+    full_evals: int
+    partial_evals: int
+    skipped_evals: int
+    blocks_computed: float
+    """Block-equivalents computed, as a fraction of uncached sampling's."""
+    psnr_mean: float
+    psnr_min: float
+    psnr_max: float
+    ssim_mean: float
+    vs_uniform_db: float | None = None
+    """PSNR minus the uniform control's at the same cost; None outside the control's range."""
+
+
+@dataclass
+class CachingResult:
+    env: dict[str, Any]
+    rows: list[CachingRow]
+    calibration: str | None = None
+    files: list[Path] = field(default_factory=list)
+
+    def stdout_lines(self) -> list[str]:
+        lines = [
+            f"{'variant':<18} {'DiT x':>6} {'e2e x':>6} {'wall x':>6} {'full':>4} {'part':>4} "
+            f"{'skip':>4} "
+            f"{'blocks':>6} {'PSNR dB (min-max)':>22} {'SSIM':>6} {'vs uniform':>10}"
+        ]
+        for r in self.rows:
+            vs = "" if r.vs_uniform_db is None else f"{r.vs_uniform_db:+.2f} dB"
+            lines.append(
+                f"{r.variant:<18} {r.dit_speedup:6.2f} {r.e2e_speedup:6.2f} "
+                f"{r.dit_wall_speedup:6.2f} {r.full_evals:4d} "
+                f"{r.partial_evals:4d} {r.skipped_evals:4d} {r.blocks_computed:6.3f} "
+                f"{r.psnr_mean:7.2f} ({r.psnr_min:5.2f}-{r.psnr_max:5.2f}) {r.ssim_mean:6.4f} "
+                f"{vs:>10}"
+            )
+        return lines + [f"wrote {p}" for p in self.files]
+
+
+def default_variants(steps: int, methods: list[str]) -> list[SamplingVariant]:
+    """The rows: the uniform control's grid, then `methods` (or every method's default grid)."""
+    specs = [f"uniform:{int(k)}" for k in DEFAULT_GRID["uniform"]]
+    if methods:
+        specs += [m for m in methods if not m.startswith("uniform")]
+        specs += [m for m in methods if m.startswith("uniform") and m not in specs]
+    else:
+        for name, values in DEFAULT_GRID.items():
+            if name != "uniform":
+                integer = METHODS[name].integer
+                specs += [f"{name}:{int(v) if integer else v}" for v in values]
+    variants = []
+    for spec in specs:
+        parsed = parse_cache(spec, "--methods")
+        if parsed.method == "none":
+            continue
+        variants.append(SamplingVariant(str(parsed), parsed.method, str(parsed)))
+    for factory in _EXTRA_FACTORIES:
+        variants += factory(steps)
+    return variants
+
+
+def run(options: CachingOptions) -> CachingResult:
+    """Calibrate if asked, then sample every variant and compare it with uncached sampling."""
+    from vidcli.generate import _valid_size, load_generate_recipe, load_pipeline
+
+    recipe = load_generate_recipe(options.recipe, None, [f"sample.steps={options.steps}"])
+    variants = default_variants(options.steps, options.methods)  # checks --methods first
+    prompts = list(options.prompts or DEFAULT_PROMPTS)
+    pipe = load_pipeline(recipe)
+    sample = recipe.sample
+    size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, False)
+    frames = pipe.ae.latent_shape(*size)[1]
+    seeds = [sample.seed + i for i in range(len(prompts))]
+
+    cal_path = options.calibration
+    if cal_path is None and recipe.dit.path:
+        dit_dir = Path(recipe.dit.path)
+        cal_path = (dit_dir if dit_dir.is_dir() else dit_dir.parent) / FILENAME
+    if options.calibrate:
+        if cal_path is None:
+            raise UsageError("--calibrate needs --calibration FILE (the DiT has no folder)")
+        calibration = calibrate(pipe, sample, size, options.steps)
+        if cal_path.is_file():
+            calibration = load_calibration(cal_path).merge(calibration)
+        save_calibration(calibration, cal_path)
+        log.info("caching: wrote calibration %s", cal_path)
+    if options.methods == ["none"]:  # calibration only
+        return CachingResult({"steps": options.steps}, [], str(cal_path))
+    calibration = (
+        load_calibration(cal_path)
+        if cal_path is not None and cal_path.is_file()
+        else find_calibration(sample.cache_calibration, recipe.dit.path)
+    )
+
+    def sample_with(variant: SamplingVariant | None):
+        from vidcli.generate import sample_videos
+
+        row_sample = dataclasses.replace(sample, **(variant.sample if variant else {}))
+        cached = None
+        if variant is not None and parse_cache(variant.cache).method != "none":
+            policy = build_policy(parse_cache(variant.cache), calibration, row_sample.steps, frames)
+            cached = CachedDiT(pipe.dit, policy, row_sample.steps)
+        timings: dict[str, float] = {}
+        timed = _Timed(cached or pipe.dit.forward_video, pipe.device)
+        start = time.process_time()
+        video = sample_videos(
+            pipe, row_sample, prompts, seeds, size, timings=timings, model_fn=timed, hooks=cached
+        )
+        timings["cpu_total"] = time.process_time() - start
+        timings["dit_cpu"], timings["dit_wall"] = timed.cpu, timed.wall
+        timings["device"] = pipe.device
+        return video, timings, cached
+
+    log.info("caching: uncached reference, %d prompts, %d steps", len(prompts), options.steps)
+    reference, ref_timings, _ = sample_with(None)
+    baseline = [ref_timings]
+    measured = []
+    for i, variant in enumerate(variants):
+        if i and i % BASELINE_EVERY == 0:
+            baseline.append(sample_with(None)[1])
+        log.info("caching: %s (%d/%d)", variant.name, i + 1, len(variants))
+        video, timings, cached = sample_with(variant)
+        measured.append((variant, video, timings, cached))
+    baseline.append(sample_with(None)[1])
+
+    dit_base = statistics.median(_dit(t) for t in baseline)
+    total_base = statistics.median(_total(t) for t in baseline)
+    wall_base = statistics.median(t["dit_wall"] for t in baseline)
+    rows = [
+        _row(v, options.steps, video, reference, timings, cached, (dit_base, total_base, wall_base))
+        for v, video, timings, cached in measured
+    ]
+    _compare_with_uniform(rows)
+    env = {
+        "model": str(options.recipe or "bundled demo"),
+        "steps": options.steps,
+        "prompts": prompts,
+        "seeds": seeds,
+        "size": list(size),
+        "device": pipe.device,
+        "threads": torch.get_num_threads(),
+        "clock": "process CPU time" if pipe.device == "cpu" else "wall clock",
+        "baseline_dit_s": [_dit(t) for t in baseline],
+        "baseline_total_s": [_total(t) for t in baseline],
+        "baseline_dit_wall_s": [t["dit_wall"] for t in baseline],
+    }
+    result = CachingResult(env, rows, calibration.source or None)
+    if options.output:
+        result.files.append(_write_json(result, options.output))
+    if options.csv:
+        result.files.append(write_csv(rows, options.csv))
+    if options.plot:
+        result.files.append(write_plot(rows, env, options.plot))
+    return result
+
+
+def calibrate(pipe, sample, size, steps: int) -> CacheCalibration:
+    """Uncached sampling of CALIBRATION_PROMPTS with the recorder: TeaCache coefficients and the
+    SmoothCache / DiTFastAttn tables for `steps` (TeaCache pools the pairs of this step count)."""
+    from vidcli.generate import sample_videos
+
+    recorder = Recorder(steps)
+    runner = CachedDiT(pipe.dit, recorder, steps)
+    seeds = [1000 + i for i in range(len(CALIBRATION_PROMPTS))]
+    run_sample = dataclasses.replace(sample, steps=steps)
+    log.info("caching: calibrating on %d prompts at %d steps", len(seeds), steps)
+    sample_videos(
+        pipe, run_sample, list(CALIBRATION_PROMPTS), seeds, size, model_fn=runner, hooks=runner
+    )
+    return recorder.calibration()
+
+
+class _Timed:
+    """A model_fn that adds up the CPU and (synchronised) wall seconds of its calls."""
+
+    def __init__(self, fn, device: str):
+        self.fn, self.device, self.cpu, self.wall = fn, device, 0.0, 0.0
+
+    def __call__(self, *args):
+        synchronize(self.device)
+        cpu, wall = time.process_time(), time.perf_counter()
+        out = self.fn(*args)
+        synchronize(self.device)
+        self.cpu += time.process_time() - cpu
+        self.wall += time.perf_counter() - wall
+        return out
+
+
+def _dit(timings: dict[str, float]) -> float:
+    """The DiT seconds the speedups use: CPU seconds on CPU, wall seconds on a GPU."""
+    return timings["dit_cpu"] if timings["device"] == "cpu" else timings["dit_wall"]
+
+
+def _total(timings: dict[str, float]) -> float:
+    if timings["device"] == "cpu":
+        return timings["cpu_total"]
+    return timings["text"] + timings["sample"] + timings["decode"]
+
+
+def _row(variant, steps, video, reference, timings, cached, bases):
+    dit_base, total_base, wall_base = bases
+    # Videos in [-1, 1]: PSNR/SSIM on [0, 1].
+    a, b = (video + 1) / 2, (reference + 1) / 2
+    psnrs = [psnr(a[i], b[i]) for i in range(len(a))]
+    ssims = [ssim(a[i], b[i]) for i in range(len(a))]
+    stats = cached.stats if cached is not None else None
+    return CachingRow(
+        variant=variant.name,
+        family=variant.family,
+        steps=steps,
+        dit_s=_dit(timings),
+        total_s=_total(timings),
+        dit_speedup=dit_base / _dit(timings),
+        e2e_speedup=total_base / _total(timings),
+        dit_wall_speedup=wall_base / timings["dit_wall"],
+        full_evals=stats.full_evals if stats else steps,
+        partial_evals=stats.partial_evals if stats else 0,
+        skipped_evals=stats.skipped_evals if stats else 0,
+        blocks_computed=stats.blocks_computed / stats.blocks_total if stats else 1.0,
+        psnr_mean=statistics.fmean(psnrs),
+        psnr_min=min(psnrs),
+        psnr_max=max(psnrs),
+        ssim_mean=statistics.fmean(ssims),
+    )
+
+
+def _compare_with_uniform(rows: list[CachingRow]) -> None:
+    """vs_uniform_db: PSNR minus the control's, linearly interpolated at the same cost."""
+    control = sorted((r.blocks_computed, r.psnr_mean) for r in rows if r.family == "uniform")
+    for r in rows:
+        if r.family == "uniform" or len(control) < 2:
+            continue
+        x = r.blocks_computed
+        for (x0, y0), (x1, y1) in itertools.pairwise(control):
+            if x0 <= x <= x1:
+                y = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+                r.vs_uniform_db = r.psnr_mean - y
+                break
+
+
+def _write_json(result: CachingResult, path: Path) -> Path:
+    from vidcli.fileio import atomic_write_text
+
+    payload = {
+        "env": result.env,
+        "calibration": result.calibration,
+        "rows": [dataclasses.asdict(r) for r in result.rows],
+    }
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
+    return path
+
+
+def write_csv(rows: list[CachingRow], path: Path) -> Path:
+    """One line per row, the CachingRow fields as columns."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv_module.DictWriter(
+            f, fieldnames=[fl.name for fl in dataclasses.fields(CachingRow)]
+        )
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(dataclasses.asdict(row))
+    return path
+
+
+def write_plot(rows: list[CachingRow], env: dict[str, Any], path: Path) -> Path:
+    """Pareto plot: DiT speedup (x) against PSNR vs uncached (y), one series per family, the
+    uniform control as a dashed line."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise UsageError(
+            "--plot needs matplotlib, which is not installed", hint="pip install matplotlib"
+        ) from None
+    fig = Figure(figsize=(7.5, 5), dpi=120, layout="constrained")
+    ax = fig.add_subplot()
+    families: dict[str, list[CachingRow]] = {}
+    for r in rows:
+        families.setdefault(r.family, []).append(r)
+    markers = "osD^v<>PXh*"
+    for i, (family, members) in enumerate(families.items()):
+        members = sorted(members, key=lambda r: r.dit_speedup)
+        xs = [r.dit_speedup for r in members]
+        ys = [r.psnr_mean for r in members]
+        if family == "uniform":
+            ax.plot(xs, ys, "k--", marker="o", linewidth=1.5, label="uniform control")
+            for r in members:
+                ax.annotate(r.variant.split(":")[1], (r.dit_speedup, r.psnr_mean), fontsize=7)
+        else:
+            ax.plot(xs, ys, marker=markers[i % len(markers)], linestyle=":", label=family)
+    ax.set_xlabel("DiT sampling speedup vs uncached (x, median baseline)")
+    ax.set_ylabel("PSNR of decoded videos vs uncached (dB, mean over prompts)")
+    ax.set_title(
+        f"{env['model']}: {env['steps']} steps, {len(env['prompts'])} prompts, {env['device']}",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
