@@ -1,7 +1,7 @@
 """Output folders, `--resume` and the launcher's files, without training anything.
 
-`launcher.launch` is replaced where a test only needs to see what the CLI hands it; the checks
-that protect data (`prepare_output`, the checkpoint manifest) run for real.
+`launcher.run_worker` (the training itself) is replaced where a test only needs to see what gets
+past the CLI and the launcher's checks; those checks run for real.
 """
 
 import json
@@ -39,15 +39,14 @@ def fake_run(output: Path, last_step: int = 5) -> None:
 
 @pytest.fixture
 def launched(monkeypatch):
-    """Calls that reach `launcher.launch` after the CLI, recorded instead of run."""
+    """Runs that get past `launcher.launch`'s checks, recorded instead of trained."""
     calls: list[dict] = []
 
-    def record(stage, recipe, recipe_path, resume=None, overwrite=False):
-        calls.append({"stage": stage, "resume": resume, "overwrite": overwrite})
-        launcher.prepare_output(Path(recipe.train.output), resume, overwrite)
+    def record(stage, recipe, resume):
+        calls.append({"stage": stage, "resume": resume})
         return {"ok": True}
 
-    monkeypatch.setattr(launcher, "launch", record)
+    monkeypatch.setattr(launcher, "run_worker", record)
     return calls
 
 
