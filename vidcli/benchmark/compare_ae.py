@@ -490,4 +490,4 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
     if stderr.is_terminal:
         stderr.print(table)
     else:  # a file or pipe: wide enough for every column rather than rich's default 80
-        Console(stderr=True, highlight=False, width=160).print(table)
+        Console(stderr=True, highlight=False, width=200).print(table)
