@@ -121,14 +121,14 @@ class _RecordingHook(ModuleHook):
 
     def attention(self, block, img_in, txt_in, cos, sin):
         out = super().attention(block, img_in, txt_in, cos, sin)
-        self.recorder.attention[self.index] = out
+        self.recorder.keep_attention(self.index, out)
         return out
 
     def single(self, block, x_mod, cos, sin):
         self.work += 1.0
         q, k, v, mlp = block.project(x_mod)
         attn = block.attend(q, k, v, cos, sin)
-        self.recorder.attention[self.index] = attn
+        self.recorder.keep_attention(self.index, attn)
         out = block.merge(attn, mlp)
         self.recorder.record_module((self.index, "out"), lambda: out)
         return out
@@ -155,6 +155,10 @@ class Recorder(CachePolicy):
         self.prev_m = self.prev_out = None
         self.depth = 0
         self.step = 0
+
+    def keep_attention(self, index: int, value: Value) -> None:
+        """This step's attention output of a layer, over the rows of the last full layout."""
+        self.attention[index] = put_rows(self.previous_attention.get(index), value)
 
     def record_module(self, key: Key, compute) -> Value:
         value = compute()
