@@ -159,8 +159,6 @@ class TrainSection:
     """Abort after this many consecutive steps with a non-finite loss (each one is skipped)."""
     caption_dropout: float = _bounded(0.1, ge=0.0, le=1.0)
     """Probability of training a sample on the empty prompt (enables CFG)."""
-    cond_dropout: float = _bounded(0.0, ge=0.0, le=1.0)
-    """Probability of dropping the first-frame image condition (i2v training); 0 = t2v only."""
     i2v_ratio: float = _bounded(0.0, ge=0.0, le=1.0)
     """Fraction of DiT samples trained with their first latent frame as image condition."""
     lpips_weight: float = _bounded(0.5, ge=0.0)

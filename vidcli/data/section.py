@@ -8,9 +8,11 @@ whichever stage asks first.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from vidcli.console import log, progress_enabled
+from vidcli.data.buckets import BucketConfig
 from vidcli.data.datasets import LatentDataset, VideoDataset
 from vidcli.data.prepare import MANIFEST_NAME, PrepareOptions, prepare
 from vidcli.errors import UsageError
@@ -34,7 +36,9 @@ def manifest_for(data: DataSection) -> Path:
             "a manifest or latents",
             hint='--set data.source="synthetic:shapes:64"',
         )
-    key = hashlib.sha1(data.source.encode()).hexdigest()[:10]
+    # The buckets are part of the key: each clip's bucket is decided when it is prepared.
+    spec = data.source + (json.dumps(data.buckets, sort_keys=True) if data.buckets else "")
+    key = hashlib.sha1(spec.encode()).hexdigest()[:10]
     out_dir = Path(data.cache_dir) / f"prepared-{key}"
     manifest = out_dir / MANIFEST_NAME
     if not manifest.is_file():
@@ -45,9 +49,11 @@ def manifest_for(data: DataSection) -> Path:
             sources=[data.source],
             out_dir=out_dir,
             workers=1,
-            min_frames=data.num_frames * data.frame_stride,
+            # With buckets a clip's frame count picks its bucket; too short ones get none.
+            min_frames=1 if data.buckets else data.num_frames * data.frame_stride,
             cache_dir=Path(data.cache_dir),
         ),
+        buckets=bucket_config(data),
         progress=progress_enabled(),
     )
     if result.accepted == 0:
@@ -57,14 +63,20 @@ def manifest_for(data: DataSection) -> Path:
     return result.manifest
 
 
+def bucket_config(data: DataSection) -> BucketConfig | None:
+    """`[data] buckets` parsed, or None when the recipe has none."""
+    return BucketConfig.from_dict(data.buckets) if data.buckets else None
+
+
 def video_dataset(data: DataSection, num_frames: int | None = None) -> VideoDataset:
-    """Clips of `[data]` as (3, T, H, W) in [-1, 1]."""
+    """Clips of `[data]` as (3, T, H, W) in [-1, 1]; with buckets, each row's bucket shape."""
     return VideoDataset(
         manifest_for(data),
         num_frames=num_frames or data.num_frames,
         height=data.height,
         width=data.width,
         stride=data.frame_stride,
+        buckets=bucket_config(data),
     )
 
 

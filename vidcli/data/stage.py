@@ -127,7 +127,7 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
     from vidcli.builders import autoencoder_from_section, text_encoder_from_section
     from vidcli.data.latents import encode_latents
     from vidcli.data.provenance import recipe_provenance
-    from vidcli.data.section import manifest_for
+    from vidcli.data.section import bucket_config, manifest_for
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -149,5 +149,6 @@ def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
         world_size=world,
         device=device,
         progress=progress_enabled(),
+        buckets=bucket_config(data),
         provenance=provenance,
     )

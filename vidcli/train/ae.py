@@ -14,7 +14,7 @@ import torch
 from einops import rearrange
 
 from vidcli.builders import autoencoder_from_section
-from vidcli.data.section import video_dataset
+from vidcli.data.section import bucket_config, video_dataset
 from vidcli.errors import UsageError
 from vidcli.metrics import psnr
 from vidcli.models.dcae import DCAE, write_autoencoder_files
@@ -124,15 +124,20 @@ def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, s
 
 
 def _batches(recipe: Recipe, rank: int, world: int):
-    """Video batches `(B, 3, T, H, W)`; with `image_ratio`, some steps are single frames (T = 1)."""
+    """Video batches `(B, 3, T, H, W)`; with `image_ratio`, some steps are single frames (T = 1).
+
+    With `[data] buckets` each step is one bucket's batch (its shape, its batch size); with
+    `[data] workers`, that many processes decode the next steps ahead (`train.data`).
+    """
     data, train_cfg = recipe.data, recipe.train
     dataset = video_dataset(data)
+    rows = train_data.step_rows(
+        dataset, bucket_config(data), train_cfg.batch_size, rank, world, train_cfg.seed
+    )
+    load = train_data.StepLoader(train_data.StepBatches(dataset, rows), data.workers)
 
     def batch_at(index: int) -> torch.Tensor:
-        rows = train_data.rows_for_step(
-            index, train_cfg.batch_size, rank, world, len(dataset), train_cfg.seed
-        )
-        video = torch.stack([dataset[r]["video"] for r in rows])
+        video = load(index)["video"]
         gen = train_data.step_generator(train_cfg.seed, 0, index)  # same choice on every rank
         if data.image_ratio > 0 and torch.rand(1, generator=gen).item() < data.image_ratio:
             pick = int(torch.randint(video.shape[2], (1,), generator=gen))

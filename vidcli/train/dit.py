@@ -17,7 +17,7 @@ from vidcli import flow
 from vidcli.builders import autoencoder_from_section, dit_from_section, text_encoder_from_section
 from vidcli.console import log
 from vidcli.data.provenance import check_autoencoder, recipe_provenance, write_provenance
-from vidcli.data.section import latent_dataset, video_dataset
+from vidcli.data.section import bucket_config, latent_dataset, video_dataset
 from vidcli.devices import randn_on
 from vidcli.models.mmdit import MMDiT, make_image_ids, pack_latents
 from vidcli.models.text import TextEncoder
@@ -74,6 +74,7 @@ def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
     x0 = batch["latent"]  # (B, C, T, H, W)
     B, _, T, H, W = x0.shape
     gen = batch["generator"]  # a CPU generator: the same t and noise on every device
+    alpha = batch.get("shift_alpha", alpha)  # its bucket's, with [data] buckets
     device = x0.device
     t = flow.sample_training_timesteps(B, alpha, generator=gen).to(device)
     noise = randn_on(x0.shape, gen, device)
@@ -125,57 +126,57 @@ def _recording(save_weights, provenance: dict[str, Any]):
 def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
     """(batch_at, latent channels, (T', H', W'), provenance) of pre-extracted or on-the-fly latents.
 
-    Pre-extracted latents must come from `[ae]` (a one-line error otherwise).
+    Pre-extracted latents must come from `[ae]` (a one-line error otherwise). With `[data]
+    buckets` each step is one bucket's batch (its shape and batch size; the latent size printed
+    is the first clip's) and the timestep shift follows each batch's latent size; with `[data]
+    workers`, that many processes read or decode the next steps ahead (`train.data`).
     """
     data, train_cfg = recipe.data, recipe.train
     empty = text.encode([""])
+    buckets = bucket_config(data)
     if data.latents:
         dataset = latent_dataset(data)
         provenance = _checked_provenance(recipe, dataset.provenance)
         first = dataset[0]["latent"]
 
-        def load(rows: list[int], gen: torch.Generator) -> dict[str, Any]:
-            items = [dataset[r] for r in rows]
-            latent = torch.stack([i["latent"] for i in items]).float()
-            tokens = torch.stack([i["text_tokens"] for i in items]).float()
-            pooled = torch.stack([i["text_pooled"] for i in items]).float()
-            drop = torch.rand(len(rows), generator=gen) < train_cfg.caption_dropout
+        def load(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+            latent = batch["latent"].float()
+            tokens, pooled = batch["text_tokens"].float(), batch["text_pooled"].float()
+            drop = torch.rand(len(latent), generator=gen) < train_cfg.caption_dropout
             tokens[drop] = empty.tokens[0].to(tokens.dtype)
             pooled[drop] = empty.pooled[0].to(pooled.dtype)
             return {"latent": latent, "text_tokens": tokens, "text_pooled": pooled}
 
-        num_rows, latent_channels, latent_thw = len(dataset), first.shape[0], tuple(first.shape[1:])
+        latent_channels, latent_thw = first.shape[0], tuple(first.shape[1:])
     else:
         ae = autoencoder_from_section(recipe.ae).eval().requires_grad_(False)
         provenance = recipe_provenance(recipe.ae, ae, recipe.text)
         provenance["clip"] = {"num_frames": data.num_frames, "height": data.height}
         provenance["clip"] |= {"width": data.width, "frame_stride": data.frame_stride}
         dataset = video_dataset(data)
-        latent_channels, *latent_thw = ae.latent_shape(data.num_frames, data.height, data.width)
+        latent_channels, *latent_thw = ae.latent_shape(*dataset.clip_shape(0))
 
-        def load(rows: list[int], gen: torch.Generator) -> dict[str, Any]:
-            items = [dataset[r] for r in rows]
-            video = torch.stack([i["video"] for i in items])
+        def load(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
             with torch.no_grad():
-                latent = ae.encode(video).float()
+                latent = ae.encode(batch["video"]).float()
+            coins = torch.rand(len(latent), generator=gen).tolist()
             captions = [
-                "" if coin < train_cfg.caption_dropout else i["caption"]
-                for i, coin in zip(
-                    items, torch.rand(len(rows), generator=gen).tolist(), strict=True
-                )
+                "" if coin < train_cfg.caption_dropout else caption
+                for caption, coin in zip(batch["caption"], coins, strict=True)
             ]
             emb = text.encode(captions)
             return {"latent": latent, "text_tokens": emb.tokens, "text_pooled": emb.pooled}
 
-        num_rows = len(dataset)
+    rows = train_data.step_rows(dataset, buckets, train_cfg.batch_size, rank, world, train_cfg.seed)
+    fetch = train_data.StepLoader(train_data.StepBatches(dataset, rows), data.workers)
 
     def batch_at(index: int) -> dict[str, Any]:
-        rows = train_data.rows_for_step(
-            index, train_cfg.batch_size, rank, world, num_rows, train_cfg.seed
-        )
         gen = train_data.step_generator(train_cfg.seed, rank, index)
-        batch = load(rows, gen)
+        batch = load(fetch(index), gen)
         batch["generator"] = gen
+        if buckets is not None:  # every bucket has its own latent size, hence its own shift
+            t_lat, h_lat, w_lat = batch["latent"].shape[2:]
+            batch["shift_alpha"] = flow.training_shift_alpha(h_lat, w_lat, t_lat)
         _maybe_image_condition(batch, train_cfg.i2v_ratio, gen)
         return batch
 
