@@ -21,7 +21,7 @@ from vidcli.data.section import bucket_config, latent_dataset, video_dataset
 from vidcli.devices import randn_on
 from vidcli.models.mmdit import MMDiT, make_image_ids, pack_latents
 from vidcli.models.text import TextEncoder
-from vidcli.recipe import Recipe
+from vidcli.recipe import LoRASection, Recipe
 from vidcli.train import data as train_data
 from vidcli.train.launcher import init_process_group, make_engine
 from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
@@ -35,7 +35,19 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     torch.manual_seed(recipe.train.seed)
     text = text_encoder_from_section(recipe.text)
     batch_at, latent_channels, latent_thw, provenance = _batches(recipe, text, rank, world)
-    model = dit_from_section(recipe.dit, latent_channels, text)
+    stage_loss = None  # None: the rectified-flow loss below
+    if recipe.adapt.source:  # AE-Adapt: the DiT of another AE, new in/out layers (adapt.py)
+        from vidcli.train import adapt
+
+        model, batch_at, stage_loss = adapt.setup(
+            recipe, latent_channels, latent_thw, batch_at, rank, world
+        )
+    else:
+        model = dit_from_section(recipe.dit, latent_channels, text)
+    if recipe.lora.rank:  # LoRA: frozen DiT + trainable adapters (lora.py)
+        from vidcli.train.lora import add_lora
+
+        model = add_lora(model, recipe.lora)
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
     p = model.config.patch_size
     t_lat, h_lat, w_lat = latent_thw
@@ -61,8 +73,10 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         name="dit",
         model=model,
         batch_at=batch_at,
-        loss=lambda eng, batch, step: flow_loss(eng, batch, alpha, p),
-        save_weights=lambda state, folder, stem: save_dit_weights(model, state, folder, stem),
+        loss=stage_loss or (lambda eng, batch, step: flow_loss(eng, batch, alpha, p)),
+        save_weights=lambda state, folder, stem: save_dit_weights(
+            model, state, folder, stem, recipe.lora
+        ),
         tokens_per_sample=tokens,
     )
     spec.save_weights = _recording(spec.save_weights, provenance)
@@ -102,11 +116,33 @@ def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
     return per_sample.mean(), metrics
 
 
-def save_dit_weights(model: MMDiT, state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
-    """`<stem>.safetensors` (+ config.json for the model), loadable with `load_dit(folder)`."""
+def save_dit_weights(
+    model: MMDiT,
+    state: dict[str, torch.Tensor],
+    folder: Path,
+    stem: str,
+    lora: LoRASection | None = None,
+) -> None:
+    """`<stem>.safetensors` (+ config.json for the model), loadable with `load_dit(folder)`.
+
+    With LoRA, `model.safetensors` holds the merged weights and the adapters go to
+    `lora.safetensors` (diffusers layout) and `lora-comfyui.safetensors`; `ema.safetensors`
+    keeps the adapter layout the EMA resumes from, with alpha in its metadata (loaders merge).
+    """
     from vidcli.models.mmdit.io import FORMAT
 
-    save_file(state, str(folder / f"{stem}.safetensors"), metadata={"format": FORMAT})
+    metadata = {"format": FORMAT}
+    if lora is not None and lora.rank:
+        from vidcli.train import lora as adapters
+
+        alpha = adapters.lora_alpha(lora)
+        metadata[adapters.ALPHA_METADATA_KEY] = str(alpha)
+        if stem == "model":
+            pairs = adapters.adapter_weights_from_state(state, alpha)
+            adapters.save_lora(pairs, folder / "lora.safetensors", "diffusers")
+            adapters.save_lora(pairs, folder / "lora-comfyui.safetensors", "comfyui")
+            state = adapters.merged_state(state, alpha)
+    save_file(state, str(folder / f"{stem}.safetensors"), metadata=metadata)
     if stem == "model":
         config = {"format": FORMAT, **model.config.to_dict()}
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,265 @@
+"""AE-Adapt: move a DiT trained on autoencoder A to a new autoencoder B (`[adapt]` of train-dit).
+
+Only the layers that touch latents depend on the AE: `img_in` (tokens -> width D), `cond_in`
+(condition tokens -> D) and `final_layer.linear` (D -> tokens); everything else, the output
+head's adaLN modulation included, is kept. The swapped model gets new random copies of those
+layers, sized for B's channels and patch size.
+
+Stage 1 (`stage = "align"`, after DC-VideoGen's AE-Adapt-V): the DiT body is frozen and the new
+layers learn to put B's latents where the body expects A's. For the same clip (rows of the two
+latent sets match by manifest index), with t ~ U(0, 1) and z_A, z_B its latents:
+
+    align_embed = |img_in_B((1-t) z_B) - img_in_A((1-t) z_A)|² / |img_in_A((1-t) z_A)|²
+    align_noise = |W_B W_Bᵀ - W_A W_Aᵀ|²_F / |W_A W_Aᵀ|²_F
+
+The first matches the clean part of x_t = (1-t) z + t ε as the body sees it after `img_in`; the
+second matches the covariance of the noise part W ε (ε ~ N(0, I) in either latent space), since
+independent noise draws cannot be matched sample by sample. `align_cond` does the same for
+`cond_in` on first-frame conditions. The new `final_layer.linear` learns from the rectified-flow
+loss on B through the frozen body, with the embedders' outputs detached, so each new layer has
+one objective. Stage 2 (`stage = "finetune"`) is plain rectified flow from the stage-1
+checkpoint (`aligned`), full or with `[lora]`; without `aligned` it is the naive swap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vidcli.data.datasets import LatentDataset
+from vidcli.errors import ShapeError, UsageError
+from vidcli.models.mmdit import MMDiT, load_dit, pack_latents
+from vidcli.recipe import Recipe
+from vidcli.train import data as train_data
+
+NEW_LAYERS = ("img_in", "cond_in", "final_layer.linear")
+"""The layers whose shape depends on the AE (latent channels x patch size)."""
+
+
+def load_source(path: str) -> MMDiT:
+    """The DiT trained on AE A, in float32 (the bundled demo stores bfloat16)."""
+    return load_dit(path).float()
+
+
+def swap_autoencoder(source: MMDiT, in_channels: int, patch_size: int, seed: int) -> MMDiT:
+    """A copy of `source` whose NEW_LAYERS are fresh (random, seeded) and sized for AE B.
+
+    in_channels = B's latent channels * patch_size**2. `cond_in` starts at zero weight with the
+    source's bias (a zero condition then embeds exactly as before), as a new condition branch does.
+    """
+    config = replace(source.config, in_channels=in_channels, patch_size=patch_size)
+    with torch.device("meta"):
+        model = MMDiT(config)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    dim = config.hidden_size
+    fresh: dict[str, nn.Module] = {
+        "img_in": nn.Linear(in_channels, dim),
+        "final_layer.linear": nn.Linear(dim, in_channels),
+    }
+    if config.cond_embed:
+        fresh["cond_in"] = nn.Linear(config.cond_channels, dim)
+        nn.init.zeros_(fresh["cond_in"].weight)
+        with torch.no_grad():
+            fresh["cond_in"].bias.copy_(source.cond_in.bias)
+    torch.random.set_rng_state(generator_state)
+    state = {k: v for k, v in source.state_dict().items() if not _is_new(k)}
+    for name, layer in fresh.items():
+        state.update({f"{name}.{k}": v for k, v in layer.state_dict().items()})
+    model.load_state_dict(state, strict=True, assign=True)
+    return model
+
+
+def _is_new(key: str) -> bool:
+    return any(key.startswith(f"{layer}.") for layer in NEW_LAYERS)
+
+
+def setup(
+    recipe: Recipe,
+    latent_channels: int,
+    latent_thw: tuple[int, int, int],
+    batch_at: Callable[[int], dict[str, Any]],
+    rank: int,
+    world: int,
+) -> tuple[MMDiT, Callable[[int], dict[str, Any]], Callable | None]:
+    """train-dit in adapt mode -> (model, batch_at, loss); loss None = the usual flow loss."""
+    from vidcli import flow
+    from vidcli.train.dit import flow_loss
+
+    check_recipe(recipe)
+    source = load_source(recipe.adapt.source)
+    model = adapted_model(recipe, source, latent_channels)
+    if recipe.adapt.stage == "finetune":
+        return model, batch_at, None
+    p = model.config.patch_size
+    alpha = flow.training_shift_alpha(latent_thw[1], latent_thw[2], latent_thw[0])
+    loss = alignment_loss(
+        model, source, lambda eng, batch: flow_loss(eng, batch, alpha, p), recipe.adapt.flow_weight
+    )
+    return model, paired_batches(recipe, batch_at, rank, world), loss
+
+
+def adapted_model(recipe: Recipe, source: MMDiT, latent_channels: int) -> MMDiT:
+    """Stage 1: the swapped DiT with only NEW_LAYERS trainable. Stage 2: the aligned checkpoint
+    (or the naive swap), every weight trainable (LoRA freezes it later)."""
+    adapt, dit = recipe.adapt, recipe.dit
+    patch = dit.patch_size or source.config.patch_size
+    in_channels = latent_channels * patch * patch
+    if adapt.stage == "finetune" and adapt.aligned:
+        model = load_dit(adapt.aligned).float()
+        if model.config.in_channels != in_channels or model.config.patch_size != patch:
+            raise UsageError(
+                f"[adapt] aligned = {adapt.aligned!r} takes {model.config.in_channels}-wide tokens "
+                f"at patch {model.config.patch_size}; the recipe's AE needs {in_channels} at "
+                f"patch {patch} ([dit] patch_size)"
+            )
+        return model
+    model = swap_autoencoder(source, in_channels, patch, recipe.train.seed)
+    if adapt.stage == "align":
+        for name, param in model.named_parameters():
+            param.requires_grad = _is_new(name)
+    return model
+
+
+def check_recipe(recipe: Recipe) -> None:
+    """Every `[adapt]` mistake at once, before any model is built."""
+    adapt, problems = recipe.adapt, []
+    if adapt.stage == "align":
+        if not recipe.data.latents:
+            problems.append("stage 'align' needs B's pre-extracted latents in [data] latents")
+        if not adapt.source_latents:
+            problems.append("stage 'align' needs A's latents of the same clips: source_latents")
+        if recipe.lora.rank:
+            problems.append("[lora] applies to stage 'finetune' (stage 'align' trains new layers)")
+    if recipe.dit.path:
+        problems.append("[dit] path is unused in adapt mode: the DiT comes from source")
+    if adapt.aligned and adapt.stage != "finetune":
+        problems.append("aligned is read by stage 'finetune' only")
+    if problems:
+        raise UsageError("[adapt] " + "; ".join(problems))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: batches with both latents, and the alignment loss
+
+
+def paired_batches(
+    recipe: Recipe, batch_at: Callable[[int], dict[str, Any]], rank: int, world: int
+) -> Callable[[int], dict[str, Any]]:
+    """`batch_at` plus `source_latent`: A's latent of each row's clip (same manifest index)."""
+    target = LatentDataset(recipe.data.latents)
+    source = LatentDataset(recipe.adapt.source_latents)
+    by_index = {source[i]["index"]: i for i in range(len(source))}
+    target_index = [target[i]["index"] for i in range(len(target))]
+    missing = sorted(set(target_index) - set(by_index))
+    if missing:
+        raise UsageError(
+            f"[adapt] source_latents = {recipe.adapt.source_latents!r} lacks manifest rows "
+            f"{missing[:5]} that [data] latents has: encode the same manifest with both AEs"
+        )
+    train_cfg = recipe.train
+
+    def paired(index: int) -> dict[str, Any]:
+        batch = batch_at(index)
+        rows = train_data.rows_for_step(
+            index, train_cfg.batch_size, rank, world, len(target), train_cfg.seed
+        )
+        batch["source_latent"] = torch.stack(
+            [source[by_index[target_index[r]]]["latent"] for r in rows]
+        ).float()
+        return batch
+
+    return paired
+
+
+def alignment_loss(
+    model: MMDiT,
+    source: MMDiT,
+    flow_loss: Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]],
+    flow_weight: float,
+) -> Callable[[Any, dict[str, Any], int], tuple[torch.Tensor, dict[str, float]]]:
+    """The stage-1 loss (module docstring): embedding + noise-covariance (+ condition) alignment
+    for the new embedders, the flow loss through the frozen body for the new output layer."""
+    p_b, p_a = model.config.patch_size, source.config.patch_size
+    source.requires_grad_(False)
+
+    def loss(engine: Any, batch: dict[str, Any], step: int):
+        z_b, z_a = batch["latent"], batch["source_latent"]  # (B, C, T, H, W) each
+        gen = batch["generator"]
+        keep = 1.0 - torch.rand(z_b.shape[0], generator=gen)  # (1 - t) per sample
+        scale = keep[:, None, None, None, None]
+        tokens_b = pack_latents(z_b * scale, p_b)
+        with torch.no_grad():
+            target = _pool_to(source.img_in(pack_latents(z_a * scale, p_a)), z_a, p_a, z_b, p_b)
+        embed = (model.img_in(tokens_b) - target).pow(2).mean() / target.pow(2).mean()
+        cov_b = model.img_in.weight @ model.img_in.weight.T
+        cov_a = source.img_in.weight @ source.img_in.weight.T
+        noise = (cov_b - cov_a).pow(2).sum() / cov_a.pow(2).sum()
+        total = embed + noise
+        metrics = {"align_embed": float(embed.detach()), "align_noise": float(noise.detach())}
+        if model.cond_in is not None and source.cond_in is not None:
+            cond = _condition_alignment(model, source, z_b, z_a, p_b, p_a, gen)
+            total = total + cond
+            metrics["align_cond"] = float(cond.detach())
+        with _detached_outputs(model.img_in, model.cond_in):
+            flow, flow_metrics = flow_loss(engine, batch)
+        metrics["flow"] = float(flow.detach())
+        metrics.update(flow_metrics)
+        return total + flow_weight * flow, metrics
+
+    return loss
+
+
+def _condition_alignment(model, source, z_b, z_a, p_b, p_a, gen) -> torch.Tensor:
+    """cond_in alignment on first-frame conditions (mask 1 on frame 0 for a random half)."""
+    chosen = (torch.rand(z_b.shape[0], generator=gen) < 0.5).float()[:, None, None, None, None]
+
+    def tokens(z: torch.Tensor, p: int) -> torch.Tensor:
+        mask = torch.zeros_like(z[:, :1])
+        mask[:, :, 0] = 1.0
+        mask = mask * chosen
+        return pack_latents(torch.cat((mask, z * mask), dim=1), p)
+
+    with torch.no_grad():
+        target = _pool_to(source.cond_in(tokens(z_a, p_a)), z_a, p_a, z_b, p_b)
+    # Relative to the embedding scale: a zero-weight source cond_in gives a bias-only target.
+    ref = source.img_in(pack_latents(z_a, p_a)).detach().pow(2).mean()
+    return (model.cond_in(tokens(z_b, p_b)) - target).pow(2).mean() / ref
+
+
+def _pool_to(h_a: torch.Tensor, z_a, p_a: int, z_b, p_b: int) -> torch.Tensor:
+    """A's embeddings (B, L_a, D) on B's token grid: equal grids pass, coarser B averages A."""
+    grid_a = (z_a.shape[2], z_a.shape[3] // p_a, z_a.shape[4] // p_a)
+    grid_b = (z_b.shape[2], z_b.shape[3] // p_b, z_b.shape[4] // p_b)
+    if grid_a == grid_b:
+        return h_a
+    if any(a % b for a, b in zip(grid_a, grid_b, strict=True)):
+        raise ShapeError(
+            f"[adapt] token grids differ: A gives {grid_a} (T, H, W) tokens and B {grid_b}; "
+            "B's grid must divide A's (choose [dit] patch_size so it does)"
+        )
+    B, _, D = h_a.shape
+    grid = h_a.transpose(1, 2).reshape(B, D, *grid_a)
+    kernel = tuple(a // b for a, b in zip(grid_a, grid_b, strict=True))
+    return F.avg_pool3d(grid, kernel).flatten(2).transpose(1, 2)
+
+
+@contextlib.contextmanager
+def _detached_outputs(*layers: nn.Module | None) -> Iterator[None]:
+    """Inside the block, these layers' outputs carry no gradient back to their weights."""
+    handles = [
+        layer.register_forward_hook(lambda _m, _i, out: out.detach())
+        for layer in layers
+        if layer is not None
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
