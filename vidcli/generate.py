@@ -8,6 +8,7 @@ not on the batch it was sampled in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import time
@@ -131,6 +132,8 @@ class Pipeline:
     text: Any
     dit: Any
     device: str
+    t2i: Any = None
+    """The t2i2v image stage (`vidcli.sampling.t2i2v.ImageStage`) when `[t2i] enabled`."""
 
 
 def load_pipeline(recipe: Recipe, ema: bool = True) -> Pipeline:
@@ -153,7 +156,31 @@ def load_pipeline(recipe: Recipe, ema: bool = True) -> Pipeline:
     dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(device).eval()
     if ema and recipe.dit.path:
         load_ema_weights(dit, Path(recipe.dit.path))
-    return Pipeline(ae=ae, text=text, dit=dit, device=device)
+    t2i = _image_stage(recipe, text, device) if recipe.t2i.enabled else None
+    return Pipeline(ae=ae, text=text, dit=dit, device=device, t2i=t2i)
+
+
+def _image_stage(recipe: Recipe, text, device: str):
+    """The `[t2i]` models of t2i2v (distilled image DiT + its AE), built like `[dit]`/`[ae]`."""
+    from vidcli.builders import autoencoder_from_section, dit_from_section
+    from vidcli.recipe import AESection, DiTSection
+    from vidcli.sampling.t2i2v import ImageStage
+
+    t2i = recipe.t2i
+    # One image: the reference runs Flux's AE untiled.
+    ae_section = AESection(
+        preset=t2i.ae_preset, path=t2i.ae_path, overrides=t2i.ae_overrides, tiling=False
+    )
+    ae = autoencoder_from_section(ae_section).eval()
+    dit_section = DiTSection(preset=t2i.preset, path=t2i.path, overrides=t2i.overrides)
+    dit = dit_from_section(dit_section, ae.latent_channels, text).to(device).eval()
+    if not dit.config.guidance_embed:
+        raise UsageError(
+            f"[t2i] preset {t2i.preset!r}: the image stage needs a guidance-distilled DiT "
+            "(guidance_embed = true, e.g. flux-dev)"
+        )
+    steps = t2i.steps or recipe.sample.steps
+    return ImageStage(dit=dit, ae=ae, resolution=t2i.resolution, guidance=t2i.guidance, steps=steps)
 
 
 EMA_FILE = "ema.safetensors"
@@ -192,7 +219,9 @@ def sample_videos(
 ) -> torch.Tensor:
     """Videos `(N, 3, T, H, W)` in [-1, 1] for prompts with their seeds; size = (T, H, W).
 
-    reference: (C, 1, H', W') first-frame latent for image-to-video, or None.
+    reference: (C, 1, H', W') first-frame latent for image-to-video (or one per prompt), or None.
+    A guidance-distilled DiT (Flux-dev, `guidance_embed`) samples without CFG rows, with
+    `sample.guidance` as its distilled scale.
     """
     timings = timings if timings is not None else {}
     frames, height, width = size
@@ -218,7 +247,7 @@ def sample_videos(
     ).to(device)
     condition = None
     if reference is not None:
-        refs = [reference] * len(prompts)
+        refs = reference if isinstance(reference, list) else [reference] * len(prompts)
         condition = flow.build_condition("i2v_head", noise.shape, refs, causal=False, device=device)
     # α from the latent size at the DiT's patch (spec §9), unless the recipe fixes flow_shift.
     alpha = sample.flow_shift
@@ -234,20 +263,31 @@ def sample_videos(
         image_osci=sample.image_osci,
         scale_temporal_osci=sample.scale_temporal_osci,
     )
-    latents = flow.sample_i2v(
-        model_fn or dit.forward_video,
-        noise,
-        schedule,
-        emb.tokens.to(device),
-        emb.pooled.to(device),
-        neg.tokens.to(device),
-        neg.pooled.to(device),
-        condition=condition,
-        guidance=guidance,
-        replace_all_items=True,
-        callback=on_step,
-        hooks=hooks,
-    )
+    if dit.config.guidance_embed:  # distilled (Flux-dev): the scale enters the model, no CFG
+        latents = flow.sample_distilled(
+            model_fn or dit.forward_video,
+            noise,
+            schedule,
+            emb.tokens.to(device),
+            emb.pooled.to(device),
+            guidance=sample.guidance,
+            callback=on_step,
+        )
+    else:
+        latents = flow.sample_i2v(
+            model_fn or dit.forward_video,
+            noise,
+            schedule,
+            emb.tokens.to(device),
+            emb.pooled.to(device),
+            neg.tokens.to(device),
+            neg.pooled.to(device),
+            condition=condition,
+            guidance=guidance,
+            replace_all_items=True,
+            callback=on_step,
+            hooks=hooks,
+        )
     timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -263,6 +303,13 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     """Generate one video per prompt; returns the written paths and stage timings."""
     if options.output_format not in FORMATS:
         raise UsageError(f"--format {options.output_format}: choose one of {', '.join(FORMATS)}")
+    if options.out is not None and options.out.suffix[1:] in FORMATS and len(options.prompts) == 1:
+        # The file name decides: `--out still.png` writes a PNG, `--out clip.gif` a GIF.
+        options = dataclasses.replace(options, output_format=options.out.suffix[1:])
+    if options.image is not None and recipe.t2i.enabled:
+        raise UsageError(
+            "--image and [t2i] enabled both choose frame 0; drop --image or --set t2i.enabled=false"
+        )
     sample = recipe.sample
     started = time.perf_counter()
     pipe = load_pipeline(recipe, ema=not options.raw_weights)
@@ -288,14 +335,17 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
 
     videos: list[GeneratedVideo] = []
     with progress_bar() as bar:
-        task = bar.add_task("generate", total=len(options.prompts) * sample.steps, status="")
+        steps = sample.steps + (pipe.t2i.steps if pipe.t2i is not None else 0)
+        task = bar.add_task("generate", total=len(options.prompts) * steps, status="")
         for first in range(0, len(options.prompts), options.batch_size):
             batch = options.prompts[first : first + options.batch_size]
             seeds = [sample.seed + first + i for i in range(len(batch))]
+            if pipe.t2i is not None:
+                reference = _first_frames(pipe, sample, batch, seeds, size, timings, bar, task)
             video = sample_videos(
                 pipe,
                 sample,
-                batch,
+                _video_prompts(batch, sample),
                 seeds,
                 size,
                 reference=reference,
@@ -369,22 +419,59 @@ def _slug(prompt: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:60] or "video"
 
 
+def _video_prompts(prompts: list[str], sample: SampleSection) -> list[str]:
+    """The prompts the video model sees: with Open-Sora v2's FPS / motion suffix if asked."""
+    if not sample.prompt_suffix:
+        return prompts
+    from vidcli.sampling.t2i2v import prompt_with_suffix
+
+    return [prompt_with_suffix(p, sample.fps, sample.motion_score) for p in prompts]
+
+
+def _first_frames(pipe: Pipeline, sample, prompts, seeds, size, timings, bar, task):
+    """t2i2v: frame 0 of each video drawn by the `[t2i]` model for the raw prompt, returned as
+    the video AE's i2v condition latents [(C, 1, H', W')]."""
+    from vidcli.sampling.t2i2v import first_frame_conditions
+
+    tick = time.perf_counter()
+    emb = pipe.text.to(pipe.device).encode(prompts)
+    _, refs = first_frame_conditions(
+        pipe.t2i,
+        pipe.ae.to(pipe.device),
+        emb.tokens.to(pipe.device),
+        emb.pooled.to(pipe.device),
+        seeds,
+        size[1:],
+        shift=sample.shift,
+        callback=lambda step, x: bar.advance(task),
+    )
+    timings["t2i"] = timings.get("t2i", 0.0) + time.perf_counter() - tick
+    return refs
+
+
 def _image_latent(ae, image: Path, height: int, width: int) -> torch.Tensor:
-    """The conditioning image encoded alone as a 1-frame clip: (C, 1, H', W')."""
+    """The i2v condition of `--image`: latent frame 0 of the image held still for one latent
+    frame (`vidcli.sampling.t2i2v.condition_latent`, the definition training uses): (C, 1, H', W').
+    """
     from vidcli.media import read_frames
+    from vidcli.sampling.t2i2v import condition_latent
 
     if not image.is_file():
         raise UsageError(f"--image {image}: file not found")
     frame = read_frames(image, num_frames=1, size=(height, width))
     x = torch.from_numpy(frame).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-    with torch.no_grad():
-        return ae.encode(x[None])[0]
+    return condition_latent(ae, x[:, 0])
 
 
 def _write(video: torch.Tensor, path: Path, fps: int, output_format: str) -> None:
     from vidcli.media import write_video
 
     # Existing files were refused before sampling; a file appearing since is ours to replace.
+    if output_format == "png" and video.shape[1] == 1:  # one frame: an image, not a folder
+        from vidcli.media import write_image
+
+        write_image(path, video[:, 0], overwrite=True)
+        return
     write_video(path, video, fps=fps, format=output_format, overwrite=True)
 
 

@@ -42,7 +42,8 @@ class AESection:
     """`[ae]`: which autoencoder, its weights and how it tiles."""
 
     preset: str = "dc-ae-f32t4c128"
-    """Preset name from the DC-AE family (see `vidcli.models.dcae.AE_PRESETS`)."""
+    """Autoencoder preset of any family: DC-AE, hunyuan-video-vae, flux-ae (see
+    `vidcli.models.autoencoders.all_presets`)."""
     path: str = ""
     """Weights: a vidcli, diffusers or Open-Sora folder, or a .safetensors file; "" = random."""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -235,6 +236,11 @@ class SampleSection:
     """Add the cached full-minus-sparse attention of the last full step (DiTFastAttn's WA-RS)."""
     negative_prompt: str = ""
     """Prompt used for the unconditional branch of CFG."""
+    prompt_suffix: bool = False
+    """Append " {fps} FPS. {motion_score} motion score." to each prompt (Open-Sora v2 inference;
+    the t2i stage of t2i2v gets the raw prompt)."""
+    motion_score: int = _bounded(4, ge=0)
+    """Motion score named in the prompt suffix."""
     cache: str = "none"
     """Training-free DiT caching, "METHOD[:VALUE]": none, uniform:K, teacache, adacache, toca:K,
     smoothcache, ditfastattn, fbcache, taylorseer:K (vidcli/sampling/cache; README "Faster
@@ -242,6 +248,33 @@ class SampleSection:
     cache_calibration: str = ""
     """Calibration JSON of the caching methods (`vidcli benchmark --caching --calibrate`); empty:
     cache-calibration.json in the [dit] path folder, when there is one."""
+
+
+@dataclass
+class T2ISection:
+    """`[t2i]`: the text-to-image stage of t2i2v (Open-Sora v2's `use_t2i2v`): a guidance-distilled
+    DiT (Flux-dev) draws frame 0, the video model then samples image-to-video from it."""
+
+    enabled: bool = False
+    """Run t2i2v: draw frame 0 first (off: plain text-to-video)."""
+    preset: str = "flux-dev"
+    """DiT preset of the image model (see `vidcli.models.mmdit.DIT_PRESETS`)."""
+    path: str = ""
+    """Image DiT weights (e.g. flux1-dev.safetensors); "" = random init."""
+    overrides: dict[str, Any] = field(default_factory=dict)
+    """Image DiT preset fields to change."""
+    ae_preset: str = "flux-ae"
+    """Autoencoder preset of the image model."""
+    ae_path: str = ""
+    """Image AE weights (e.g. flux1-dev-ae.safetensors); "" = random init."""
+    ae_overrides: dict[str, Any] = field(default_factory=dict)
+    """Image AE preset fields to change."""
+    resolution: int = _bounded(768, ge=16)
+    """Image area ≈ resolution² pixels, at the video's aspect ratio (Open-Sora: img_resolution)."""
+    guidance: float = _bounded(4.0, ge=0.0)
+    """Distilled guidance scale fed to the image DiT's guidance embedding."""
+    steps: int = _bounded(0, ge=0)
+    """Denoising steps of the image model; 0 = the same as [sample] steps."""
 
 
 @dataclass
@@ -328,6 +361,7 @@ class Recipe:
     launcher: LauncherSection = field(default_factory=LauncherSection)
     lora: LoRASection = field(default_factory=LoRASection)
     adapt: AdaptSection = field(default_factory=AdaptSection)
+    t2i: T2ISection = field(default_factory=T2ISection)
 
 
 SECTIONS: dict[str, type] = {
@@ -340,6 +374,7 @@ SECTIONS: dict[str, type] = {
     "launcher": LauncherSection,
     "lora": LoRASection,
     "adapt": AdaptSection,
+    "t2i": T2ISection,
 }
 
 
