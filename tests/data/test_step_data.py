@@ -12,10 +12,10 @@ from vidcli.data.synthetic import make_shapes_dataset
 from vidcli.recipe import load_recipe
 from vidcli.train import ae as train_ae
 from vidcli.train import dit as train_dit
-from vidcli.train.data import StepLoader, StepRows
+from vidcli.train.data import StepLoader, StepRows, epoch_seed, rows_for_step
 
-BUCKETS = {"64px": {"1": [1.0, 3], "8": [0.5, 2]}, "32px": {"8": [1.0, 2]}}
-BUCKETS_TOML = '"64px" = {"1" = [1.0, 3], "8" = [0.5, 2]}\n"32px" = {"8" = [1.0, 2]}'
+BUCKETS = {"64px": {"1": [1.0, 3], "8": [1.0, 2]}, "32px": {"8": [1.0, 2]}}
+BUCKETS_TOML = '"64px" = {"1" = [1.0, 3], "8" = [1.0, 2]}\n"32px" = {"8" = [1.0, 2]}'
 
 
 def test_bucket_steps_are_the_samplers_batches_and_pure_in_the_step():
@@ -26,7 +26,9 @@ def test_bucket_steps_are_the_samplers_batches_and_pure_in_the_step():
     assert steps == per_rank[1].steps_per_epoch == 4  # (3 + 3 + 2) batches, 4 per rank
     for rank, rows in enumerate(per_rank):
         for epoch in range(3):
-            sampler = BucketBatchSampler(buckets, sizes, rank, 2, seed=5, epoch=epoch)
+            sampler = BucketBatchSampler(
+                buckets, sizes, rank, 2, seed=5, epoch=epoch, epoch_seed=epoch_seed
+            )
             assert [rows(epoch * steps + k) for k in range(steps)] == list(sampler)
     # Rank 0 and 1 never share a row within an epoch; every batch is one bucket at its size.
     for epoch in range(2):
@@ -59,9 +61,10 @@ def test_step_loader_reads_in_worker_processes_by_step_index():
 
 @pytest.fixture(scope="module")
 def two_sizes(tmp_path_factory):
-    """Shapes clips at 64 px and at 32 px, 8 frames each, in one folder."""
+    """Shapes clips of 64 px (8 and 2 frames) and 32 px (8 frames) in one folder."""
     root = tmp_path_factory.mktemp("sizes")
-    make_shapes_dataset(root / "large", n=6, size=64, frames=8, fps=8)
+    make_shapes_dataset(root / "large", n=4, size=64, frames=8, fps=8)
+    make_shapes_dataset(root / "short", n=3, size=64, frames=2, fps=8)
     make_shapes_dataset(root / "small", n=4, size=32, frames=8, fps=8)
     return root
 
@@ -100,7 +103,7 @@ def test_train_ae_batches_are_bucketed_and_workers_do_not_change_them(tmp_path, 
     assert recipe.data.buckets == BUCKETS
     batch_at = train_ae._batches(recipe, 0, 1)
     batches = [batch_at(i) for i in range(12)]
-    # 64 px clips go to 64px (8 or 1 frames, a coin each), 32 px clips to 32px.
+    # 8-frame 64 px clips go to 64px-8, 2-frame ones to 64px-1, 32 px clips to 32px-8.
     assert shapes(batches) == {(3, 3, 1, 64, 64), (2, 3, 8, 64, 64), (2, 3, 8, 32, 32)}
     with_workers = train_ae._batches(write_recipe(tmp_path / "w.toml", two_sizes, workers=2), 0, 1)
     for i in (0, 1, 2, 3, 7, 11, 4):
@@ -119,7 +122,7 @@ def test_train_dit_trains_on_bucketed_latents_on_the_fly_and_pre_extracted(tmp_p
 
     latents = tmp_path / "latents"
     encoded = stage.run_encode(recipe, latents)
-    assert encoded.rows == 10
+    assert encoded.rows == 11
     pre = write_recipe(tmp_path / "pre.toml", two_sizes, workers=1, latents=latents)
     batch_at, _, _, _ = train_dit._batches(pre, text, 0, 1)
     stored = [batch_at(i) for i in range(10)]
@@ -147,3 +150,12 @@ def test_cond_dropout_is_gone(tmp_path):
     path.write_text("[train]\ncond_dropout = 0.1\n")
     with pytest.raises(UsageError, match="cond_dropout"):
         load_recipe(path)
+
+
+def test_data_order_of_one_run_is_not_another_runs_next_epoch():
+    n = 40
+    # Epoch 1 of seed 0 and epoch 0 of seed 1 were both shuffled with seed 1.
+    second_epoch_of_seed0 = [rows_for_step(s, 1, 0, 1, n, seed=0)[0] for s in range(n, 2 * n)]
+    first_epoch_of_seed1 = [rows_for_step(s, 1, 0, 1, n, seed=1)[0] for s in range(n)]
+    assert sorted(second_epoch_of_seed0) == sorted(first_epoch_of_seed1) == list(range(n))
+    assert second_epoch_of_seed0 != first_epoch_of_seed1

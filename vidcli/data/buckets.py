@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -185,11 +185,17 @@ def assign_bucket(
     return None
 
 
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
 class BucketBatchSampler(Sampler[list[int]]):
     """Batches of row indices from one bucket each, split across ranks, deterministic per epoch.
 
     Every rank gets the same number of batches (extra batches are dropped) and no index twice.
     `load_state_dict({"consumed": n, ...})` resumes after the first `n` batches of the epoch.
+    `epoch_seed(seed, epoch)` seeds each epoch's shuffle (training passes the run's seed stream,
+    `vidcli.train.data.epoch_seed`; a plain `seed * 1_000_003 + epoch` otherwise).
     """
 
     def __init__(
@@ -201,6 +207,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         epoch: int = 0,
         drop_last: bool = True,
+        epoch_seed: Callable[[int, int], int] | None = None,
     ):
         if not 0 <= rank < world_size:
             raise UsageError(f"rank must be in [0, {world_size}), got {rank}")
@@ -209,6 +216,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         self.rank, self.world_size = rank, world_size
         self.seed, self.epoch = seed, epoch
         self.drop_last = drop_last
+        self.epoch_seed = epoch_seed or _epoch_seed
         self.consumed = 0
 
     def _batch_size(self, bucket: str) -> int:
@@ -219,7 +227,7 @@ class BucketBatchSampler(Sampler[list[int]]):
         return self.batch_sizes[bucket]
 
     def _all_batches(self) -> list[list[int]]:
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        generator = torch.Generator().manual_seed(self.epoch_seed(self.seed, self.epoch))
         groups: dict[str, list[int]] = {}
         for index, bucket in enumerate(self.buckets):
             if bucket is not None:

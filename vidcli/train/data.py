@@ -39,9 +39,14 @@ def rows_for_step(
     rows = []
     for position in range(first, first + batch):
         epoch, offset = divmod(position, num_rows)
-        order = torch.randperm(num_rows, generator=torch.Generator().manual_seed(seed + epoch))
-        rows.append(int(order[offset]))
+        shuffle = torch.Generator().manual_seed(epoch_seed(seed, epoch))
+        rows.append(int(torch.randperm(num_rows, generator=shuffle)[offset]))
     return rows
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch `epoch`'s shuffle: one for all ranks, its own stream of `seeds`."""
+    return seeds.step_seed(seed, 0, epoch, seeds.DATA_ORDER)
 
 
 def step_generator(seed: int, rank: int, step: int) -> torch.Generator:
@@ -74,7 +79,9 @@ class StepRows:
         if batch_sizes is not None:
             if buckets is None:
                 raise UsageError("[data] buckets: the data has no bucket column")
-            self.sampler = BucketBatchSampler(buckets, batch_sizes, rank, world, seed=seed)
+            self.sampler = BucketBatchSampler(
+                buckets, batch_sizes, rank, world, seed=seed, epoch_seed=epoch_seed
+            )
             self.steps_per_epoch = len(self._batches_of_epoch(0))
             if self.steps_per_epoch == 0:
                 counts = {b: list(buckets).count(b) for b in dict.fromkeys(buckets) if b}

@@ -13,6 +13,8 @@ GLOBAL_RNG = 0
 """Stream of the global torch RNG, reseeded by the loop before each micro-step."""
 BATCH = 1
 """Stream of the `torch.Generator` a stage's batch draws from (noise, timesteps, dropout)."""
+DATA_ORDER = 2
+"""Stream of the data order: epoch e's shuffle uses `step_seed(seed, 0, e, DATA_ORDER)`."""
 
 STREAM_BITS = 4
 RANK_BITS = 20
