@@ -470,6 +470,19 @@ def generate(
             "toca:K, smoothcache, ditfastattn, fbcache, taylorseer:K (README: Faster sampling).",
         ),
     ] = None,
+    solver: Annotated[
+        str | None, typer.Option(help="ODE solver: euler, or rf2 (RF-Solver, 2nd order).")
+    ] = None,
+    lpl: Annotated[
+        bool, typer.Option("--lpl", help="Linear Proportional Leap: stop early, leap to the end.")
+    ] = False,
+    tdtm_steps: Annotated[
+        int | None, typer.Option(help="Merge latent frame pairs in attention for N steps.")
+    ] = None,
+    sparse_attention: Annotated[
+        str | None,
+        typer.Option(help="off, window, sta or frame_tile (more keys: --set sample.sparse_*)."),
+    ] = None,
     image: Annotated[Path | None, typer.Option(help="First-frame image: image-to-video.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output file, or a folder for several prompts.")
@@ -527,6 +540,10 @@ def generate(
             ("steps", steps),
             ("guidance", guidance),
             ("seed", seed),
+            ("solver", solver),
+            ("lpl", "true" if lpl else None),
+            ("tdtm_steps", tdtm_steps),
+            ("sparse_attention", sparse_attention),
         ):
             if value is not None:
                 overrides.append(f"sample.{key}={value}")

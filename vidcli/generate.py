@@ -24,6 +24,7 @@ from vidcli.console import log, progress_bar
 from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
+from vidcli.sampling.acceleration import sampling_acceleration
 from vidcli.sampling.cache import cache_for_sample, cache_report
 
 FORMATS = ("mp4", "gif", "png")
@@ -221,7 +222,8 @@ def sample_videos(
 
     reference: (C, 1, H', W') first-frame latent for image-to-video (or one per prompt), or None.
     A guidance-distilled DiT (Flux-dev, `guidance_embed`) samples without CFG rows, with
-    `sample.guidance` as its distilled scale.
+    `sample.guidance` as its distilled scale. model_fn: stands in for `dit.forward_video` (a
+    caching runner, `vidcli.sampling.cache.CachedDiT`); hooks: the loop's per-evaluation hooks.
     """
     timings = timings if timings is not None else {}
     frames, height, width = size
@@ -274,20 +276,26 @@ def sample_videos(
             callback=on_step,
         )
     else:
-        latents = flow.sample_i2v(
-            model_fn or dit.forward_video,
-            noise,
-            schedule,
-            emb.tokens.to(device),
-            emb.pooled.to(device),
-            neg.tokens.to(device),
-            neg.pooled.to(device),
-            condition=condition,
-            guidance=guidance,
-            replace_all_items=True,
-            callback=on_step,
-            hooks=hooks,
-        )
+        grid = (t_lat, h_lat // p, w_lat // p)
+        with sampling_acceleration(sample, grid, hooks) as accel:
+            latents = flow.sample_i2v(
+                model_fn or dit.forward_video,
+                noise,
+                schedule,
+                emb.tokens.to(device),
+                emb.pooled.to(device),
+                neg.tokens.to(device),
+                neg.pooled.to(device),
+                condition=condition,
+                guidance=guidance,
+                replace_all_items=True,
+                callback=on_step,
+                solver=accel.solver,
+                leap=accel.leap,
+                hooks=accel.hooks,
+            )
+        if accel.plan is not None:
+            log.info("attention paths: %s", accel.plan.choices)
     timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - tick
 
     tick = time.perf_counter()
