@@ -67,13 +67,13 @@ CALIBRATION_PROMPTS = (
 # Per method, the values swept by default (chosen on the demo model at 20 and 50 steps).
 DEFAULT_GRID: dict[str, tuple[float, ...]] = {
     "uniform": (2, 3, 4, 5, 6),
-    "teacache": (0.1, 0.3, 0.6),
-    "adacache": (0.02, 0.05),
+    "teacache": (0.1, 0.2, 0.4),
+    "adacache": (0.005, 0.01, 0.02),
     "toca": (3, 5),
-    "smoothcache": (0.1, 0.3),
+    "smoothcache": (0.05, 0.1, 0.2),
     "ditfastattn": (0.3, 1.0),
     "fbcache": (0.05, 0.1, 0.2),
-    "taylorseer": (3, 5),
+    "taylorseer": (3, 5, 7),
 }
 BASELINE_EVERY = 6
 """Uncached sampling is re-timed after every this many rows."""
