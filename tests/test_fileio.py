@@ -12,12 +12,11 @@ import torch
 import vidcli
 from vidcli.data.synthetic import make_shapes_dataset
 from vidcli.errors import UsageError
-from vidcli.fileio import atomic_folder, atomic_path, atomic_write_text
+from vidcli.fileio import atomic_folder, atomic_path, atomic_symlink, atomic_write_text
 from vidcli.models.dcae import build_autoencoder, load_autoencoder, save_autoencoder
 
 PACKAGE = Path(vidcli.__file__).parent
-# Publishing a checkpoint swaps a `latest` symlink and renames a staging folder DeepSpeed wrote.
-RENAMES_ALLOWED = {"fileio.py", "train/checkpoint.py"}
+RENAMES_ALLOWED = {"fileio.py"}
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_nothing(tmp_path):
@@ -63,6 +62,21 @@ def test_atomic_folder_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
         (staging / "a").write_text("4")
     assert (target / "a").read_text() == "3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_atomic_symlink_repoints_in_one_step(tmp_path):
+    (tmp_path / "step-1").mkdir()
+    (tmp_path / "step-2").mkdir()
+    (tmp_path / ".latest.tmp").write_text("a stale fixed-name temp must not matter")
+    atomic_symlink(tmp_path / "latest", "step-1")
+    atomic_symlink(tmp_path / "latest", "step-2")
+    assert os.readlink(tmp_path / "latest") == "step-2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        ".latest.tmp",
+        "latest",
+        "step-1",
+        "step-2",
+    ]
 
 
 def test_save_autoencoder_publishes_config_and_weights_together(tmp_path, monkeypatch):

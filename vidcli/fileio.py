@@ -6,7 +6,9 @@ Every writer in vidcli goes through these helpers:
   (pyarrow, safetensors, PyAV); renamed over `path` when the block ends, removed on error.
 - `atomic_write_text(path, text)` / `atomic_write_bytes(path, data)`: the common cases.
 - `atomic_folder(path)`: a staging folder for outputs made of several files (a model's
-  config + weights); the whole folder is renamed into place in one step.
+  config + weights); the whole folder is renamed into place in one step. `replace_folder`
+  publishes a folder staged elsewhere (a checkpoint every rank wrote into) the same way.
+- `atomic_symlink(link, target)`: repoint a symlink (a checkpoint's `latest`) in one rename.
 
 Temp names are unique (mkstemp / mkdtemp in the target's folder, so the final rename never
 crosses file systems): two writers of one target, or a leftover from a killed run, never collide.
@@ -85,12 +87,13 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs are shared
     try:
         yield staging
-        _install_folder(staging, path)
+        replace_folder(staging, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _install_folder(staging: Path, path: Path) -> None:
+def replace_folder(staging: Path, path: Path) -> None:
+    """Rename the complete folder `staging` to `path`, replacing what is there (see above)."""
     if not os.path.lexists(path):
         os.replace(staging, path)
         return
@@ -104,3 +107,20 @@ def _install_folder(staging: Path, path: Path) -> None:
         os.rmdir(aside)
         raise
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def atomic_symlink(link: str | Path, target: str | Path) -> None:
+    """Point `link` at `target`: a new symlink under a unique name, renamed over `link`."""
+    link = Path(link)
+    while True:
+        tmp = link.with_name(f".{link.name}.{os.urandom(6).hex()}.tmp")
+        try:
+            os.symlink(target, tmp)
+            break
+        except FileExistsError:
+            continue
+    try:
+        os.replace(tmp, link)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from vidcli.errors import UsageError
-from vidcli.fileio import atomic_write_text
+from vidcli.fileio import atomic_symlink, atomic_write_text, replace_folder
 
 STEP_DIR = re.compile(r"^step-(\d{7})$")
 MANIFEST = "manifest.json"
@@ -58,14 +57,8 @@ def complete_checkpoints(checkpoints: Path) -> list[Path]:
 def publish(checkpoints: Path, step: int, keep_last: int) -> Path:
     """Rename the staged checkpoint into place, point `latest` at it, prune old ones (rank 0)."""
     final = step_dir(checkpoints, step)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging_dir(checkpoints, step), final)
-    link = checkpoints / "latest"
-    tmp_link = checkpoints / ".latest.tmp"
-    tmp_link.unlink(missing_ok=True)
-    tmp_link.symlink_to(final.name)
-    os.replace(tmp_link, link)
+    replace_folder(staging_dir(checkpoints, step), final)
+    atomic_symlink(checkpoints / "latest", final.name)
     for old in complete_checkpoints(checkpoints)[:-keep_last]:
         shutil.rmtree(old, ignore_errors=True)
     for stale in checkpoints.glob(".incomplete-step-*"):
