@@ -130,3 +130,57 @@ def test_the_device_check_catches_a_missing_move(tmp_path, sabotage):
     done = run_train_dit(tmp_path, sabotage)
     assert done.returncode != 0
     assert "not on the engine's device cpu:0" in done.stderr, done.stderr[-3000:]
+
+
+def test_generate_in_bf16_on_the_cpu_matches_fp32(tmp_path):
+    """The bf16 path (DiT weights in bf16, sampling and decode under autocast) runs end to end
+    and stays close to fp32: a dtype mismatch anywhere would raise."""
+    from vidcli import generate
+
+    recipe = generate.load_generate_recipe(None, None, ["sample.steps=2", "sample.frames=4"])
+    videos = {}
+    for dtype in ("fp32", "bf16"):
+        options = generate.GenerateOptions(
+            prompts=["a red circle moving right"],
+            out=tmp_path / f"{dtype}.mp4",
+            device="cpu",
+            dtype=dtype,
+        )
+        pipe = generate.load_pipeline(recipe, device="cpu", dtype=dtype)
+        assert next(pipe.dit.parameters()).dtype == devices.DTYPES[dtype]
+        size = (4, recipe.sample.height, recipe.sample.width)
+        with devices.autocast(pipe.device, pipe.dtype):
+            videos[dtype] = generate.sample_videos(pipe, recipe.sample, options.prompts, [0], size)
+    assert videos["bf16"].dtype == torch.float32
+    error = (videos["bf16"] - videos["fp32"]).abs().mean().item()
+    assert error < 0.05, error
+
+
+def test_smaller_tiling_halves_down_to_one_latent_unit():
+    from vidcli.models.dcae import TilingConfig
+    from vidcli.offload import FIRST_TILING, smaller_tiling
+
+    assert smaller_tiling(None, 32, 4) == FIRST_TILING
+    tiling = TilingConfig(spatial_tile=256, temporal_tile=32, overlap=0.25)
+    sizes = []
+    while tiling is not None:
+        sizes.append((tiling.spatial_tile, tiling.temporal_tile))
+        tiling = smaller_tiling(tiling, 32, 4)
+    assert sizes == [(256, 32), (128, 16), (64, 8), (32, 4)]
+
+
+def test_decode_retries_with_smaller_tiles_after_out_of_memory():
+    from vidcli.offload import decode_with_retry
+
+    class OneTileFits:
+        spatial_compression, time_compression, tiling = 32, 4, None
+
+        def decode(self, z):
+            if self.tiling is None or self.tiling.spatial_tile > 64:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            return z * 2
+
+    ae = OneTileFits()
+    out = decode_with_retry(ae, torch.ones(1))
+    assert torch.equal(out, torch.full((1,), 2.0))
+    assert (ae.tiling.spatial_tile, ae.tiling.temporal_tile) == (64, 8)

@@ -570,6 +570,8 @@ def generate(
             snap=snap,
             offload=offload,
             raw_weights=raw_weights,
+            device=device,
+            dtype=dtype,
             loras=list(lora or []),
         )
         return pipeline.run(loaded, options)

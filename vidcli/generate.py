@@ -19,10 +19,11 @@ from typing import Any
 
 import torch
 
-from vidcli import flow
+from vidcli import devices, flow
 from vidcli.console import log, progress_bar
 from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
+from vidcli.offload import decode_with_retry
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
 from vidcli.sampling.acceleration import sampling_acceleration
 from vidcli.sampling.cache import cache_for_sample, cache_report
@@ -46,6 +47,10 @@ class GenerateOptions:
     """Round frames/height/width to the nearest the autoencoder accepts."""
     offload: bool = False
     """Move the text encoder and AE to the CPU while the DiT samples."""
+    device: str | None = None
+    """`--device`: auto (CUDA when available), cpu, cuda or cuda:N."""
+    dtype: str | None = None
+    """`--dtype`: bf16, fp16 or fp32; default bf16 on CUDA, fp32 on CPU."""
     raw_weights: bool = False
     """Sample a train-dit checkpoint's raw weights rather than its EMA (`ema.safetensors`)."""
     loras: list[str] = field(default_factory=list)
@@ -67,6 +72,12 @@ class GeneratedVideo:
 class GenerateResult:
     videos: list[GeneratedVideo]
     timings_s: dict[str, float] = field(default_factory=dict)
+    device: str = "cpu"
+    dtype: str = "fp32"
+    peak_memory_gb: float | None = None
+    """Peak allocated CUDA memory of the run, measured (None on the CPU)."""
+    offload: str = "none"
+    """What the memory plan moved off the device (`vidcli generate --plan`; CUDA only)."""
     cache: str = "none"
     """`[sample] cache` method (README "Faster sampling")."""
     cache_value: float | None = None
@@ -133,11 +144,21 @@ class Pipeline:
     text: Any
     dit: Any
     device: str
+    dtype: torch.dtype = torch.float32
+    """Compute dtype: the DiT's weights, and autocast's dtype while sampling and decoding."""
+    offload: str = "none"
+    """The memory plan's offload: none, model (one model on the device at a time) or blocks."""
     t2i: Any = None
     """The t2i2v image stage (`vidcli.sampling.t2i2v.ImageStage`) when `[t2i] enabled`."""
 
 
-def load_pipeline(recipe: Recipe, ema: bool = True) -> Pipeline:
+def load_pipeline(
+    recipe: Recipe,
+    ema: bool = True,
+    device: str | None = None,
+    dtype: str | None = None,
+    offload: str = "none",
+) -> Pipeline:
     """Build the `[ae]`, `[text]` and `[dit]` models of a recipe on the best device.
 
     When `[dit] path` is a train-dit checkpoint holding EMA weights, `ema` samples those.
@@ -149,16 +170,28 @@ def load_pipeline(recipe: Recipe, ema: bool = True) -> Pipeline:
     )
     from vidcli.data.provenance import check_checkpoint
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    where = devices.resolve_device(device)
+    compute = devices.resolve_dtype(dtype, where)
+    device = str(where)
     ae = autoencoder_from_section(recipe.ae).eval()
     if recipe.dit.path:  # a DiT trained on another AE's latents would sample noise
         check_checkpoint(recipe.dit.path, recipe.ae, ae)
-    text = text_encoder_from_section(recipe.text, device=device)
-    dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(device).eval()
+    # Offloaded models wait on the CPU until their phase (`sample_videos` moves them).
+    text_device = "cpu" if offload != "none" else device
+    text = text_encoder_from_section(recipe.text, device=text_device, dtype=compute)
+    dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(dtype=compute).eval()
+    if offload == "blocks":
+        from vidcli.offload import stream_blocks
+
+        stream_blocks(dit, where)
+    elif offload == "none":
+        dit.to(where)
     if ema and recipe.dit.path:
         load_ema_weights(dit, Path(recipe.dit.path))
     t2i = _image_stage(recipe, text, device) if recipe.t2i.enabled else None
-    return Pipeline(ae=ae, text=text, dit=dit, device=device, t2i=t2i)
+    return Pipeline(
+        ae=ae, text=text, dit=dit, device=device, dtype=compute, offload=offload, t2i=t2i
+    )
 
 
 def _image_stage(recipe: Recipe, text, device: str):
@@ -241,6 +274,8 @@ def sample_videos(
     if offload:
         text.to("cpu")
     timings["text"] = timings.get("text", 0.0) + time.perf_counter() - tick
+    if pipe.offload == "model":
+        dit.to(device)
 
     tick = time.perf_counter()
     # Each prompt's noise has its own generator: a video depends on its seed, not its batch.
@@ -299,8 +334,10 @@ def sample_videos(
     timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - tick
 
     tick = time.perf_counter()
+    if pipe.offload == "model":
+        dit.to("cpu")
     ae.to(device)
-    video = ae.decode(latents).float().cpu()[:, :, :frames]
+    video = decode_with_retry(ae, latents).float().cpu()[:, :, :frames]
     if offload:
         ae.to("cpu")
     timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - tick
@@ -320,7 +357,19 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         )
     sample = recipe.sample
     started = time.perf_counter()
-    pipe = load_pipeline(recipe, ema=not options.raw_weights)
+    plan = _memory_plan(recipe, options)
+    pipe = load_pipeline(
+        recipe,
+        ema=not options.raw_weights,
+        device=options.device,
+        dtype=options.dtype,
+        offload=plan.offload if plan is not None else "none",
+    )
+    if plan is not None and plan.tiling is not None:
+        from vidcli.models.dcae import TilingConfig
+
+        pipe.ae.tiling = TilingConfig(**plan.tiling)
+    offload = options.offload or pipe.offload != "none"
     if options.loras:
         from vidcli.train.lora import apply_lora_options
 
@@ -329,7 +378,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, options.snap)
     paths = _output_paths(options)
     reference = _image_latent(pipe.ae, options.image, size[1], size[2]) if options.image else None
-    if options.offload:
+    if offload:
         pipe.ae.to("cpu")
     timings: dict[str, float] = {"load": time.perf_counter() - started, "write": 0.0}
     cached = cache_for_sample(
@@ -342,7 +391,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     )
 
     videos: list[GeneratedVideo] = []
-    with progress_bar() as bar:
+    with progress_bar() as bar, devices.autocast(pipe.device, pipe.dtype):
         steps = sample.steps + (pipe.t2i.steps if pipe.t2i is not None else 0)
         task = bar.add_task("generate", total=len(options.prompts) * steps, status="")
         for first in range(0, len(options.prompts), options.batch_size):
@@ -357,7 +406,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
                 seeds,
                 size,
                 reference=reference,
-                offload=options.offload,
+                offload=offload,
                 on_step=lambda step, x: bar.advance(task),
                 timings=timings,
                 model_fn=cached,
@@ -372,7 +421,39 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
             timings["write"] += time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     log.info("generate: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
-    return GenerateResult(videos=videos, timings_s=timings, **cache_report(sample.cache, cached))
+    return GenerateResult(
+        videos=videos,
+        timings_s=timings,
+        device=pipe.device,
+        dtype=devices.dtype_name(pipe.dtype),
+        peak_memory_gb=devices.peak_memory_gb(torch.device(pipe.device)),
+        offload=pipe.offload,
+        **cache_report(sample.cache, cached),
+    )
+
+
+def _memory_plan(recipe: Recipe, options: GenerateOptions):
+    """On CUDA, the memory plan this run obeys (offload, AE tiles); None on the CPU."""
+    where = devices.resolve_device(options.device)
+    if where.type != "cuda":
+        return None
+    from vidcli.errors import StageFailed
+    from vidcli.memory_plan import device_memory_gb, plan_generate
+
+    dtype = devices.resolve_dtype(options.dtype, where)
+    plan = plan_generate(
+        recipe,
+        where,
+        dtype,
+        device_memory_gb(where, None),
+        options.batch_size,
+        options.image is not None,
+    )
+    log.info("memory plan: %s", "; ".join(plan.stdout_lines()[-2:]))
+    if not plan.fits:
+        raise StageFailed(plan.notes[0], hint="vidcli generate --plan shows the whole plan")
+    devices.reset_peak_memory(where)
+    return plan
 
 
 def _valid_size(ae, frames: int, height: int, width: int, snap: bool) -> tuple[int, int, int]:
