@@ -19,7 +19,6 @@ what ComfyUI's Flux model uses).
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,7 +28,7 @@ from safetensors import safe_open
 from torch import nn
 
 from vidcli.errors import CheckpointError, UsageError
-from vidcli.fileio import temp_path_beside
+from vidcli.fileio import atomic_path
 from vidcli.recipe import LoRASection
 
 Layout = Literal["diffusers", "comfyui"]
@@ -200,15 +199,9 @@ def save_lora(weights: LoRAWeights, path: str | Path, layout: Layout = "diffuser
             tensors[f"{stem}.lora_down.weight"] = weights.down[m].contiguous()
             tensors[f"{stem}.lora_up.weight"] = weights.up[m].contiguous()
             tensors[f"{stem}.alpha"] = torch.tensor(weights.alpha[m], dtype=torch.float32)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path_beside(path)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 def load_lora(path: str | Path, model: nn.Module) -> LoRAWeights:
