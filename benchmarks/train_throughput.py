@@ -84,8 +84,11 @@ def train_once(recipe_path: str, latents: Path, output: Path, args: argparse.Nam
     """One `vidcli train-dit` run; its throughput after the warm-up steps."""
     sets = {
         "data.latents": str(latents),
+        # train-dit builds [ae] to check the latents' provenance: a fresh preset (no weights to
+        # download) matches these unrecorded random shards.
+        "ae.path": "",
         "dit.preset": args.dit,
-        "dit.grad_checkpointing": False,
+        "dit.grad_checkpointing": args.grad_checkpointing,
         "text.backend": "minilm",
         "text.max_length": args.text_tokens,
         "train.output": str(output),
@@ -94,11 +97,18 @@ def train_once(recipe_path: str, latents: Path, output: Path, args: argparse.Nam
         "train.log_every": 1,
         "train.ckpt_every": 10**6,
         "train.i2v_ratio": 0.0,
-        "launcher.precision": "fp32",
+        "launcher.precision": args.precision,
     }
+    if args.dit_blocks:  # a full-width preset cut to DOUBLE,SINGLE blocks (gpu-anchors.md)
+        double, single = (int(n) for n in args.dit_blocks.split(","))
+        sets["dit.overrides"] = {"depth": double, "depth_single_blocks": single}
     command = [sys.executable, "-m", "vidcli", "train-dit", str(REPO / recipe_path)]
     for key, value in sets.items():
-        command += ["--set", f"{key}={json.dumps(value)}"]
+        if isinstance(value, dict):  # a TOML inline table, not JSON
+            literal = "{ " + ", ".join(f"{k} = {json.dumps(v)}" for k, v in value.items()) + " }"
+        else:
+            literal = json.dumps(value)
+        command += ["--set", f"{key}={literal}"]
     done = subprocess.run([*command, "--json", "--quiet"], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"train-dit {recipe_path} failed:\n{done.stderr}")
@@ -118,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows-per-shard", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--text-tokens", type=int, default=32)
+    parser.add_argument("--dit-blocks", default="", help="DOUBLE,SINGLE blocks to keep, e.g. 2,4")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--grad-checkpointing", action="store_true", help="every block")
     args = parser.parse_args(argv)
 
     from vidcli.recipe import load_recipe
