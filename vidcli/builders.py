@@ -17,8 +17,11 @@ from vidcli.models.text import TextEncoder, TextEncoderConfig, build_text_encode
 from vidcli.recipe import AESection, DiTSection, TextSection
 
 
-def autoencoder_from_section(ae: AESection):
-    """The `[ae]` autoencoder of any family: loaded from `path`, or initialised from `preset`."""
+def autoencoder_from_section(ae: AESection, device: str | None = None):
+    """The `[ae]` autoencoder of any family: loaded from `path`, or initialised from `preset`.
+
+    `device` places a freshly initialised one (`"meta"`: its config and shapes, no memory).
+    """
     overrides = dict(ae.overrides)
     if ae.scaling_factor is not None:
         overrides["scaling_factor"] = ae.scaling_factor
@@ -26,7 +29,7 @@ def autoencoder_from_section(ae: AESection):
         preset = ae.preset if Path(ae.path).suffix == ".safetensors" else None
         model = load_autoencoder(ae.path, preset=preset, **overrides)
     else:
-        model = build_autoencoder(ae.preset, **overrides)
+        model = build_autoencoder(ae.preset, device=device, **overrides)
     model.tiling = (
         TilingConfig(
             spatial_tile=ae.spatial_tile, temporal_tile=ae.temporal_tile, overlap=ae.tile_overlap

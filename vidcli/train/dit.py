@@ -107,7 +107,7 @@ def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
         y_vec=batch["text_pooled"],
         cond=cond,
     )
-    per_sample = (pred.float() - pack_latents(target, patch).float()).pow(2).mean(dim=(1, 2))
+    per_sample = flow.flow_matching_loss(pred, pack_latents(target, patch))  # (B,)
     metrics = {}
     for lo, hi in zip((0.0, *TIMESTEP_BINS[:-1]), TIMESTEP_BINS, strict=True):
         inside = (t >= lo) & (t < hi) if hi < 1.0 else (t >= lo)
@@ -221,8 +221,10 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
 
 def _checked_provenance(recipe: Recipe, recorded: dict[str, Any] | None) -> dict[str, Any]:
     """The latents' provenance, once checked against the recipe's `[ae]`."""
-    with torch.random.fork_rng():  # building a fresh preset must not move the DiT's init
-        ae = autoencoder_from_section(recipe.ae)
+    # Only trained weights have a hash to compare; a fresh preset is identified by its config,
+    # so it is built on the meta device (no memory, no time). Neither may move the DiT's init.
+    with torch.random.fork_rng():
+        ae = autoencoder_from_section(recipe.ae, device=None if recipe.ae.path else "meta")
     current = recipe_provenance(recipe.ae, ae, recipe.text)
     check_autoencoder(recorded, current["ae"], f"latents {recipe.data.latents}")
     return recorded or current
