@@ -115,9 +115,13 @@ class DataSection:
     image_ratio: float = _bounded(0.0, ge=0.0, le=1.0)
     """Fraction of samples that are single frames (mixed image/video AE training)."""
     buckets: dict[str, Any] = field(default_factory=dict)
-    """Open-Sora style buckets: resolution -> frames -> [keep probability, batch size]."""
+    """Open-Sora style buckets: resolution -> frames -> [keep probability, batch size].
+
+    When set, every training step is one bucket's batch (its shape, its batch size instead of
+    `train.batch_size`), and clips are bucketed when `source` is prepared or latents encoded.
+    """
     workers: int = _bounded(0, ge=0)
-    """DataLoader worker processes (0 = load in the main process)."""
+    """DataLoader worker processes decoding the next steps ahead (0 = load in the main process)."""
     cache_dir: str = ".vidcli-cache"
     """Where generated synthetic sets are cached."""
 
