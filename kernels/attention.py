@@ -3,11 +3,13 @@
 Layout everywhere: q, k, v and the output are (B, heads, L, head_dim); scale 1/sqrt(head_dim),
 no mask (the MMDiT attends over every text and image token).
 
-Backends, in order of preference:
-- ``flash_attn``: FlashAttention-2/3 (`flash_attn.flash_attn_func`) on CUDA with fp16/bf16 inputs;
-- ``sdpa``: `torch.nn.functional.scaled_dot_product_attention`, which picks cuDNN / flash /
-  memory-efficient kernels on CUDA (cuDNN is the fastest on Hopper, see gpu-anchors.md) and a
-  fused math kernel on CPU.
+Backends (`attention_backend` picks one per call; `VIDCLI_ATTENTION=sdpa|sdpa_cudnn|flash_attn`
+forces one for benchmarking):
+- ``sdpa_cudnn``: SDPA with its cuDNN kernel first, on Hopper and newer GPUs with fp16/bf16
+  inputs: 1.8x FlashAttention-2 there (gpu-anchors.md: 683 vs 369 TFLOP/s at 18,944 tokens);
+- ``flash_attn``: FlashAttention-2 (`flash_attn.flash_attn_func`) on older GPUs, when installed;
+- ``sdpa``: `torch.nn.functional.scaled_dot_product_attention` with torch's own kernel choice
+  (flash / memory-efficient on CUDA, a fused math kernel on CPU).
 `attention_reference` is the closed form that defines what is correct.
 
 An attention plan (`use_attention_plan`) can take over every `attention` call of a model
@@ -31,21 +33,55 @@ try:  # optional GPU extra: pip install vidcli[gpu]
 except ImportError:  # pragma: no cover - depends on the environment
     _flash_attn_func = None
 
-# Opt-out for benchmarking SDPA's cuDNN backend against flash-attn on the same GPU.
+BACKEND_ENV = "VIDCLI_ATTENTION"
+BACKENDS = ("sdpa", "sdpa_cudnn", "flash_attn")
+# Opt-out kept for scripts written against the first version of this module.
 _DISABLE_FLASH_ENV = "VIDCLI_DISABLE_FLASH_ATTN"
 
 
 def attention_backend(q: torch.Tensor) -> str:
-    """Name of the backend `attention` uses for a query like `q`: 'flash_attn' or 'sdpa'."""
-    if (
-        _flash_attn_func is not None
-        and q.is_cuda
-        and q.dtype in (torch.float16, torch.bfloat16)
-        and q.shape[-1] <= 256
-        and os.environ.get(_DISABLE_FLASH_ENV, "0") != "1"
-    ):
-        return "flash_attn"
-    return "sdpa"
+    """Name of the backend `attention` uses for a query like `q` (see the module docstring)."""
+    return choose_backend(
+        cuda=q.is_cuda,
+        low_precision=q.dtype in (torch.float16, torch.bfloat16),
+        head_dim=q.shape[-1],
+        capability=torch.cuda.get_device_capability(q.device) if q.is_cuda else None,
+        flash_installed=_flash_attn_func is not None
+        and os.environ.get(_DISABLE_FLASH_ENV, "0") != "1",
+        forced=os.environ.get(BACKEND_ENV, ""),
+    )
+
+
+def choose_backend(
+    *,
+    cuda: bool,
+    low_precision: bool,
+    head_dim: int,
+    capability: tuple[int, int] | None,
+    flash_installed: bool,
+    forced: str = "",
+) -> str:
+    """The backend policy: cuDNN SDPA on Hopper+, FlashAttention-2 before, plain SDPA otherwise."""
+    if not cuda or not low_precision:
+        return "sdpa"
+    flash_ok = flash_installed and head_dim <= 256
+    if forced in BACKENDS and (forced != "flash_attn" or flash_ok):
+        return forced
+    if capability is not None and capability[0] >= 9:
+        return "sdpa_cudnn"
+    return "flash_attn" if flash_ok else "sdpa"
+
+
+def _cudnn_first():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ]
+    return sdpa_kernel(order, set_priority=True)  # falls through when cuDNN cannot take a shape
 
 
 AttentionPlan = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,10 +114,14 @@ def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.
 
     q, k, v: (B, heads, L, head_dim) -> (B, heads, L, head_dim)
     """
-    if attention_backend(q) == "flash_attn":
+    backend = attention_backend(q)
+    if backend == "flash_attn":
         # flash-attn wants (B, L, heads, head_dim); the transposes are views.
         out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
         return out.transpose(1, 2)
+    if backend == "sdpa_cudnn":
+        with _cudnn_first():
+            return F.scaled_dot_product_attention(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
 

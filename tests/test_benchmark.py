@@ -238,6 +238,7 @@ def test_attention_and_kernel_benches_cover_each_backend():
     assert {(r["backend"], r["tokens"]) for r in rows} == {
         (b, t) for b in ("sdpa", "reference") for t in (256, 1024, 2048)
     }
+    assert {r["backend"] for r in rows if r["default"]} == {"sdpa"}  # what attention() picks
     for r in rows:
         assert r["forward_s"] > 0 and r["fwd_bwd_s"] > 0
         assert r["forward_flops"] == pytest.approx(4 * 6 * r["tokens"] ** 2 * 64 / r["forward_s"])

@@ -184,3 +184,30 @@ def test_decode_retries_with_smaller_tiles_after_out_of_memory():
     out = decode_with_retry(ae, torch.ones(1))
     assert torch.equal(out, torch.full((1,), 2.0))
     assert (ae.tiling.spatial_tile, ae.tiling.temporal_tile) == (64, 8)
+
+
+@pytest.mark.parametrize(
+    ("cuda", "dtype", "capability", "flash", "forced", "expected"),
+    [
+        (False, torch.bfloat16, None, True, "", "sdpa"),  # CPU
+        (True, torch.float32, (9, 0), True, "", "sdpa"),  # fp32: no fused low-precision kernel
+        (True, torch.bfloat16, (9, 0), True, "", "sdpa_cudnn"),  # Hopper: cuDNN beats FA2 1.8x
+        (True, torch.bfloat16, (8, 0), True, "", "flash_attn"),  # Ampere with flash-attn
+        (True, torch.bfloat16, (8, 0), False, "", "sdpa"),
+        (True, torch.bfloat16, (9, 0), True, "flash_attn", "flash_attn"),  # forced
+        (True, torch.bfloat16, (9, 0), False, "flash_attn", "sdpa_cudnn"),  # not installed
+    ],
+)
+def test_attention_backend_policy(cuda, dtype, capability, flash, forced, expected):
+    from vidcli_kernels.attention import choose_backend
+
+    low = dtype in (torch.float16, torch.bfloat16)
+    chosen = choose_backend(
+        cuda=cuda,
+        low_precision=low,
+        head_dim=128,
+        capability=capability,
+        flash_installed=flash,
+        forced=forced,
+    )
+    assert chosen == expected

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from vidcli_kernels.attention import attention_backend
 
 from vidcli.benchmark.options import SEED, WARMUP, Settings
 from vidcli.timing import Timing, time_interleaved, time_once
@@ -67,10 +68,14 @@ def attention_bench(s: Settings) -> list[dict[str, Any]]:
             for _ in range(3)
         )
         grad = torch.randn_like(q)
+        # The backend `vidcli_kernels.attention.attention` picks for this input (its row is
+        # marked `default`).
+        chosen = attention_backend(q.detach()).replace("sdpa_cudnn", "sdpa-cudnn")
         flops = 4 * heads * tokens**2 * dim  # QK^T and PV; backward is 2.5x (five matmuls)
         timed: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {}
         for name, fn in _attention_backends(device).items():
             row = {"backend": name, "tokens": tokens, "heads": heads, "head_dim": dim}
+            row["default"] = name == chosen
             row.update(forward_s=None, fwd_bwd_s=None, forward_flops=None, fwd_bwd_flops=None)
             if name == "reference" and heads * tokens**2 * 4 > _REFERENCE_SCORE_BYTES[s.device]:
                 rows.append({**row, "skipped": "scores too large for the reference"})

@@ -1,0 +1,275 @@
+"""The GPU check of issue 13, driven by `benchmarks/gpu_check.sh` (which installs first).
+
+Steps, each recorded (a failing step does not stop the others; the exit code is 1 if any failed):
+1. `tests`: the CUDA-marked tests (`pytest -m cuda tests/test_cuda.py`);
+2. `train`: train-dit for 10 steps (3 warm-up + 7 timed) at 768 px / 128 frames, the 11B layout cut
+   to 2 double + 4 single blocks, bf16, every block checkpointed, on random pre-extracted latents
+   of both AEs (benchmarks/train_throughput.py: 4x8x8 patch 2 vs 4x32x32 patch 1);
+3. `compare_ae`: `vidcli benchmark --compare-ae --device cuda --dtype bf16` (its CUDA defaults are
+   the gpu-anchors.md setting);
+4. `dcae`: Video DC-AE f32t4c128 encode and decode of one 768 px x 128-frame clip in the
+   reference's 256 px / 32-frame tiles (overlap 0.25), bf16, one call after a warm-up, with the
+   peak allocated memory.
+Then `gpu-check.json` and `gpu-check.md` (ours beside the numbers of
+shared/reference/gpu-anchors.md) go to `--out`.
+
+`--dry-run` runs the same steps at tiny shapes on the CPU (the CUDA tests then skip).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+
+# gpu-anchors.md (Open-Sora 2.0's code on one H100, bf16): what each of our numbers sits beside.
+ANCHORS = {
+    "train_step_hcae_s": 0.413,
+    "train_step_baseline_s": 3.961,
+    "train_speedup": 9.59,
+    "dit_forward_speedup": 9.08,
+    "dcae_encode_s": 9.35,
+    "dcae_decode_s": 14.69,
+    "dcae_decode_peak_gb": 5.8,
+}
+TARGETS = {"train_speedup": ">= 9", "dcae_decode_s": "<= 7 (H100)", "train_mfu": ">= 0.50"}
+
+
+def settings(dry_run: bool) -> dict[str, Any]:
+    """Shapes and sizes of every step: the anchors' setting, or tiny ones for `--dry-run`."""
+    if dry_run:
+        return {
+            "device": "cpu",
+            "dtype": "fp32",
+            "train": ["--dit", "mmdit-tiny", "--frames", "8", "--size", "64", "--text-tokens", "8"],
+            "train_steps": ("1", "1"),
+            "compare_ae": [
+                "--device",
+                "cpu",
+                "--resolution",
+                "64",
+                "--frames",
+                "8",
+                "--dit",
+                "mmdit-tiny",
+                "--ae",
+                "dc-ae-tiny:2",
+                "--ae",
+                "dc-ae-demo:1",
+                "--repeat",
+                "1",
+                "--text-tokens",
+                "8",
+                "--steps",
+                "2",
+            ],
+            "dcae": {"preset": "dc-ae-tiny", "frames": 8, "size": 64, "tile": 32, "tile_frames": 4},
+        }
+    return {
+        "device": "cuda",
+        "dtype": "bf16",
+        "train": [
+            "--dit",
+            "opensora-v2-11b",
+            "--dit-blocks",
+            "2,4",
+            "--frames",
+            "128",
+            "--size",
+            "768",
+            "--text-tokens",
+            "512",
+            "--precision",
+            "bf16",
+            "--grad-checkpointing",
+        ],
+        "train_steps": ("3", "7"),
+        "compare_ae": ["--device", "cuda", "--dtype", "bf16", "--repeat", "2"],
+        "dcae": {
+            "preset": "dc-ae-f32t4c128",
+            "frames": 128,
+            "size": 768,
+            "tile": 256,
+            "tile_frames": 32,
+        },
+    }
+
+
+def run_json(command: list[str], timeout: float) -> dict[str, Any]:
+    """Run a command whose last stdout line is a JSON object; its stderr tail on failure."""
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"exit {done.returncode}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def step_tests(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    command = [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-rs"]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+    summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    if done.returncode != 0:
+        raise RuntimeError(f"pytest exit {done.returncode}: {done.stdout[-2000:]}")
+    return {"summary": summary}
+
+
+def step_train(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    warmup, steps = cfg["train_steps"]
+    command = [python, "benchmarks/train_throughput.py", *cfg["train"], "--warmup", warmup]
+    command += ["--steps", steps, "--rounds", "1", "--shards", "1", "--rows-per-shard", "4"]
+    result = run_json(command, timeout=300)
+    rows = result["rows"]
+    base, hcae = rows["baseline-f8t4"], rows["hcae"]
+    return {
+        "train_step_hcae_s": 1 / hcae["samples_per_s"],
+        "train_step_baseline_s": 1 / base["samples_per_s"],
+        "train_speedup": hcae["speedup"],
+        "tokens_per_s_hcae": hcae["tokens_per_s"],
+        "raw": result,
+    }
+
+
+def step_compare_ae(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    command = [python, "-m", "vidcli", "benchmark", "--compare-ae", *cfg["compare_ae"], "--json"]
+    result = run_json(command, timeout=300)
+    rows = result["rows"]
+    best = max(rows, key=lambda r: r.get("speedup_infer", 0.0))
+    return {
+        "dit_forward_speedup": best.get("speedup_infer"),
+        "train_speedup_compare_ae": best.get("speedup_train"),
+        "train_mfu": best.get("mfu"),
+        "raw": result,
+    }
+
+
+def step_dcae(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Encode and decode one clip with the recipe's tiles (random weights: speed only)."""
+    import torch
+
+    from vidcli.devices import DTYPES, peak_memory_gb, reset_peak_memory
+    from vidcli.models.dcae import TilingConfig, build_autoencoder
+
+    s, device = cfg["dcae"], torch.device(cfg["device"])
+    dtype = DTYPES[cfg["dtype"]]
+    with torch.device(device):
+        ae = build_autoencoder(s["preset"]).to(dtype).eval()
+    ae.tiling = TilingConfig(spatial_tile=s["tile"], temporal_tile=s["tile_frames"], overlap=0.25)
+    x = torch.rand(1, 3, s["frames"], s["size"], s["size"], device=device, dtype=dtype) * 2 - 1
+
+    def timed(fn) -> float:
+        fn()  # warm-up: kernel selection, allocator
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        encode_s = timed(lambda: ae.encode(x))
+        z = ae.encode(x)
+        reset_peak_memory(device)
+        decode_s = timed(lambda: ae.decode(z))
+    return {
+        "dcae_encode_s": encode_s,
+        "dcae_decode_s": decode_s,
+        "dcae_decode_peak_gb": peak_memory_gb(device),
+        "shape": [s["frames"], s["size"], s["size"]],
+    }
+
+
+STEPS = {"tests": step_tests, "train": step_train, "compare_ae": step_compare_ae, "dcae": step_dcae}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Ours beside gpu-anchors.md, one row per number."""
+    lines = [
+        f"GPU check on {report['device_name']} ({report['mode']}), {report['date']}",
+        "",
+        "| what | vidcli | reference (gpu-anchors.md) | target |",
+        "|---|---|---|---|",
+    ]
+    measured: dict[str, Any] = {}
+    for result in report["steps"].values():
+        measured |= {k: v for k, v in result.get("result", {}).items() if k != "raw"}
+    for key in (*ANCHORS, "train_mfu"):
+        value = measured.get(key)
+        ours = "—" if value is None else f"{value:.3g}"
+        ref = ANCHORS.get(key, "—")
+        lines.append(f"| {key} | {ours} | {ref} | {TARGETS.get(key, '')} |")
+    lines.append("")
+    for name, result in report["steps"].items():
+        state = "ok" if result["ok"] else f"FAILED: {result['error'][:300]}"
+        lines.append(f"- {name}: {state} ({result['seconds']:.0f} s)")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU")
+    parser.add_argument("--out", type=Path, default=Path("gpu-check"))
+    parser.add_argument("--only", action="append", choices=list(STEPS), help="repeatable")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    cfg = settings(args.dry_run)
+    if not args.dry_run and not torch.cuda.is_available():
+        print("gpu_check: no CUDA device visible; use --dry-run on a CPU machine", file=sys.stderr)
+        return 2
+    device_name = (
+        torch.cuda.get_device_name(0) if cfg["device"] == "cuda" else platform.processor() or "cpu"
+    )
+    report: dict[str, Any] = {
+        "mode": "dry-run (tiny shapes, CPU)" if args.dry_run else "full",
+        "device_name": device_name,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "anchors": ANCHORS,
+        "steps": {},
+    }
+    started = time.perf_counter()
+    for name, step in STEPS.items():
+        if args.only and name not in args.only:
+            continue
+        tick = time.perf_counter()
+        print(f"gpu_check: {name} ...", file=sys.stderr, flush=True)
+        try:
+            entry = {"ok": True, "result": step(sys.executable, cfg)}
+        except Exception as err:  # recorded, and the exit code says so
+            entry = {"ok": False, "error": f"{type(err).__name__}: {err}"}
+        entry["seconds"] = time.perf_counter() - tick
+        report["steps"][name] = entry
+        print(
+            f"gpu_check: {name} {'ok' if entry['ok'] else 'FAILED'} in {entry['seconds']:.0f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+    report["total_s"] = time.perf_counter() - started
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gpu-check.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / "gpu-check.md").write_text(markdown(report))
+    print(markdown(report), file=sys.stderr)
+    print(
+        json.dumps(
+            {
+                "out": str(args.out),
+                "ok": all(s["ok"] for s in report["steps"].values()),
+                "total_s": report["total_s"],
+            }
+        )
+    )
+    return 0 if all(s["ok"] for s in report["steps"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
