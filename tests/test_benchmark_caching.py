@@ -67,3 +67,51 @@ def test_csv_and_plot_files(tmp_path):
     env = {"model": "demo", "steps": 10, "prompts": ["a"], "device": "cpu"}
     png = caching.write_plot(rows, env, tmp_path / "p.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_run_on_a_tiny_model_end_to_end(tmp_path):
+    import json
+
+    import test_generate
+
+    weights = test_generate.tiny_weights.__wrapped__(_Factory(tmp_path))
+    recipe = test_generate.recipe_file(tmp_path, weights)
+    cal = tmp_path / "cal.json"
+    options = caching.CachingOptions(
+        recipe=recipe,
+        steps=6,
+        methods=["teacache:0.3", "smoothcache:0.2"],
+        prompts=["a red circle moving right", "a blue square moving down"],
+        calibrate=True,
+        calibration=cal,
+        output=tmp_path / "r.json",
+        csv=tmp_path / "r.csv",
+    )
+    result = caching.run(options)
+    assert json.loads(cal.read_text())["smoothcache"].keys() == {"6"}
+    names = [r.variant for r in result.rows]
+    assert names == [f"uniform:{k}" for k in (2, 3, 4, 5, 6)] + ["teacache:0.3", "smoothcache:0.2"]
+    by_name = {r.variant: r for r in result.rows}
+    # uniform:2 at 6 steps computes steps 0, 2, 4, 5; uniform:6 only 0 and 5.
+    assert (by_name["uniform:2"].full_evals, by_name["uniform:2"].skipped_evals) == (4, 2)
+    assert by_name["uniform:6"].full_evals == 2
+    assert by_name["uniform:6"].blocks_computed == pytest.approx(2 / 6)
+    for r in result.rows:
+        assert r.full_evals + r.partial_evals + r.skipped_evals == 6
+        assert 0 < r.ssim_mean <= 1 and r.dit_speedup > 0
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert [r["variant"] for r in saved["rows"]] == names
+    assert len(saved["env"]["baseline_dit_s"]) == 3  # before, after row 6, at the end
+
+
+class _Factory:
+    """The bit of pytest's tmp_path_factory that the tiny_weights fixture uses."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def mktemp(self, name):
+        path = self.root / name
+        path.mkdir()
+        return path
