@@ -55,7 +55,9 @@ def test_loop_seeds_each_micro_step_from_the_same_function():
         seen.append(torch.initial_seed())
         return torch.tensor(1.0), {}
 
-    engine = SimpleNamespace(backward=lambda loss: None, step=lambda: None)
+    engine = SimpleNamespace(
+        backward=lambda loss: None, step=lambda: None, device=torch.device("cpu")
+    )
     spec = loop.StageSpec("toy", torch.nn.Linear(1, 1), lambda index: None, loss, print)
     recipe = Recipe(train=TrainSection(seed=5), launcher=LauncherSection(grad_accum=3))
     assert loop._train_step(spec, recipe, engine, step=4, rank=2) == (1.0, [{}, {}, {}])
