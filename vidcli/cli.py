@@ -654,6 +654,10 @@ def benchmark(
         list[str] | None,
         typer.Option("--methods", help="--caching rows METHOD:VALUE (repeat; default: a grid)."),
     ] = None,
+    samplers: Annotated[
+        bool,
+        typer.Option("--samplers", help="--caching: add rf2 (half the steps), LPL and TDTM rows."),
+    ] = False,
     calibrate: Annotated[
         bool,
         typer.Option(
@@ -689,6 +693,7 @@ def benchmark(
                     recipe=recipe,
                     steps=steps or 50,
                     methods=list(methods or []),
+                    samplers=samplers,
                     calibrate=calibrate,
                     calibration=calibration,
                     csv=csv,

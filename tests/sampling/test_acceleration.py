@@ -63,3 +63,20 @@ def test_sampling_acceleration_routes_the_dits_attention(demo_dit):
     # merging changes the result, a little: the same video, not another one
     rel = ((out - plain).norm() / plain.norm()).item()
     assert 1e-4 < rel < 0.3
+
+
+def test_benchmark_sampler_rows_count_their_real_evaluations():
+    from vidcli.benchmark import caching
+    from vidcli.benchmark.sampler_variants import sampler_variants
+
+    rows = {v.name: v for v in sampler_variants(50)}
+    assert rows["rf2:25"].sample == {"solver": "rf2", "steps": 25}
+    assert rows["lpl:0.47"].sample == {"lpl": True, "lpl_start": 0.47}
+    assert rows["tdtm:25"].sample == {"tdtm_steps": 25}
+    assert caching.default_variants(50, ["uniform:2"])[-1].name == "uniform:6"  # opt-in only
+    # an uncached row reports the DiT calls it made (a leap after 28 of 50 steps)
+    video = torch.zeros(1, 3, 2, 16, 16)
+    timings = {"dit_cpu": 1.0, "dit_wall": 1.0, "cpu_total": 2.0, "device": "cpu",
+               "dit_calls": 28}  # fmt: skip
+    row = caching._row(rows["lpl:0.47"], 50, video, video, timings, None, (2.0, 3.0, 2.0))
+    assert (row.full_evals, row.blocks_computed) == (28, pytest.approx(0.56))

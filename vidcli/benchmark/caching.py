@@ -114,6 +114,8 @@ class CachingOptions:
     ["none"] with `calibrate`: calibrate only."""
     prompts: list[str] = field(default_factory=list)
     """Prompts (empty: DEFAULT_PROMPTS)."""
+    samplers: bool = False
+    """Also rows for the sampler options: rf2 at half the steps, LPL, TDTM (sampler_variants)."""
     calibrate: bool = False
     """First calibrate TeaCache / SmoothCache / DiTFastAttn on CALIBRATION_PROMPTS."""
     calibration: Path | None = None
@@ -203,6 +205,10 @@ def run(options: CachingOptions) -> CachingResult:
 
     recipe = load_generate_recipe(options.recipe, None, [f"sample.steps={options.steps}"])
     variants = default_variants(options.steps, options.methods)  # checks --methods first
+    if options.samplers:
+        from vidcli.benchmark.sampler_variants import sampler_variants
+
+        variants += sampler_variants(options.steps)
     prompts = list(options.prompts or DEFAULT_PROMPTS)
     pipe = load_pipeline(recipe)
     sample = recipe.sample
@@ -246,6 +252,7 @@ def run(options: CachingOptions) -> CachingResult:
         )
         timings["cpu_total"] = time.process_time() - start
         timings["dit_cpu"], timings["dit_wall"] = timed.cpu, timed.wall
+        timings["dit_calls"] = timed.calls
         timings["device"] = pipe.device
         return video, timings, cached
 
@@ -312,9 +319,10 @@ class _Timed:
     """A model_fn that adds up the CPU and (synchronised) wall seconds of its calls."""
 
     def __init__(self, fn, device: str):
-        self.fn, self.device, self.cpu, self.wall = fn, device, 0.0, 0.0
+        self.fn, self.device, self.cpu, self.wall, self.calls = fn, device, 0.0, 0.0, 0
 
     def __call__(self, *args):
+        self.calls += 1
         synchronize(self.device)
         cpu, wall = time.process_time(), time.perf_counter()
         out = self.fn(*args)
@@ -351,10 +359,13 @@ def _row(variant, steps, video, reference, timings, cached, bases):
         dit_speedup=dit_base / _dit(timings),
         e2e_speedup=total_base / _total(timings),
         dit_wall_speedup=wall_base / timings["dit_wall"],
-        full_evals=stats.full_evals if stats else steps,
+        # rf2 evaluates twice per step and a leap stops early: count the calls
+        full_evals=stats.full_evals if stats else timings["dit_calls"],
         partial_evals=stats.partial_evals if stats else 0,
         skipped_evals=stats.skipped_evals if stats else 0,
-        blocks_computed=stats.blocks_computed / stats.blocks_total if stats else 1.0,
+        blocks_computed=(
+            stats.blocks_computed / stats.blocks_total if stats else timings["dit_calls"] / steps
+        ),
         psnr_mean=statistics.fmean(psnrs),
         psnr_min=min(psnrs),
         psnr_max=max(psnrs),
