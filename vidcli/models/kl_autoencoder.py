@@ -204,6 +204,10 @@ class KLAutoencoder(nn.Module):
         x = self._decode_latent(z5, self._check_tiling(tiling) if tiling else None)
         return x.squeeze(2) if squeezed else x
 
+    def _decode_raw(self, z: Tensor) -> Tensor:
+        """Untiled decode of an unscaled 5-D latent (the DC-AE's name: memory plans measure it)."""
+        return self._decode_latent(z, None)
+
     def forward(self, x: Tensor) -> Tensor:
         """Reconstruction decode(encode(x))."""
         return self.decode(self.encode(x))
