@@ -62,10 +62,11 @@ sys.path.insert(0, sys.argv[1])
 from fake_device import FAKE_DEVICE, assert_inputs_on, fake_device
 from vidcli import devices
 from vidcli.recipe import load_recipe
-from vidcli.train import dit as dit_stage, launcher
+from vidcli.train import ae as ae_stage, dit as dit_stage, launcher
 
-overrides, sabotage = json.loads(sys.argv[2]), sys.argv[3]
-real_make_engine = dit_stage.make_engine
+overrides, sabotage, stage = json.loads(sys.argv[2]), sys.argv[3], sys.argv[5]
+stage_module = {"dit": dit_stage, "ae": ae_stage}[stage]
+real_make_engine = stage_module.make_engine
 
 
 def make_engine(model, *args, **kwargs):
@@ -75,7 +76,7 @@ def make_engine(model, *args, **kwargs):
     return engine
 
 
-dit_stage.make_engine = make_engine
+stage_module.make_engine = make_engine
 if sabotage == "batch":  # the loop forgets to move the batch
     devices.move_to = lambda obj, device, dtype=None: obj
 if sabotage == "ids":  # position ids created without device=
@@ -83,7 +84,7 @@ if sabotage == "ids":  # position ids created without device=
     dit_stage.make_image_ids = lambda *shape, device=None: real_ids(*shape)
 recipe = load_recipe(sys.argv[4], overrides)
 with fake_device():
-    result = launcher.run_worker("dit", recipe, None)
+    result = launcher.run_worker(stage, recipe, None)
 print(json.dumps({"steps": result.steps, "loss": result.final_loss}))
 """
 
@@ -110,7 +111,7 @@ def run_train_dit(tmp_path: Path, sabotage: str) -> subprocess.CompletedProcess:
     env["OMP_NUM_THREADS"] = "1"
     recipe = str(REPO / "recipes" / "demo-dit.toml")
     return subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(args), sabotage, recipe],
+        [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(args), sabotage, recipe, "dit"],
         capture_output=True,
         text=True,
         env=env,
@@ -211,3 +212,34 @@ def test_attention_backend_policy(cuda, dtype, capability, flash, forced, expect
         forced=forced,
     )
     assert chosen == expected
+
+
+def test_train_ae_with_gan_feeds_its_engines_on_their_device(tmp_path):
+    """train-ae's AE and discriminator engines get their inputs on the engine's device."""
+    overrides = {
+        "ae.preset": "dc-ae-tiny",
+        "data.source": "synthetic:shapes:4",
+        "data.cache_dir": str(tmp_path / "cache"),
+        "data.num_frames": 4,
+        "data.height": 32,
+        "data.width": 32,
+        "train.output": str(tmp_path / "run"),
+        "train.batch_size": 2,
+        "train.max_steps": 2,
+        "train.ckpt_every": 2,
+        "train.gan_start": 1,
+        "launcher.precision": "bf16",
+    }
+    args = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    recipe = str(REPO / "recipes" / "demo-ae.toml")
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(args), "none", recipe, "ae"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 2

@@ -118,3 +118,13 @@ def reset_peak_memory(device: torch.device) -> None:
     """Start a new peak-memory measurement (CUDA only)."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+
+
+def rank_device() -> torch.device:
+    """This process's device in a multi-process job: `cuda:LOCAL_RANK` when CUDA is available
+    (one GPU per local rank), else the CPU."""
+    import os
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

@@ -122,15 +122,14 @@ def run_encode(recipe: Recipe, out_dir: Path, nproc: int = 1) -> LatentsResult:
 def _encode_this_rank(recipe: Recipe, out_dir: Path) -> LatentsResult:
     import os
 
-    import torch
-
     from vidcli.builders import autoencoder_from_section, text_encoder_from_section
     from vidcli.data.latents import encode_latents
     from vidcli.data.provenance import recipe_provenance
     from vidcli.data.section import bucket_config, manifest_for
+    from vidcli.devices import rank_device
 
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = rank_device()  # cuda:LOCAL_RANK: ranks of one node must not share GPU 0
     ae = autoencoder_from_section(recipe.ae).to(device).eval()
     text = text_encoder_from_section(recipe.text, device=device)
     data = recipe.data

@@ -39,6 +39,8 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     model.check_input_shape(recipe.data.num_frames, recipe.data.height, recipe.data.width)
     lpips = perceptual_loss(recipe.train)  # a usage error, not an L1-only run, if weights lack
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
+    if lpips is not None:
+        lpips.to(engine.device)  # batches arrive on the engine's device (the step loop moves them)
     discriminator = None
     if recipe.train.gan_start >= 0:
         if recipe.launcher.zero_stage == 3:
@@ -106,7 +108,7 @@ def reconstruction_loss(
 
 def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     """A hook-free copy of `module` with the same weights and no trainable parameters."""
-    copy = type(module)()
+    copy = type(module)().to(next(module.parameters()).device)
     copy.load_state_dict(module.state_dict())
     return copy.train(module.training).requires_grad_(False)
 
