@@ -222,3 +222,14 @@ def test_finetune_with_lora_resumes_exactly_from_the_aligned_checkpoint(setup, t
     torch.testing.assert_close(merged.state_dict()[f"{key}.weight"], expected)
     assert lora[f"transformer.{key}.lora_B.weight"].abs().max() > 0  # the adapters trained
     torch.testing.assert_close(merged.img_in.weight, aligned.img_in.weight, rtol=0, atol=0)
+
+    # generate samples a LoRA run's EMA: its adapter-layout file is merged on load.
+    from vidcli.generate import load_ema_weights
+
+    sampled = load_dit(a)
+    assert load_ema_weights(sampled, a)
+    ema = load_file(str(a / "ema.safetensors"))
+    expected = ema[f"{key}.base_layer.weight"] + 2.0 * (
+        ema[f"{key}.lora_B.default.weight"] @ ema[f"{key}.lora_A.default.weight"]
+    )
+    torch.testing.assert_close(sampled.state_dict()[f"{key}.weight"], expected)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidcli.data.datasets import LatentDataset
+from vidcli.data.section import bucket_config, latent_dataset
 from vidcli.errors import ShapeError, UsageError
 from vidcli.models.mmdit import MMDiT, load_dit, pack_latents
 from vidcli.recipe import Recipe
@@ -100,7 +101,10 @@ def setup(
     p = model.config.patch_size
     alpha = flow.training_shift_alpha(latent_thw[1], latent_thw[2], latent_thw[0])
     loss = alignment_loss(
-        model, source, lambda eng, batch: flow_loss(eng, batch, alpha, p), recipe.adapt.flow_weight
+        model,
+        SourceEmbedders(source),  # the rest of the source DiT is not needed: let it go
+        lambda eng, batch: flow_loss(eng, batch, alpha, p),
+        recipe.adapt.flow_weight,
     )
     return model, paired_batches(recipe, batch_at, rank, world), loss
 
@@ -153,7 +157,7 @@ def paired_batches(
     recipe: Recipe, batch_at: Callable[[int], dict[str, Any]], rank: int, world: int
 ) -> Callable[[int], dict[str, Any]]:
     """`batch_at` plus `source_latent`: A's latent of each row's clip (same manifest index)."""
-    target = LatentDataset(recipe.data.latents)
+    target = latent_dataset(recipe.data)
     source = LatentDataset(recipe.adapt.source_latents)
     by_index = {source[i]["index"]: i for i in range(len(source))}
     target_index = [target[i]["index"] for i in range(len(target))]
@@ -164,35 +168,45 @@ def paired_batches(
             f"{missing[:5]} that [data] latents has: encode the same manifest with both AEs"
         )
     train_cfg = recipe.train
+    # The same rows train-dit's batches read (buckets included): one function decides both.
+    rows = train_data.step_rows(
+        target, bucket_config(recipe.data), train_cfg.batch_size, rank, world, train_cfg.seed
+    )
 
     def paired(index: int) -> dict[str, Any]:
         batch = batch_at(index)
-        rows = train_data.rows_for_step(
-            index, train_cfg.batch_size, rank, world, len(target), train_cfg.seed
-        )
-        batch["source_latent"] = torch.stack(
-            [source[by_index[target_index[r]]]["latent"] for r in rows]
-        ).float()
+        source_latent = [source[by_index[target_index[r]]]["latent"] for r in rows(index)]
+        batch["source_latent"] = torch.stack(source_latent).float().to(batch["latent"].device)
         return batch
 
     return paired
 
 
+class SourceEmbedders(nn.Module):
+    """The source DiT's frozen img_in / cond_in and patch size: all that stage 1 reads of it."""
+
+    def __init__(self, source: MMDiT):
+        super().__init__()
+        self.img_in, self.cond_in = source.img_in, source.cond_in
+        self.patch_size = source.config.patch_size
+        self.requires_grad_(False)
+
+
 def alignment_loss(
     model: MMDiT,
-    source: MMDiT,
+    source: SourceEmbedders,
     flow_loss: Callable[[Any, dict[str, Any]], tuple[torch.Tensor, dict[str, float]]],
     flow_weight: float,
 ) -> Callable[[Any, dict[str, Any], int], tuple[torch.Tensor, dict[str, float]]]:
     """The stage-1 loss (module docstring): embedding + noise-covariance (+ condition) alignment
     for the new embedders, the flow loss through the frozen body for the new output layer."""
-    p_b, p_a = model.config.patch_size, source.config.patch_size
-    source.requires_grad_(False)
+    p_b, p_a = model.config.patch_size, source.patch_size
 
     def loss(engine: Any, batch: dict[str, Any], step: int):
         z_b, z_a = batch["latent"], batch["source_latent"]  # (B, C, T, H, W) each
+        source.to(z_a.device)  # a no-op after the first step
         gen = batch["generator"]
-        keep = 1.0 - torch.rand(z_b.shape[0], generator=gen)  # (1 - t) per sample
+        keep = 1.0 - torch.rand(z_b.shape[0], generator=gen).to(z_b.device)  # (1 - t) each
         scale = keep[:, None, None, None, None]
         tokens_b = pack_latents(z_b * scale, p_b)
         with torch.no_grad():
@@ -218,7 +232,8 @@ def alignment_loss(
 
 def _condition_alignment(model, source, z_b, z_a, p_b, p_a, gen) -> torch.Tensor:
     """cond_in alignment on first-frame conditions (mask 1 on frame 0 for a random half)."""
-    chosen = (torch.rand(z_b.shape[0], generator=gen) < 0.5).float()[:, None, None, None, None]
+    chosen = (torch.rand(z_b.shape[0], generator=gen) < 0.5).float().to(z_b.device)
+    chosen = chosen[:, None, None, None, None]
 
     def tokens(z: torch.Tensor, p: int) -> torch.Tensor:
         mask = torch.zeros_like(z[:, :1])
