@@ -195,3 +195,30 @@ def test_train_plan_turns_checkpointing_on_only_when_needed():
     )
     tight = mp.plan_train(recipe, latent, gpu_memory_gb=tight_gb)
     assert tight.grad_checkpointing and tight.fits
+
+
+def test_zero3_with_ema_is_refused_in_one_line(tmp_path):
+    args = ["train-dit", "recipes/demo-dit.toml", "--set", "launcher.zero_stage=3"]
+    args += ["--set", f"train.output='{tmp_path / 'run'}'"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert "zero_stage = 3 with [train] ema_decay = 0.995" in result.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("total_bytes", "expected"), [(10**12, 0), (2 * 10**9, 4)])
+def test_train_dit_turns_checkpointing_on_when_the_plan_needs_it(
+    monkeypatch, total_bytes, expected
+):
+    from types import SimpleNamespace
+
+    from vidcli.train import dit as dit_stage
+
+    recipe = load_recipe(None, ["dit.preset='mmdit-s'", "text.max_length=32"])
+    model = build_dit("mmdit-s", in_channels=128, context_in_dim=384, vec_in_dim=384)
+    memory = SimpleNamespace(total_memory=total_bytes)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: memory)
+    # 8192 tokens: mmdit-s's states take 0.5 GB, its activations 2.0 GB, checkpointed 0.44 GB;
+    # 2 GB (1 GB after the reserve) fits only with every one of its 4 double blocks checkpointed.
+    dit_stage._checkpoint_if_needed(model, recipe, (128, 8, 32, 32), world=1, rank=0)
+    assert model.ckpt_double == expected

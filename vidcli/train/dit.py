@@ -48,6 +48,8 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         from vidcli.train.lora import add_lora
 
         model = add_lora(model, recipe.lora)
+    if torch.cuda.is_available() and not recipe.dit.grad_checkpointing:
+        _checkpoint_if_needed(model, recipe, (latent_channels, *latent_thw), world, rank)
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
     p = model.config.patch_size
     t_lat, h_lat, w_lat = latent_thw
@@ -81,6 +83,27 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     )
     spec.save_weights = _recording(spec.save_weights, provenance)
     return train(spec, recipe, engine, rank, world, resume)
+
+
+def _checkpoint_if_needed(model: MMDiT, recipe: Recipe, latent, world: int, rank: int) -> None:
+    """Turn on per-block activation checkpointing when the memory plan says the step needs it."""
+    from vidcli.devices import rank_device
+    from vidcli.memory_plan import GB, plan_train
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # LoRA: adapters
+    memory = torch.cuda.get_device_properties(rank_device()).total_memory / GB
+    plan = plan_train(recipe, latent, memory, world=world, trainable_params=trainable)
+    if plan.grad_checkpointing:
+        model.set_gradient_checkpointing(True)
+        if rank == 0:
+            log.info(
+                "train-dit: activations %.1f GB would not fit beside %.1f GB of model states on "
+                "a %.0f GB device: checkpointing every block (%.1f GB)",
+                plan.activations_gb,
+                plan.weights_gb + plan.grads_gb + plan.optimizer_gb,
+                memory,
+                plan.activations_checkpointed_gb,
+            )
 
 
 def flow_loss(engine: Any, batch: dict[str, Any], alpha: float, patch: int):
