@@ -617,8 +617,12 @@ def benchmark(
             min=1, help="Denoising steps counted in the video time (--caching: every row; 50)."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    device: Annotated[
+        str | None, typer.Option(help="cpu or cuda (default: cuda when available).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")
+    ] = None,
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per measurement.")] = 3,
     csv: Annotated[Path | None, typer.Option(help="Also write the rows as CSV.")] = None,
     plot: Annotated[
@@ -681,6 +685,9 @@ def benchmark(
     """Measure what vidcli claims: DiT step, generation and AE times per autoencoder."""
 
     def action() -> Any:
+        from vidcli.devices import dtype_name, resolve_device, resolve_dtype
+
+        where = resolve_device(device)
         from vidcli import benchmark as bench
 
         if caching:
@@ -714,8 +721,8 @@ def benchmark(
             frames=frames,
             batch_size=batch_size,
             steps=steps or 30,
-            device=device,
-            dtype=dtype,
+            device=where.type,
+            dtype=dtype or dtype_name(resolve_dtype(None, where)),
             repeat=repeat,
             csv=csv,
             plot=plot,

@@ -52,7 +52,7 @@ def resolve_device(name: str | None = None, *, require_available: bool = True) -
             raise UsageError(
                 f"--device {name}: no CUDA device is visible to torch "
                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); "
-                "use --device cpu, or --plan to only plan the memory"
+                "use --device cpu"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise UsageError(
