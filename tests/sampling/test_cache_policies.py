@@ -89,6 +89,7 @@ ALWAYS = {
     "ditfastattn": 0.0,
     "fbcache": 0.0,
     "taylorseer": 1,
+    "taylorseer-lite": 1,
 }
 
 
@@ -107,6 +108,7 @@ FORCED = {
     "teacache": [0, STEPS - 1],
     "fbcache": [0],
     "taylorseer": [0, 1, 2],
+    "taylorseer-lite": [0, 1, 2],
 }
 
 
@@ -240,3 +242,15 @@ def test_cli_generate_rejects_bad_cache_with_exit_2():
     result = CliRunner().invoke(app, ["generate", "a red circle", "--cache", "teacahe:0.1"])
     assert result.exit_code == 2
     assert "teacache" in result.output and "uniform" in result.output
+
+
+def test_taylorseer_lite_extrapolates_linearly_between_full_steps(tiny, calibration):
+    # K = 2: steps 0-2 full (warm-up), then every other step; the predicted ones add the
+    # first-order forecast of the stack residual to their fresh input.
+    from vidcli.sampling.cache.taylorseer import TaylorSeerLite
+
+    policy = TaylorSeerLite(2)
+    out, stats = _sample(tiny, policy)
+    assert stats.kinds[:5] == ["full", "full", "full", "skipped", "full"]
+    reference, _ = _sample(tiny, None)
+    assert ((out - reference).norm() / reference.norm()).item() < 0.2

@@ -23,6 +23,7 @@ import csv as csv_module
 import dataclasses
 import itertools
 import json
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -390,12 +391,13 @@ def _compare_with_uniform(rows: list[CachingRow]) -> None:
 def _write_json(result: CachingResult, path: Path) -> Path:
     from vidcli.fileio import atomic_write_text
 
-    payload = {
-        "env": result.env,
-        "calibration": result.calibration,
-        "rows": [dataclasses.asdict(r) for r in result.rows],
-    }
-    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
+    # PSNR is inf for a row identical to uncached sampling: null in strict JSON.
+    rows = [
+        {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+        for row in map(dataclasses.asdict, result.rows)
+    ]
+    payload = {"env": result.env, "calibration": result.calibration, "rows": rows}
+    atomic_write_text(path, json.dumps(payload, indent=1, allow_nan=False) + "\n")
     return path
 
 

@@ -9,12 +9,13 @@
 3. the video AE encodes it as the i2v condition (`condition_latent`), and the video model
    samples i2v_head with text and image guidance (`flow.sample_i2v`).
 
-The i2v condition, one definition for training and inference: **latent frame 0 of the clip**.
-Training (train-dit `i2v_ratio`) takes latent frame 0 of the encoded training clip; here the
-clip is the still image held for the frames one latent frame covers (`time_compression` frames
-for a non-causal AE such as the Video DC-AE, 1 frame for the causal HunyuanVideo VAE, whose
-latent frame 0 is frame 0 encoded alone either way). The reference encodes the image alone
-(T = 1), which for the Video DC-AE differs from what its hcae model was trained on.
+The i2v condition, one definition for training and inference: **latent frame 0 of the encoded
+clip**. Training (train-dit `i2v_ratio`) takes latent frame 0 of the encoded training clip. An
+autoencoder's latent frame 0 depends on the rest of the clip, even for the causal HunyuanVideo
+VAE (its GroupNorms take statistics over all frames; the Video DC-AE is not causal at all), so
+encoding the image alone (T = 1, what the reference's inference does) gives a different tensor.
+At inference the clip is not known yet: the image is held still for the video's frame count and
+latent frame 0 of that clip is the condition (`condition_latent`), for `--image` and t2i2v alike.
 
 Deliberate difference: the reference's hcae config sets AE_SPATIAL_COMPRESSION = 32 process-wide,
 so its Flux stage draws a 288×512 image at 768px (opensora2-mmdit.md §13.3); we draw the
@@ -98,26 +99,13 @@ def cover_resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return resized[..., top : top + height, left : left + width].clamp(-1, 1)
 
 
-def condition_frames(ae) -> int:
-    """Frames of the still clip whose latent frame 0 is the i2v condition (see module doc)."""
-    best = 1
-    for frames in range(1, ae.time_compression + 1):
-        try:
-            _, t_lat, _, _ = ae.latent_shape(frames, ae.spatial_compression, ae.spatial_compression)
-        except ShapeError:
-            continue
-        if t_lat == 1:
-            best = frames
-    return best
-
-
 @torch.no_grad()
-def condition_latent(ae, image: torch.Tensor) -> torch.Tensor:
-    """The i2v condition of one image (3, H, W) in [-1, 1]: latent frame 0 of the still clip,
-    shaped (C, 1, H', W')."""
-    clip = image[:, None].expand(-1, condition_frames(ae), -1, -1)
-    device = next(ae.parameters()).device
-    return ae.encode(clip[None].to(device, torch.float32))[0, :, :1].float()
+def condition_latent(ae, image: torch.Tensor, frames: int) -> torch.Tensor:
+    """The i2v condition of one image (3, H, W) in [-1, 1] for a `frames`-frame video: latent
+    frame 0 of the image held still for `frames` frames, shaped (C, 1, H', W')."""
+    clip = image[:, None].expand(-1, frames, -1, -1)
+    weight = next(ae.parameters())  # the AE's device and dtype (bf16 on GPUs)
+    return ae.encode(clip[None].to(weight.device, weight.dtype))[0, :, :1].float()
 
 
 @torch.no_grad()
@@ -157,8 +145,8 @@ def sample_images(
     latents = flow.sample_distilled(
         dit.forward_video, noise, schedule, tokens, pooled, guidance=guidance, callback=callback
     )
-    ae_device = next(ae.parameters()).device
-    images = ae.decode(latents.to(ae_device, torch.float32)).float().cpu()
+    weight = next(ae.parameters())
+    images = ae.decode(latents.to(weight.device, weight.dtype)).float().cpu()
     return images[:, :, 0].clamp(-1, 1)
 
 
@@ -169,14 +157,16 @@ def first_frame_conditions(
     tokens: torch.Tensor,
     pooled: torch.Tensor,
     seeds: list[int],
-    video_size: tuple[int, int],
+    video_size: tuple[int, int, int],
     shift: bool = True,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """t2i2v steps 1-3: the frame-0 images (N, 3, H, W) at the video size, and their i2v
-    condition latents [(C, 1, H', W')] under the video AE. tokens/pooled: raw-prompt embeddings."""
+    """t2i2v steps 1-3: the frame-0 images (N, 3, H, W) at the video size (T, H, W), and their
+    i2v condition latents [(C, 1, H', W')] under the video AE. tokens/pooled: raw-prompt
+    embeddings."""
+    frames, height, width = video_size
     multiple = stage.ae.spatial_compression * stage.dit.config.patch_size
-    size = image_size(stage.resolution, *video_size, multiple)
+    size = image_size(stage.resolution, height, width, multiple)
     images = sample_images(
         stage.dit,
         stage.ae,
@@ -189,5 +179,5 @@ def first_frame_conditions(
         shift=shift,
         callback=callback,
     )
-    images = cover_resize(images, *video_size)
-    return images, [condition_latent(video_ae, image) for image in images]
+    images = cover_resize(images, height, width)
+    return images, [condition_latent(video_ae, image, frames) for image in images]

@@ -1,7 +1,8 @@
 """Training-free caching for the MMDiT: one mechanism (`CachedDiT`), one policy per method.
 
 `--cache METHOD[:VALUE]` / `[sample] cache = "METHOD[:VALUE]"` selects a method; VALUE is its
-threshold, or its refresh interval K for the periodic methods (uniform, toca, taylorseer).
+threshold, or its refresh interval K for the periodic methods (uniform, toca, taylorseer,
+taylorseer-lite).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ METHODS = {
         Method("ditfastattn", "threshold", 0.1, "attention shared across steps and CFG branches"),
         Method("fbcache", "threshold", 0.05, "skip the rest when block 0's residual is stable"),
         Method("taylorseer", "interval", 5, "full every K steps, Taylor-forecast in between"),
+        Method("taylorseer-lite", "interval", 5, "TaylorSeer forecasting the whole stack"),
     )
 }
 
@@ -155,6 +157,8 @@ def build_policy(
             return fbcache.FirstBlockCache(v)
         case "taylorseer":
             return taylorseer.TaylorSeer(int(v))
+        case "taylorseer-lite":
+            return taylorseer.TaylorSeerLite(int(v))
     raise AssertionError(spec.method)
 
 

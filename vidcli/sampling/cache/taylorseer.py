@@ -72,3 +72,43 @@ class TaylorSeer(CachePolicy):
 
 def _rows(value: Value) -> int:
     return (value[0] if isinstance(value, tuple) else value).shape[0]
+
+
+class TaylorSeerLite(CachePolicy):
+    """TaylorSeer on the whole stack: forecast the image residual of all blocks (last block's
+    output minus the embedded input) and add it to the fresh input, so a predicted step costs the
+    embedding and the final layer only. diffusers' `use_lite_mode` forecasts the output
+    projection instead; ParaAttention forecasts the First-Block-Cache residual the same way."""
+
+    name = "taylorseer-lite"
+
+    def __init__(self, interval: int, order: int = 1):
+        self.interval, self.order = interval, order
+        self.reset()
+
+    def reset(self) -> None:
+        self.factors: list[torch.Tensor] = []
+        self.last_full = self.previous_full = -1
+
+    def __call__(self, run: StepRun) -> torch.Tensor:
+        x = run.embedded.x
+        if self.factors and not periodic_full_step(run.step, self.interval, WARMUP_STEPS):
+            run.kind = "skipped"
+            k = run.step - self.last_full
+            terms = take_rows(self.factors, run.batch)
+            residual = sum(d * k**i / math.factorial(i) for i, d in enumerate(terms))
+            return run.head(x + residual)
+        self.previous_full, self.last_full = self.last_full, run.step
+        image = run.compute()
+        residual = image - x
+        new = [residual]
+        if self.factors:
+            old = take_rows(self.factors, run.batch)
+            gap = self.last_full - self.previous_full
+            for i in range(min(self.order, len(old))):
+                new.append((new[i] - old[i]) / gap)
+        stored = self.factors
+        self.factors = [
+            put_rows(stored[i] if i < len(stored) else None, d) for i, d in enumerate(new)
+        ]
+        return run.head(image)
