@@ -226,21 +226,3 @@ def test_hooks_see_every_evaluation_with_its_batch_layout():
     assert hooks.infos[20].branches == ("cond", "uncond") and hooks.infos[22].branches == ("cond",)
     assert model.rows == [2 * N] * 22 + [N] * 2
     assert {i.batch for i in hooks.infos} == {N}
-
-
-def test_leap_follows_only_fully_guided_velocities_under_oscillation():
-    # cond rows give 1, uncond rows 0: v̂ = g_txt, i.e. 7.5 on guided steps and 1 on the odd
-    # steps >= 10 that oscillation leaves unguided. The leap must skip those: comparing from step
-    # 10, it fires 3 guided steps later (step 16) and leaps along 7.5, not along 1.
-    def model(x, t, txt, *rest):
-        return torch.cat([torch.ones_like(x[:1]), torch.zeros_like(x[1:])])
-
-    schedule = torch.linspace(1, 0, 21, dtype=torch.float64).tolist()
-    txt, y = torch.zeros(1, 4, 8), torch.zeros(1, 6)
-    calls = RowCounter(model)
-    x = flow.sample_i2v(calls, torch.zeros(1, 1, 1, 1, 2, dtype=torch.float64), schedule,
-                        txt, y, txt, y, leap=flow.LeapConfig(min_step=10))  # fmt: skip
-    assert len(calls.rows) == 17
-    guided = [7.5 if i < 10 or i % 2 == 0 else 1.0 for i in range(16)]
-    expected = -sum(g * 0.05 for g in guided) - schedule[16] * 7.5
-    torch.testing.assert_close(x, torch.full_like(x, expected))

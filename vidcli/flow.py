@@ -341,7 +341,6 @@ def sample_ode(
     solver: str = "euler",
     callback: StepCallback | None = None,
     leap: LeapConfig | None = None,
-    leap_steps: Callable[[int], bool] | None = None,
 ) -> torch.Tensor:
     """Integrate dx/dt = v̂(x, t, step) along the schedule (1 -> 0 samples, 0 -> 1 inverts).
 
@@ -350,8 +349,7 @@ def sample_ode(
     Taylor update x + h·v₁ + ½h²·(v₂ - v₁)/(h/2), which simplifies to x + h·v₂ (the explicit
     midpoint rule; two evaluations per step, exact for velocities linear in t).
     leap: after v̂(x, t_i) is known, a Linear Proportional Leap may end the run with
-    x + (t_end - t_i)·v̂(x, t_i). leap_steps: the steps whose velocities the leap compares and may
-    follow (default all); the others are integrated without being looked at.
+    x + (t_end - t_i)·v̂(x, t_i).
     """
     if solver not in SOLVERS:
         raise UsageError(f"unknown solver {solver!r}; accepted: {', '.join(SOLVERS)}")
@@ -362,8 +360,7 @@ def sample_ode(
             callback(i, x)
         h = t_next - t_curr
         v = velocity_fn(x, t_curr, i)
-        eligible = leap_steps is None or leap_steps(i)
-        if tracker is not None and eligible and tracker.should_leap(i, v):
+        if tracker is not None and tracker.should_leap(i, v):
             return x + (t_end - t_curr) * v
         if solver == "rf2":
             v = velocity_fn(x + (h / 2) * v, t_curr + h / 2, i)
@@ -463,14 +460,7 @@ def sample_i2v(
             g_img = temporal_image_scale(g_img, step, num_steps, T).to(x.device, v_c.dtype)
         return v_u2 + g_img * (v_u - v_u2) + g_txt * (v_c - v_u)
 
-    def full_guidance(step: int) -> bool:
-        # Oscillation sets the scales to 1 on some steps: the leap compares and follows only
-        # velocities with the full guidance, or it would leap along an unguided one.
-        text = oscillated_scale(guidance.text, step, guidance.text_osci) == guidance.text
-        image = oscillated_scale(guidance.image, step, guidance.image_osci) == guidance.image
-        return text and (image or not image_cfg)
-
-    x = sample_ode(guided_velocity, noise, schedule, solver, callback, leap, full_guidance)
+    x = sample_ode(guided_velocity, noise, schedule, solver, callback, leap)
     if hooks is not None:
         hooks.end_run()
     return paste_reference_frames(x, condition, replace_all_items)
