@@ -9,6 +9,7 @@ from torch import nn
 from typer.testing import CliRunner
 
 from vidcli import memory_plan as mp
+from vidcli import meta_memory
 from vidcli.cli import app
 from vidcli.models.mmdit import build_dit
 from vidcli.models.mmdit.presets import DIT_PRESETS
@@ -36,13 +37,13 @@ def mmdit_params(c) -> int:
 @pytest.mark.parametrize("preset", ["mmdit-tiny", "mmdit-demo"])
 def test_mmdit_closed_form_matches_a_real_model(preset):
     model = build_dit(preset)
-    assert mp.param_count(model) == mmdit_params(model.config)
+    assert meta_memory.param_count(model) == mmdit_params(model.config)
 
 
 def test_11b_dit_in_bf16_is_23_8_gb():
     recipe = load_recipe(OPENSORA, ["t2i.enabled=false"])
     dit = mp.meta_dit(recipe.dit, 128, recipe.text)
-    params = mp.param_count(dit)
+    params = meta_memory.param_count(dit)
     assert params == mmdit_params(DIT_PRESETS["opensora-v2-hcae"])
     plan = mp.plan_generate(recipe, torch.device("cuda"), torch.bfloat16, None)
     weights = {c.name: c for c in plan.components}
@@ -60,7 +61,10 @@ def test_text_encoder_closed_forms_match_transformers(tmp_path):
             backend="t5-clip", t5_path=str(tmp_path / "t5"), clip_path=str(tmp_path / "clip")
         )
     )
-    assert counts == {"text:t5": mp.param_count(t5), "text:clip": mp.param_count(clip)}
+    assert counts == {
+        "text:t5": meta_memory.param_count(t5),
+        "text:clip": meta_memory.param_count(clip),
+    }
 
 
 def test_released_text_encoder_sizes():
@@ -83,22 +87,22 @@ def test_measure_peak_counts_live_tensors():
     chain = nn.Sequential(*[nn.Linear(1000, 1000) for _ in range(4)]).to("meta")
     x = torch.empty(100, 1000, device="meta")
     # Two activations are alive at once (a layer's input and output); the input is not counted.
-    assert mp.measure_peak(lambda: chain(x)) == 2 * 100 * 1000 * 4
+    assert meta_memory.measure_peak(lambda: chain(x)) == 2 * 100 * 1000 * 4
     # Backward keeps every layer's input: x and three hidden activations.
-    assert mp.saved_for_backward(lambda: chain(x), chain) == 4 * 100 * 1000 * 4
+    assert meta_memory.saved_for_backward(lambda: chain(x), chain) == 4 * 100 * 1000 * 4
 
 
 def test_fused_attention_keeps_no_scores():
     q = torch.empty(1, 4, 4096, 64, device="meta", dtype=torch.bfloat16)
-    assert mp.measure_peak(lambda: F.scaled_dot_product_attention(q, q, q)) == q.nbytes
+    assert meta_memory.measure_peak(lambda: F.scaled_dot_product_attention(q, q, q)) == q.nbytes
 
 
 def test_decode_peak_is_linear_in_tile_volume():
     ae = mp.meta_autoencoder(load_recipe(OPENSORA).ae)
     small = torch.empty(1, 128, 4, 4, 4, device="meta")
     large = torch.empty(1, 128, 4, 8, 8, device="meta")
-    a = mp.measure_peak(lambda: ae._decode_raw(small))
-    b = mp.measure_peak(lambda: ae._decode_raw(large))
+    a = meta_memory.measure_peak(lambda: ae._decode_raw(small))
+    b = meta_memory.measure_peak(lambda: ae._decode_raw(large))
     assert b / a == pytest.approx(4.0, rel=0.02)
 
 
@@ -106,7 +110,7 @@ def test_decode_estimate_near_the_reference_tile_peak():
     """gpu-anchors.md: the reference decodes 768 px x 128 f in 256 px / 32 f tiles at 5.8 GB."""
     ae = mp.meta_autoencoder(load_recipe(OPENSORA).ae)
     per_voxel = mp._decode_bytes_per_voxel(ae, torch.bfloat16)
-    weights = mp.param_count(ae.decoder) * 2
+    weights = meta_memory.param_count(ae.decoder) * 2
     video = 3 * 128 * 768 * 768 * 2
     estimate = (per_voxel * 32 * 256 * 256 + weights + video) / 1e9
     assert 0.7 * 5.8 < estimate < 1.5 * 5.8

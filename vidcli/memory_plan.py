@@ -2,10 +2,7 @@
 
 Everything here is a function of recipe sections and shapes. Models are built on the `meta`
 device (no memory, no weights), parameters are counted, and activation peaks are measured by
-running the real forward pass on `meta` tensors while a dispatch mode adds up the bytes of the
-tensors alive at each moment (`measure_peak`). Fused attention (SDPA's flash / cuDNN kernels)
-keeps O(L) memory on CUDA, so the measurement replaces it by its output alone instead of the
-L x L scores that the CPU math kernel would materialise.
+running the real forward pass on `meta` tensors (`vidcli.meta_memory`).
 
 Units: GB = 1e9 bytes throughout (`--gpu-memory 80` means 80e9 bytes).
 
@@ -21,22 +18,17 @@ checkpointing.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from vidcli.devices import dtype_name
 from vidcli.errors import UsageError
+from vidcli.meta_memory import measure_peak, param_count, saved_for_backward
 from vidcli.recipe import AESection, DiTSection, Recipe, TextSection
 
 GB = 1e9
@@ -71,87 +63,6 @@ CLIP_L_TEXT_CONFIG = dict(
     projection_dim=768,
 )
 T5_TOKENS, MINILM_TOKENS = 512, 32
-
-
-# ------------------------------------------------------------------------------ measurement
-
-
-class _LiveBytes(TorchDispatchMode):
-    """Adds up the storage bytes of tensors created inside it while they are alive; keeps the
-    peak. Tensors made before entering (weights, inputs) are not counted."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._storages: dict[int, list[int]] = {}  # storage id -> [bytes, live tensor views]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self._track(t)
-        return out
-
-    def _track(self, t: torch.Tensor) -> None:
-        key = t.untyped_storage()._cdata
-        entry = self._storages.get(key)
-        if entry is None:
-            entry = self._storages[key] = [t.untyped_storage().nbytes(), 0]
-            self.live += entry[0]
-            self.peak = max(self.peak, self.live)
-        entry[1] += 1
-        weakref.finalize(t, self._release, key)
-
-    def _release(self, key: int) -> None:
-        entry = self._storages[key]
-        entry[1] -= 1
-        if entry[1] == 0:
-            self.live -= entry[0]
-            del self._storages[key]
-
-
-class _FusedAttention(TorchFunctionMode):
-    """SDPA as the fused CUDA kernels run it: only the output (and a row statistic) is stored."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            q, v = args[0], args[2]
-            return q.new_empty((*q.shape[:-1], v.shape[-1]))
-        return func(*args, **kwargs)
-
-
-def measure_peak(run, *, grad: bool = False) -> int:
-    """Peak bytes of the tensors `run()` creates (on `meta`), with fused attention.
-
-    grad=False runs under inference mode; grad=True keeps what autograd saves for backward.
-    """
-    mode = contextlib.nullcontext() if grad else torch.inference_mode()
-    with mode, _FusedAttention(), _LiveBytes() as live:
-        out = run()
-        del out
-    return live.peak
-
-
-def saved_for_backward(run, module: nn.Module) -> int:
-    """Bytes autograd saves for backward during `run()`: activations, not `module`'s weights."""
-    weights = {p.untyped_storage()._cdata for p in module.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        key = t.untyped_storage()._cdata
-        if key not in weights:
-            seen.setdefault(key, t.untyped_storage().nbytes())
-        return t
-
-    with _FusedAttention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        run()
-    return sum(seen.values())
-
-
-def param_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 def _size(dtype: torch.dtype) -> int:
