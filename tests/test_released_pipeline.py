@@ -24,7 +24,7 @@ from vidcli.cli import app
 from vidcli.models.autoencoders import build_autoencoder
 from vidcli.models.mmdit import build_dit
 from vidcli.recipe import load_recipe
-from vidcli.sampling.t2i2v import condition_frames, image_size, prompt_with_suffix
+from vidcli.sampling.t2i2v import image_size, prompt_with_suffix
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DIT = {"hidden_size": 32, "num_heads": 2, "depth": 1, "depth_single_blocks": 1}
@@ -207,9 +207,6 @@ def test_image_size_prompt_suffix_and_condition_frames():
     assert image_size(256, 9, 16, 16) == (192, 336)
     assert prompt_with_suffix("a kite", 24, 4) == "a kite. 24 FPS. 4 motion score."
     assert prompt_with_suffix("a kite. 24 FPS.", 24, 4) == "a kite. 24 FPS. 4 motion score."
-    # The still clip for the i2v condition: one latent frame's worth of frames.
-    assert condition_frames(build_autoencoder("dc-ae-tiny")) == 4
-    assert condition_frames(build_autoencoder("hunyuan-video-vae-tiny")) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,3 +362,30 @@ def test_quality_scores_every_ae_family_on_a_real_clip(preset, frames, clip_mani
     mse = torch.mean(((x + 1) / 2 - rec) ** 2).item()
     assert row["psnr"] == pytest.approx(10 * math.log10(1 / mse), rel=1e-5)
     assert 0 < row["ssim"] < 1
+
+
+def test_i2v_condition_is_latent_frame_0_of_the_still_clip():
+    """One definition for training and inference: latent frame 0 of the encoded clip, here of the
+    image held still. For the causal HunyuanVideo VAE that equals the image encoded alone (the
+    reference's inference); for the non-causal Video DC-AE it does not."""
+    from vidcli.sampling.t2i2v import condition_latent, cover_resize
+
+    torch.manual_seed(0)
+    image = torch.rand(3, 32, 32) * 2 - 1
+    for preset, frames in (("hunyuan-video-vae-tiny", 5), ("dc-ae-tiny", 8)):
+        ae = build_autoencoder(preset).eval()
+        still = image[None, :, None].expand(1, 3, frames, 32, 32)
+        with torch.no_grad():
+            want = ae.encode(still)[0, :, :1]
+            alone = ae.encode(image[None, :, None])[0]
+        got = condition_latent(ae, image, frames)
+        torch.testing.assert_close(got, want)
+        if preset.startswith("hunyuan"):
+            torch.testing.assert_close(got, alone, rtol=1e-4, atol=1e-5)
+        else:
+            assert (got - alone).abs().max() > 1e-3  # here the definition matters
+    # Frame 0 of the t2i image is fitted to the video by cover + center crop.
+    ramp = torch.linspace(-1, 1, 8 * 16).reshape(1, 1, 8, 16).expand(1, 3, 8, 16)
+    fitted = cover_resize(ramp, 8, 8)
+    assert fitted.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(fitted, ramp[..., 4:12])  # same height: a pure center crop

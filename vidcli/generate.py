@@ -377,7 +377,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
             log.info("merged LoRA %s (scale %g) into the DiT", path, scale)
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, options.snap)
     paths = _output_paths(options)
-    reference = _image_latent(pipe.ae, options.image, size[1], size[2]) if options.image else None
+    reference = _image_latent(pipe.ae, options.image, *size) if options.image else None
     if offload:
         pipe.ae.to("cpu")
     timings: dict[str, float] = {"load": time.perf_counter() - started, "write": 0.0}
@@ -530,7 +530,7 @@ def _first_frames(pipe: Pipeline, sample, prompts, seeds, size, timings, bar, ta
         emb.tokens.to(pipe.device),
         emb.pooled.to(pipe.device),
         seeds,
-        size[1:],
+        size,
         shift=sample.shift,
         callback=lambda step, x: bar.advance(task),
     )
@@ -538,9 +538,9 @@ def _first_frames(pipe: Pipeline, sample, prompts, seeds, size, timings, bar, ta
     return refs
 
 
-def _image_latent(ae, image: Path, height: int, width: int) -> torch.Tensor:
-    """The i2v condition of `--image`: latent frame 0 of the image held still for one latent
-    frame (`vidcli.sampling.t2i2v.condition_latent`, the definition training uses): (C, 1, H', W').
+def _image_latent(ae, image: Path, frames: int, height: int, width: int) -> torch.Tensor:
+    """The i2v condition of `--image`: latent frame 0 of the image held still for the video's
+    frames (`vidcli.sampling.t2i2v.condition_latent`, the definition training uses): (C, 1, H', W').
     """
     from vidcli.media import read_frames
     from vidcli.sampling.t2i2v import condition_latent
@@ -549,7 +549,7 @@ def _image_latent(ae, image: Path, height: int, width: int) -> torch.Tensor:
         raise UsageError(f"--image {image}: file not found")
     frame = read_frames(image, num_frames=1, size=(height, width))
     x = torch.from_numpy(frame).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-    return condition_latent(ae, x[:, 0])
+    return condition_latent(ae, x[:, 0], frames)
 
 
 def _write(video: torch.Tensor, path: Path, fps: int, output_format: str) -> None:

@@ -10,12 +10,11 @@
    samples i2v_head with text and image guidance (`flow.sample_i2v`).
 
 The i2v condition, one definition for training and inference: **latent frame 0 of the encoded
-clip**. Training (train-dit `i2v_ratio`) takes latent frame 0 of the encoded training clip. An
-autoencoder's latent frame 0 depends on the rest of the clip, even for the causal HunyuanVideo
-VAE (its GroupNorms take statistics over all frames; the Video DC-AE is not causal at all), so
-encoding the image alone (T = 1, what the reference's inference does) gives a different tensor.
-At inference the clip is not known yet: the image is held still for the video's frame count and
-latent frame 0 of that clip is the condition (`condition_latent`), for `--image` and t2i2v alike.
+clip**. Training (train-dit `i2v_ratio`) takes latent frame 0 of the encoded training clip; at
+inference the clip is not known yet, so the image is held still for the video's frame count and
+latent frame 0 of that clip is the condition (`condition_latent`), for `--image` and t2i2v
+alike. For the causal HunyuanVideo VAE this equals the image encoded alone (the reference's
+inference); the Video DC-AE is not causal, and there it differs from the image alone.
 
 Deliberate difference: the reference's hcae config sets AE_SPATIAL_COMPRESSION = 32 process-wide,
 so its Flux stage draws a 288×512 image at 768px (opensora2-mmdit.md §13.3); we draw the
