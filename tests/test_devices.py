@@ -243,3 +243,21 @@ def test_train_ae_with_gan_feeds_its_engines_on_their_device(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 2
+
+
+def test_offload_modes_sample_the_same_video_on_the_cpu():
+    """`model` and `blocks` offload run the same math (their moves are CPU to CPU here)."""
+    from vidcli import generate
+
+    recipe = generate.load_generate_recipe(None, None, ["sample.steps=2", "sample.frames=4"])
+    size = (4, recipe.sample.height, recipe.sample.width)
+    videos = {}
+    for offload in ("none", "model", "blocks"):
+        pipe = generate.load_pipeline(recipe, device="cpu", offload=offload)
+        videos[offload] = generate.sample_videos(
+            pipe, recipe.sample, ["a red circle moving right"], [0], size, offload=True
+        )
+        hooked = [b for b in pipe.dit.single_blocks if b._forward_pre_hooks]
+        assert bool(hooked) == (offload == "blocks")
+    assert torch.equal(videos["model"], videos["none"])
+    assert torch.equal(videos["blocks"], videos["none"])

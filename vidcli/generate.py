@@ -188,7 +188,14 @@ def load_pipeline(
         dit.to(where)
     if ema and recipe.dit.path:
         load_ema_weights(dit, Path(recipe.dit.path))
-    t2i = _image_stage(recipe, text, device) if recipe.t2i.enabled else None
+    t2i = None
+    if recipe.t2i.enabled:
+        t2i = _image_stage(recipe, text, device if offload == "none" else "cpu")
+        t2i.dit.to(dtype=compute)  # the plan counts the image DiT in the compute dtype too
+        if offload == "blocks":
+            from vidcli.offload import stream_blocks
+
+            stream_blocks(t2i.dit, where)
     return Pipeline(
         ae=ae, text=text, dit=dit, device=device, dtype=compute, offload=offload, t2i=t2i
     )
@@ -524,6 +531,11 @@ def _first_frames(pipe: Pipeline, sample, prompts, seeds, size, timings, bar, ta
 
     tick = time.perf_counter()
     emb = pipe.text.to(pipe.device).encode(prompts)
+    if pipe.offload != "none":  # the plan's t2i phase: only the image models on the device
+        pipe.text.to("cpu")
+        pipe.t2i.ae.to(pipe.device)
+        if pipe.offload == "model":
+            pipe.t2i.dit.to(pipe.device)
     _, refs = first_frame_conditions(
         pipe.t2i,
         pipe.ae.to(pipe.device),
@@ -534,6 +546,11 @@ def _first_frames(pipe: Pipeline, sample, prompts, seeds, size, timings, bar, ta
         shift=sample.shift,
         callback=lambda step, x: bar.advance(task),
     )
+    if pipe.offload != "none":
+        pipe.t2i.ae.to("cpu")
+        pipe.ae.to("cpu")
+        if pipe.offload == "model":
+            pipe.t2i.dit.to("cpu")
     timings["t2i"] = timings.get("t2i", 0.0) + time.perf_counter() - tick
     return refs
 

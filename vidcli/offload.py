@@ -33,11 +33,19 @@ def stream_blocks(model: nn.Module, device: torch.device) -> Callable[[], None]:
     for name, child in model.named_children():
         if name not in ("double_blocks", "single_blocks"):
             child.to(device)
+
+    # Hooks return None: a value returned by a hook would replace the block's inputs or output.
+    def arrive(block: nn.Module, args) -> None:
+        block.to(device)
+
+    def leave(block: nn.Module, args, out) -> None:
+        block.to("cpu")
+
     handles = []
     for block in blocks:
         block.to("cpu")
-        handles.append(block.register_forward_pre_hook(lambda m, args: m.to(device)))
-        handles.append(block.register_forward_hook(lambda m, args, out: m.to("cpu")))
+        handles.append(block.register_forward_pre_hook(arrive))
+        handles.append(block.register_forward_hook(leave))
 
     def remove() -> None:
         for handle in handles:
