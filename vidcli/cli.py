@@ -467,7 +467,7 @@ def generate(
         typer.Option(
             "--cache",
             help="Training-free DiT caching METHOD[:VALUE]: none, uniform:K, teacache, adacache, "
-            "toca:K, smoothcache, ditfastattn, fbcache, taylorseer:K (README: Faster sampling).",
+            "toca:K, smoothcache, ditfastattn, fbcache, taylorseer:K, taylorseer-lite:K.",
         ),
     ] = None,
     solver: Annotated[

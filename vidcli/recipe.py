@@ -247,8 +247,8 @@ class SampleSection:
     """Motion score named in the prompt suffix."""
     cache: str = "none"
     """Training-free DiT caching, "METHOD[:VALUE]": none, uniform:K, teacache, adacache, toca:K,
-    smoothcache, ditfastattn, fbcache, taylorseer:K (vidcli/sampling/cache; README "Faster
-    sampling")."""
+    smoothcache, ditfastattn, fbcache, taylorseer:K, taylorseer-lite:K (vidcli/sampling/cache;
+    README "Faster sampling")."""
     cache_calibration: str = ""
     """Calibration JSON of the caching methods (`vidcli benchmark --caching --calibrate`); empty:
     cache-calibration.json in the [dit] path folder, when there is one."""
