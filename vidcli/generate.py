@@ -25,7 +25,7 @@ from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
 from vidcli.offload import decode_with_retry
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
-from vidcli.sampling.acceleration import sampling_acceleration
+from vidcli.sampling.acceleration import attention_config, sampling_acceleration
 from vidcli.sampling.cache import cache_for_sample, cache_report
 
 FORMATS = ("mp4", "gif", "png")
@@ -363,6 +363,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
             "--image and [t2i] enabled both choose frame 0; drop --image or --set t2i.enabled=false"
         )
     sample = recipe.sample
+    attention_config(sample)  # a bad [sample] sparse_* value fails before any model loads
     started = time.perf_counter()
     plan = _memory_plan(recipe, options)
     pipe = load_pipeline(

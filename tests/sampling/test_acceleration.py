@@ -80,3 +80,15 @@ def test_benchmark_sampler_rows_count_their_real_evaluations():
                "dit_calls": 28}  # fmt: skip
     row = caching._row(rows["lpl:0.47"], 50, video, video, timings, None, (2.0, 3.0, 2.0))
     assert (row.full_evals, row.blocks_computed) == (28, pytest.approx(0.56))
+
+
+def test_bad_sparse_settings_fail_before_models_load(tmp_path, monkeypatch):
+    from vidcli import generate
+
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a, **k: pytest.fail("loaded models"))
+    result = CliRunner().invoke(
+        app, ["generate", "x", "--sparse-attention", "sta", "--set", "sample.sparse_tile=[2,4]",
+              "--out", str(tmp_path / "x.mp4")],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "[sample] sparse_tile = [2, 4]: expected 3 integers >= 1" in result.output
