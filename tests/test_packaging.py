@@ -26,3 +26,21 @@ def test_no_top_level_kernels_package_from_vidcli():
     spec = importlib.util.find_spec("kernels")
     if spec is not None:  # the Hugging Face kernel hub may be installed; it must not be ours
         assert "vidcli" not in (spec.origin or "")
+
+
+def test_every_package_folder_is_listed_for_the_wheel():
+    # pyproject lists packages explicitly: a folder missing there is absent from a non-editable
+    # install, and every import of it fails there while editable installs (and CI) still pass.
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(root).parts)
+        for init in (root / "vidcli").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
