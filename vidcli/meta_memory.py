@@ -81,11 +81,13 @@ def saved_for_backward(run, module: nn.Module) -> int:
     """Bytes autograd saves for backward during `run()`: activations, not `module`'s weights."""
     weights = {p.untyped_storage()._cdata for p in module.parameters()}
     seen: dict[int, int] = {}
+    held: list[torch.Tensor] = []  # no storage is freed and its address reused while counting
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         key = t.untyped_storage()._cdata
         if key not in weights:
             seen.setdefault(key, t.untyped_storage().nbytes())
+        held.append(t)
         return t
 
     with _FusedAttention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
