@@ -45,7 +45,8 @@ dit_stage.make_engine = make_engine
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[2]))
 result = launcher.run_worker("dit", recipe, None)
 print(json.dumps({"loss": result.final_loss, "devices": sorted(seen),
-                  "peak_gb": torch.cuda.max_memory_allocated() / 1e9}))
+                  "peak_gb": torch.cuda.max_memory_allocated() / 1e9,
+                  "logged_peak_gb": result.metrics.get("peak_memory_gb")}))
 """
 
 
@@ -83,6 +84,7 @@ def test_train_dit_step_on_cuda(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["devices"] == ["cuda:0"]
     assert result["loss"] == result["loss"] and result["peak_gb"] > 0
+    assert 0 < result["logged_peak_gb"] <= result["peak_gb"]  # metrics.jsonl reports the peak
 
 
 def test_generate_on_cuda_defaults_to_bf16(tmp_path):

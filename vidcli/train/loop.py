@@ -364,6 +364,9 @@ def _log_record(
     }
     if spec.tokens_per_sample:
         record["tokens_per_s"] = record["samples_per_s"] * spec.tokens_per_sample
+    peak = devices.peak_memory_gb(engine.device)  # this rank's, since the run started (CUDA)
+    if peak is not None:
+        record["peak_memory_gb"] = peak
     record.update(means)
     return record
 
