@@ -14,3 +14,15 @@ def reference_dir() -> Path:
     if not REFERENCE_DIR.is_dir():
         pytest.skip(f"reference folder not found at {REFERENCE_DIR}")
     return REFERENCE_DIR
+
+
+@pytest.fixture(autouse=True)
+def fresh_console_env(monkeypatch):
+    """Each test starts without VIDCLI_DEBUG / VIDCLI_QUIET and leaves none behind.
+
+    `--debug` and `--quiet` export these so launcher ranks inherit them; without this, one test's
+    `--debug` would turn on tracebacks for every later test in the process.
+    """
+    for name in ("VIDCLI_DEBUG", "VIDCLI_QUIET"):
+        monkeypatch.setenv(name, "")  # recorded, so teardown removes what the test sets
+        monkeypatch.delenv(name)
