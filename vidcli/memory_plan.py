@@ -582,6 +582,11 @@ def plan_train(
     world = world or launcher.nproc
     dit = meta_dit(recipe.dit, latent[0], recipe.text)
     params = param_count(dit)
+    if trainable_params is None and recipe.lora.rank:  # LoRA: only the adapters train
+        from vidcli.train.lora import trainable_parameter_count
+
+        trainable_params = trainable_parameter_count(dit, recipe.lora)
+        params += trainable_params  # the adapters are weights of their own
     trainable = params if trainable_params is None else trainable_params
     text_tokens, _, _ = text_widths(recipe.text)
     states = model_state_bytes(params, trainable, launcher.zero_stage, world)

@@ -210,3 +210,19 @@ def test_generate_merges_lora_files_with_their_scale(tmp_path):
         app, ["generate", "x", "--recipe", str(recipe), "--lora", "nope.safetensors"]
     )
     assert bad.exit_code == 2 and "LoRA file nope.safetensors not found" in bad.output
+
+
+def test_the_training_memory_plan_counts_only_adapters_as_trainable():
+    from vidcli import memory_plan as mp
+    from vidcli.recipe import load_recipe
+
+    recipe = load_recipe(None, ["dit.preset='mmdit-s'", "lora.rank=8"])
+    latent = (128, 4, 8, 8)
+    full = mp.plan_train(load_recipe(None, ["dit.preset='mmdit-s'"]), latent, gpu_memory_gb=80)
+    plan = mp.plan_train(recipe, latent, gpu_memory_gb=80)
+    adapters = L.trainable_parameter_count(mp.meta_dit(recipe.dit, 128, recipe.text), recipe.lora)
+    assert plan.trainable_params == adapters and plan.params == full.params + adapters
+    # ZeRO-2, one rank: 4 bytes of weights per parameter, 4 of gradients + 8 of AdamW per
+    # trainable one (mp.model_state_bytes).
+    assert plan.grads_gb == pytest.approx(4 * adapters / 1e9)
+    assert plan.weights_gb == pytest.approx(4 * (full.params + adapters) / 1e9)
