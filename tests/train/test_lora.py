@@ -226,3 +226,25 @@ def test_the_training_memory_plan_counts_only_adapters_as_trainable():
     # trainable one (mp.model_state_bytes).
     assert plan.grads_gb == pytest.approx(4 * adapters / 1e9)
     assert plan.weights_gb == pytest.approx(4 * (full.params + adapters) / 1e9)
+
+
+def test_comfyui_file_of_a_flux_layout_dit_converts_with_diffusers_own_converter(tmp_path):
+    """diffusers reads kohya/ComfyUI Flux LoRAs through this converter (FluxPipeline
+    load_lora_weights); it hard-codes Flux's 3072 width, hence a 1+1-block flux-dev on meta."""
+    from diffusers.loaders.lora_conversion_utils import _convert_kohya_flux_lora_to_diffusers
+    from safetensors.torch import load_file
+
+    model = build_dit("flux-dev", depth=1, depth_single_blocks=1, device="meta")
+    layers = L.target_linears(model, LoRASection(rank=2, targets=["qkv", "linear1"]))
+    gen = torch.Generator().manual_seed(0)
+    down = {n: torch.randn(2, m.in_features, generator=gen) for n, m in layers.items()}
+    up = {n: torch.randn(m.out_features, 2, generator=gen) for n, m in layers.items()}
+    weights = L.LoRAWeights(down, up, {n: 1.0 for n in layers})  # scale alpha / r = 0.5
+    path = L.save_lora(weights, tmp_path / "flux.safetensors", "comfyui")
+    converted = _convert_kohya_flux_lora_to_diffusers(load_file(str(path)))
+    qkv = "double_blocks.0.img_attn.qkv"
+    for i, name in enumerate(("to_q", "to_k", "to_v")):
+        prefix = f"transformer.transformer_blocks.0.attn.{name}"
+        got = converted[f"{prefix}.lora_B.weight"] @ converted[f"{prefix}.lora_A.weight"]
+        rows = slice(3072 * i, 3072 * (i + 1))
+        torch.testing.assert_close(got, 0.5 * up[qkv][rows] @ down[qkv])
