@@ -273,28 +273,23 @@ def evaluate(out: Path, ae_b: Path, aligned: Path, args) -> dict:
 
     data = held_out(ae_b)
     source = load_source(str(DEMO_DIT))
-    naive_start = swap_autoencoder(source, data[0].shape[1], 1, seed=0)
-    starts = {
-        "naive": naive_start,
-        "align+full": load_dit(aligned),
-        "align+lora": load_dit(aligned),
-    }
+    start_naive = validation_loss(swap_autoencoder(source, data[0].shape[1], 1, seed=0), data)
+    start_aligned = validation_loss(load_dit(aligned).float(), data)
+    starts = {"naive": start_naive, "align+full": start_aligned, "align+lora": start_aligned}
     results: dict = {"align_steps": args.align_steps, "steps": args.steps, "variants": {}}
-    align_curve = [json.loads(line) for line in (out / "align" / "metrics.jsonl").open()]
-    results["align_curve"] = align_curve
+    results["align_curve"] = [json.loads(line) for line in (out / "align" / "metrics.jsonl").open()]
     for name in VARIANTS:
         run = out / name.replace("+", "-")
-        curve = []
-        if name in starts:
-            curve.append((0, validation_loss(starts[name].float(), data)))
-        saved = checkpoints(run)
-        for step, folder in [saved[len(saved) // 2], saved[-1]]:  # the middle and the end
-            curve.append((step, validation_loss(load_dit(folder).float(), data)))
+        cache = run / "val_loss.json"  # (step, loss) pairs, kept: adherence may come later
+        if not cache.is_file():
+            curve = [(0, starts[name])] if name in starts else []
+            saved = checkpoints(run)
+            for step, folder in [saved[len(saved) // 2], saved[-1]]:  # the middle and the end
+                curve.append((step, validation_loss(load_dit(folder).float(), data)))
+            cache.write_text(json.dumps(curve) + "\n")
+        curve = json.loads(cache.read_text())
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-        row = {
-            "val_loss": curve,
-            "train_loss": [(m["step"], m["loss"]) for m in metrics],
-        }
+        row = {"val_loss": curve, "train_loss": [(m["step"], m["loss"]) for m in metrics]}
         if not args.skip_adherence:
             row["adherence"] = cached_adherence(run)
         results["variants"][name] = row
