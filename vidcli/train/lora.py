@@ -13,7 +13,8 @@ forward); files hold only the A/B pairs:
   `.lora_up.weight` (= B) and `.alpha`, ComfyUI's scale being alpha / rank.
 
 Module names are the model's (for fused-qkv models these are Flux's original names, which is
-what ComfyUI's Flux model uses).
+what ComfyUI's Flux model uses, and what diffusers' Flux pipeline converts from the ComfyUI file;
+the diffusers-layout file keeps these names rather than `FluxTransformer2DModel`'s).
 """
 
 from __future__ import annotations
