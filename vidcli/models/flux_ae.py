@@ -15,7 +15,7 @@ px cross-faded linearly. Open-Sora's Flux AE has no tiling; the output shape is 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +23,13 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from vidcli.errors import CheckpointError, ShapeError, UsageError
+from vidcli.errors import CheckpointError, ShapeError
 from vidcli.models.dcae.config import TilingConfig
 from vidcli.models.kl_autoencoder import (
     KLAutoencoder,
-    check_keys,
-    config_with,
-    folder_weights,
-    load_weights,
-    read_diffusers_config,
+    KLConfig,
+    KLFamily,
+    mismatch_parts,
     tiled_hw,
 )
 
@@ -40,20 +38,13 @@ SPATIAL_COMPRESSION = 8
 
 
 @dataclass(frozen=True)
-class FluxAEConfig:
-    """Architecture of a Flux AE, in diffusers' names (BFL: ch · ch_mult, num_res_blocks,
-    z_channels)."""
+class FluxAEConfig(KLConfig):
+    """Architecture of a Flux AE, in diffusers' names (BFL's: latent_channels = z_channels,
+    block_out_channels = ch · ch_mult, layers_per_block = num_res_blocks)."""
 
-    in_channels: int = 3
-    """Pixel channels."""
-    out_channels: int = 3
-    """Decoded channels."""
-    latent_channels: int = 16
-    """Latent channels C (BFL z_channels)."""
-    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    """Width of each encoder stage = BFL ch · ch_mult."""
-    layers_per_block: int = 2
-    """ResNet blocks per encoder stage (BFL num_res_blocks; the decoder has one more)."""
+    down_block_type = "DownEncoderBlock2D"
+    up_block_type = "UpDecoderBlock2D"
+
     scaling_factor: float = 0.3611
     """Latent = scaling_factor · (mean − shift_factor)."""
     shift_factor: float = 0.1159
@@ -61,16 +52,8 @@ class FluxAEConfig:
 
     def diffusers_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of diffusers' AutoencoderKL in the Flux layout."""
-        n = len(self.block_out_channels)
         return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "down_block_types": ("DownEncoderBlock2D",) * n,
-            "up_block_types": ("UpDecoderBlock2D",) * n,
-            "block_out_channels": self.block_out_channels,
-            "layers_per_block": self.layers_per_block,
-            "act_fn": "silu",
-            "latent_channels": self.latent_channels,
+            **super().diffusers_kwargs(),
             "norm_num_groups": 32,  # BFL's GroupNorm(32) is hard-coded
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
@@ -88,22 +71,6 @@ FLUX_AE_PRESETS: dict[str, FluxAEConfig] = {
     # one res block; 1,271,427 parameters), for tests.
     "flux-ae-tiny": FluxAEConfig(block_out_channels=(32, 64, 64, 64), layers_per_block=1),
 }
-
-# Diffusers-layout folders that are not Flux-style AutoencoderKLs: refused with these values.
-_FIXED = {"act_fn": "silu", "norm_num_groups": 32, "use_quant_conv": False}
-
-
-def config_from_diffusers(raw: dict[str, Any], source: str) -> FluxAEConfig:
-    """Our config from a diffusers AutoencoderKL config.json (Flux layout only)."""
-    for key, want in _FIXED.items():
-        if raw.get(key, want) != want:
-            raise UsageError(
-                f"{source}: {key} = {raw[key]!r}; vidcli's Flux AE needs {want!r} "
-                "(other AutoencoderKLs, e.g. Stable Diffusion's, are not supported)"
-            )
-    fields = set(asdict(FluxAEConfig()))
-    values = {k: v for k, v in raw.items() if k in fields and v is not None}
-    return config_with(FluxAEConfig(), values, "FluxAEConfig")
 
 
 def is_original_layout(state: dict[str, Tensor]) -> bool:
@@ -135,11 +102,7 @@ def state_dict_from_original(
         for k, v in sorted(converted.items())
         if k in expected and tuple(v.shape) != expected[k]
     ]
-    parts = []
-    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-        if items:
-            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-            parts.append(f"{len(items)} {label}: {items[:5]}{more}")
+    parts = mismatch_parts(missing, unexpected, wrong)
     if parts:
         raise CheckpointError(
             f"{source}: weights do not match the Flux AE config (preset / ae.overrides); "
@@ -156,12 +119,7 @@ class FluxAE(KLAutoencoder):
     spatial_compression = SPATIAL_COMPRESSION
     is_video = False
     family = "Flux AE"
-
-    def __init__(self, config: FluxAEConfig):
-        super().__init__(config)
-        from diffusers import AutoencoderKL
-
-        self.model = AutoencoderKL(**config.diffusers_kwargs())
+    diffusers_class = DIFFUSERS_CLASS
 
     def check_input_shape(self, frames: int, height: int, width: int) -> None:
         if frames < 1:
@@ -206,46 +164,38 @@ class FluxAE(KLAutoencoder):
 # Building and loading
 
 
+def _diffusers_layout(
+    state: dict[str, Tensor], config: FluxAEConfig, source: str
+) -> dict[str, Tensor]:
+    """Files in BFL's layout converted; diffusers-layout ones as they are."""
+    return state_dict_from_original(state, config, source) if is_original_layout(state) else state
+
+
+FLUX_AE = KLFamily(
+    model_class=FluxAE,
+    config_class=FluxAEConfig,
+    presets=FLUX_AE_PRESETS,
+    # Diffusers-layout folders that are not Flux-style AutoencoderKLs: refused with these values.
+    required={"act_fn": "silu", "norm_num_groups": 32, "use_quant_conv": False},
+    refusal="vidcli's Flux AE needs {want!r} "
+    "(other AutoencoderKLs, e.g. Stable Diffusion's, are not supported)",
+    to_diffusers_layout=_diffusers_layout,
+)
+
+
 def resolve_config(preset: str | FluxAEConfig, **overrides: Any) -> FluxAEConfig:
     """A preset name or config, with field overrides."""
-    if isinstance(preset, str):
-        if preset not in FLUX_AE_PRESETS:
-            raise UsageError(
-                f"unknown Flux AE preset {preset!r}; presets: {', '.join(FLUX_AE_PRESETS)}"
-            )
-        preset = FLUX_AE_PRESETS[preset]
-    return config_with(preset, overrides, "FluxAEConfig") if overrides else preset
+    return FLUX_AE.resolve(preset, **overrides)
 
 
 def build_flux_ae(
     preset: str | FluxAEConfig, device: torch.device | str | None = None, **overrides: Any
 ) -> FluxAE:
     """A randomly initialised Flux AE; `device='meta'` builds the full size for free."""
-    with torch.device(device or "cpu"):
-        return FluxAE(resolve_config(preset, **overrides))
+    return FLUX_AE.build(preset, device, **overrides)
 
 
 def load_flux_ae(path: str | Path, preset: str | None = None, **overrides: Any) -> FluxAE:
     """Load strictly, eval mode, fp32: `flux1-dev-ae.safetensors` (BFL layout) with a preset, or a
     diffusers AutoencoderKL folder whose weights are in diffusers' or BFL's layout."""
-    path = Path(path)
-    if path.is_file():
-        if preset is None:
-            raise UsageError(
-                f"{path}: a bare weights file needs a preset; presets: {', '.join(FLUX_AE_PRESETS)}"
-            )
-        config, weights = resolve_config(preset, **overrides), path
-    else:
-        raw = read_diffusers_config(path, (DIFFUSERS_CLASS,))
-        config = config_from_diffusers(raw, str(path / "config.json"))
-        if overrides:
-            config = config_with(config, overrides, "FluxAEConfig")
-        weights = folder_weights(path)
-    state = load_weights(weights)
-    if is_original_layout(state):
-        state = state_dict_from_original(state, config, str(weights))
-    model = build_flux_ae(config, device="meta")
-    expected = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
-    check_keys(expected, state, str(weights), "Flux AE config (preset / ae.overrides)")
-    model.model.load_state_dict(state, strict=True, assign=True)
-    return model.float().eval()
+    return FLUX_AE.load(path, preset, **overrides)

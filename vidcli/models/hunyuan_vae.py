@@ -22,25 +22,17 @@ length and blends with ramps that sum to one. Untiled outputs match the referenc
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from vidcli.errors import ShapeError, UsageError
+from vidcli.errors import ShapeError
 from vidcli.models.dcae.config import TilingConfig
 from vidcli.models.dcae.tiling import blend_weights, tile_spans
-from vidcli.models.kl_autoencoder import (
-    KLAutoencoder,
-    check_keys,
-    config_with,
-    folder_weights,
-    load_weights,
-    read_diffusers_config,
-    tiled_hw,
-)
+from vidcli.models.kl_autoencoder import KLAutoencoder, KLConfig, KLFamily, tiled_hw
 
 DIFFUSERS_CLASS = "AutoencoderKLHunyuanVideo"
 TIME_COMPRESSION = 4
@@ -48,19 +40,12 @@ SPATIAL_COMPRESSION = 8
 
 
 @dataclass(frozen=True)
-class HunyuanVAEConfig:
+class HunyuanVAEConfig(KLConfig):
     """Architecture of a HunyuanVideo VAE (diffusers' names; Open-Sora's AutoEncoder3DConfig)."""
 
-    in_channels: int = 3
-    """Pixel channels."""
-    out_channels: int = 3
-    """Decoded channels."""
-    latent_channels: int = 16
-    """Latent channels C."""
-    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
-    """Width of each encoder stage (the decoder mirrors them)."""
-    layers_per_block: int = 2
-    """ResNet blocks per encoder stage (decoder: one more)."""
+    down_block_type = "HunyuanVideoDownBlock3D"
+    up_block_type = "HunyuanVideoUpBlock3D"
+
     norm_num_groups: int = 32
     """GroupNorm groups."""
     mid_block_add_attention: bool = True
@@ -72,17 +57,9 @@ class HunyuanVAEConfig:
 
     def diffusers_kwargs(self) -> dict[str, Any]:
         """Constructor arguments of diffusers' AutoencoderKLHunyuanVideo."""
-        n = len(self.block_out_channels)
         return {
-            "in_channels": self.in_channels,
-            "out_channels": self.out_channels,
-            "latent_channels": self.latent_channels,
-            "down_block_types": ("HunyuanVideoDownBlock3D",) * n,
-            "up_block_types": ("HunyuanVideoUpBlock3D",) * n,
-            "block_out_channels": self.block_out_channels,
-            "layers_per_block": self.layers_per_block,
+            **super().diffusers_kwargs(),
             "norm_num_groups": self.norm_num_groups,
-            "act_fn": "silu",
             "scaling_factor": self.scaling_factor,
             "spatial_compression_ratio": SPATIAL_COMPRESSION,
             "temporal_compression_ratio": TIME_COMPRESSION,
@@ -101,20 +78,6 @@ HUNYUAN_PRESETS: dict[str, HunyuanVAEConfig] = {
 }
 
 
-def config_from_diffusers(raw: dict[str, Any], source: str) -> HunyuanVAEConfig:
-    """Our config from a diffusers AutoencoderKLHunyuanVideo config.json."""
-    for key, want in (
-        ("spatial_compression_ratio", SPATIAL_COMPRESSION),
-        ("temporal_compression_ratio", TIME_COMPRESSION),
-        ("act_fn", "silu"),
-    ):
-        if raw.get(key, want) != want:
-            raise UsageError(f"{source}: {key} = {raw[key]!r}; vidcli supports {want!r}")
-    fields = set(asdict(HunyuanVAEConfig()))
-    values = {k: v for k, v in raw.items() if k in fields and v is not None}
-    return config_with(HunyuanVAEConfig(), values, "HunyuanVAEConfig")
-
-
 class HunyuanVideoVAE(KLAutoencoder):
     """The HunyuanVideo causal VAE behind vidcli's autoencoder interface (wraps diffusers)."""
 
@@ -122,12 +85,7 @@ class HunyuanVideoVAE(KLAutoencoder):
     spatial_compression = SPATIAL_COMPRESSION
     is_video = True
     family = "HunyuanVideo VAE"
-
-    def __init__(self, config: HunyuanVAEConfig):
-        super().__init__(config)
-        from diffusers import AutoencoderKLHunyuanVideo
-
-        self.model = AutoencoderKLHunyuanVideo(**config.diffusers_kwargs())
+    diffusers_class = DIFFUSERS_CLASS
 
     def check_input_shape(self, frames: int, height: int, width: int) -> None:
         if frames < 1 or (frames - 1) % TIME_COMPRESSION:
@@ -226,23 +184,29 @@ def _causal_time_tiles(run, x: Tensor, latent_frames: int, tiling: TilingConfig,
 # Building and loading
 
 
+HUNYUAN_VAE = KLFamily(
+    model_class=HunyuanVideoVAE,
+    config_class=HunyuanVAEConfig,
+    presets=HUNYUAN_PRESETS,
+    required={
+        "spatial_compression_ratio": SPATIAL_COMPRESSION,
+        "temporal_compression_ratio": TIME_COMPRESSION,
+        "act_fn": "silu",
+    },
+    refusal="vidcli supports {want!r}",
+)
+
+
 def resolve_config(preset: str | HunyuanVAEConfig, **overrides: Any) -> HunyuanVAEConfig:
     """A preset name or config, with field overrides."""
-    if isinstance(preset, str):
-        if preset not in HUNYUAN_PRESETS:
-            raise UsageError(
-                f"unknown HunyuanVideo VAE preset {preset!r}; presets: {', '.join(HUNYUAN_PRESETS)}"
-            )
-        preset = HUNYUAN_PRESETS[preset]
-    return config_with(preset, overrides, "HunyuanVAEConfig") if overrides else preset
+    return HUNYUAN_VAE.resolve(preset, **overrides)
 
 
 def build_hunyuan_vae(
     preset: str | HunyuanVAEConfig, device: torch.device | str | None = None, **overrides: Any
 ) -> HunyuanVideoVAE:
     """A randomly initialised HunyuanVideo VAE; `device='meta'` builds the full size for free."""
-    with torch.device(device or "cpu"):
-        return HunyuanVideoVAE(resolve_config(preset, **overrides))
+    return HUNYUAN_VAE.build(preset, device, **overrides)
 
 
 def load_hunyuan_vae(
@@ -250,22 +214,4 @@ def load_hunyuan_vae(
 ) -> HunyuanVideoVAE:
     """Load strictly, eval mode, fp32: the released `hunyuan_vae.safetensors` with a preset, or
     a diffusers AutoencoderKLHunyuanVideo folder (its key names are the released file's)."""
-    path = Path(path)
-    if path.is_file():
-        if preset is None:
-            raise UsageError(
-                f"{path}: a bare weights file needs a preset; presets: {', '.join(HUNYUAN_PRESETS)}"
-            )
-        config, weights = resolve_config(preset, **overrides), path
-    else:
-        raw = read_diffusers_config(path, (DIFFUSERS_CLASS,))
-        config = config_from_diffusers(raw, str(path / "config.json"))
-        if overrides:
-            config = config_with(config, overrides, "HunyuanVAEConfig")
-        weights = folder_weights(path)
-    state = load_weights(weights)
-    model = build_hunyuan_vae(config, device="meta")
-    expected = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
-    check_keys(expected, state, str(weights), "HunyuanVideo VAE config (preset / ae.overrides)")
-    model.model.load_state_dict(state, strict=True, assign=True)
-    return model.float().eval()
+    return HUNYUAN_VAE.load(path, preset, **overrides)

@@ -20,7 +20,7 @@ import dataclasses
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from safetensors.torch import load_file
@@ -47,13 +47,19 @@ def check_keys(
         for k in sorted(set(expected) & set(state))
         if tuple(state[k].shape) != tuple(expected[k])
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
-            if items:
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{len(items)} {label}: {items[:5]}{more}")
+    parts = mismatch_parts(missing, unexpected, wrong)
+    if parts:
         raise CheckpointError(f"{source}: weights do not match the {what}; " + "; ".join(parts))
+
+
+def mismatch_parts(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """`N missing: [first five] (+M more)` and likewise per non-empty list, for key errors."""
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape", wrong)):
+        if items:
+            more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
+            parts.append(f"{len(items)} {label}: {items[:5]}{more}")
+    return parts
 
 
 def tiled_hw(
@@ -86,23 +92,67 @@ def tiled_hw(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class KLConfig:
+    """The fields every family's config starts with (diffusers' names); families add the rest.
+
+    A family config also has `scaling_factor` and `shift_factor`, names its diffusers block types
+    and extends `diffusers_kwargs()`.
+    """
+
+    down_block_type: ClassVar[str] = ""
+    """diffusers' encoder block class, one per stage."""
+    up_block_type: ClassVar[str] = ""
+    """diffusers' decoder block class, one per stage."""
+
+    in_channels: int = 3
+    """Pixel channels."""
+    out_channels: int = 3
+    """Decoded channels."""
+    latent_channels: int = 16
+    """Latent channels C."""
+    block_out_channels: tuple[int, ...] = (128, 256, 512, 512)
+    """Width of each encoder stage (the decoder mirrors them)."""
+    layers_per_block: int = 2
+    """ResNet blocks per encoder stage (the decoder has one more)."""
+
+    def diffusers_kwargs(self) -> dict[str, Any]:
+        """The constructor arguments every family's diffusers class takes alike."""
+        n = len(self.block_out_channels)
+        return {
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "latent_channels": self.latent_channels,
+            "down_block_types": (self.down_block_type,) * n,
+            "up_block_types": (self.up_block_type,) * n,
+            "block_out_channels": self.block_out_channels,
+            "layers_per_block": self.layers_per_block,
+            "act_fn": "silu",
+        }
+
+
 class KLAutoencoder(nn.Module):
     """Base of the diffusers-backed autoencoders: scale/shift, posterior, tiling policy.
 
-    Subclasses set `self.model` (the diffusers module) and implement `_moments` (pixels ->
-    (B, 2C, T', H', W') posterior moments, honouring `tiling`), `_decode_latent`, and the shape
-    rules `check_input_shape` / `latent_frames` / `decoded_frames`.
+    Subclasses name their diffusers module in `diffusers_class` (built from the config's
+    `diffusers_kwargs()` as `self.model`) and implement `_moments` (pixels -> (B, 2C, T', H', W')
+    posterior moments, honouring `tiling`), `_decode_latent`, and the shape rules
+    `check_input_shape` / `latent_frames` / `decoded_frames`.
     """
 
     time_compression: int = 1
     spatial_compression: int = 8
     is_video: bool = True
     family: str = ""
+    diffusers_class: str = ""
 
     def __init__(self, config):
         super().__init__()
+        import diffusers
+
         self.config = config
         self.tiling: TilingConfig | None = None
+        self.model = getattr(diffusers, self.diffusers_class)(**config.diffusers_kwargs())
 
     latent_channels = property(lambda self: self.config.latent_channels)
     scaling_factor = property(lambda self: self.config.scaling_factor)
@@ -257,3 +307,78 @@ def folder_weights(folder: Path) -> Path:
 def load_weights(path: Path) -> dict[str, Tensor]:
     """A .safetensors file as fp32 tensors (released files may be bf16)."""
     return {k: v.float() for k, v in load_file(str(path)).items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class KLFamily:
+    """One family's own data; its presets, builder and loader are the methods below."""
+
+    model_class: type[KLAutoencoder]
+    """The wrapper; `model_class(config)` builds it; it names the family and diffusers class."""
+    config_class: type
+    """The family's config dataclass (a KLConfig)."""
+    presets: dict[str, Any]
+    """Preset name -> config."""
+    required: dict[str, Any]
+    """Values a diffusers config.json must have (or omit) for vidcli to load it."""
+    refusal: str
+    """Message tail for a config.json value outside `required`; `{want!r}` is the value."""
+    to_diffusers_layout: Callable[[dict[str, Tensor], Any, str], dict[str, Tensor]] | None = None
+    """(state, config, source) -> the state in diffusers' key names; None: files use them."""
+
+    @property
+    def name(self) -> str:
+        """In messages, e.g. "Flux AE"."""
+        return self.model_class.family
+
+    def resolve(self, preset: str | Any, **overrides: Any) -> Any:
+        """A preset name or config, with field overrides."""
+        if isinstance(preset, str):
+            if preset not in self.presets:
+                raise UsageError(
+                    f"unknown {self.name} preset {preset!r}; presets: {', '.join(self.presets)}"
+                )
+            preset = self.presets[preset]
+        return config_with(preset, overrides, self.config_class.__name__) if overrides else preset
+
+    def build(
+        self, preset: str | Any, device: torch.device | str | None = None, **overrides: Any
+    ) -> KLAutoencoder:
+        """A randomly initialised model; `device='meta'` builds the full size for free."""
+        with torch.device(device or "cpu"):
+            return self.model_class(self.resolve(preset, **overrides))
+
+    def config_from_diffusers(self, raw: dict[str, Any], source: str) -> Any:
+        """Our config from a diffusers config.json of `model_class.diffusers_class`."""
+        for key, want in self.required.items():
+            if raw.get(key, want) != want:
+                raise UsageError(
+                    f"{source}: {key} = {raw[key]!r}; " + self.refusal.format(want=want)
+                )
+        fields = set(dataclasses.asdict(self.config_class()))
+        values = {k: v for k, v in raw.items() if k in fields and v is not None}
+        return config_with(self.config_class(), values, self.config_class.__name__)
+
+    def load(self, path: str | Path, preset: str | None = None, **overrides: Any) -> KLAutoencoder:
+        """Load strictly, eval mode, fp32: a bare .safetensors file with a preset, or a diffusers
+        folder (config.json + weights)."""
+        path = Path(path)
+        if path.is_file():
+            if preset is None:
+                names = ", ".join(self.presets)
+                raise UsageError(f"{path}: a bare weights file needs a preset; presets: {names}")
+            config, weights = self.resolve(preset, **overrides), path
+        else:
+            raw = read_diffusers_config(path, (self.model_class.diffusers_class,))
+            config = self.config_from_diffusers(raw, str(path / DIFFUSERS_CONFIG))
+            if overrides:
+                config = config_with(config, overrides, self.config_class.__name__)
+            weights = folder_weights(path)
+        state = load_weights(weights)
+        if self.to_diffusers_layout is not None:
+            state = self.to_diffusers_layout(state, config, str(weights))
+        model = self.build(config, device="meta")
+        expected = {k: tuple(v.shape) for k, v in model.model.state_dict().items()}
+        check_keys(expected, state, str(weights), f"{self.name} config (preset / ae.overrides)")
+        model.model.load_state_dict(state, strict=True, assign=True)
+        return model.float().eval()
