@@ -23,6 +23,7 @@ from typing import Any, Literal
 
 import tomli_w
 
+from vidcli.console import log
 from vidcli.errors import RecipeError
 from vidcli.fileio import atomic_write_text
 
@@ -499,6 +500,13 @@ def _parse_override(item: str) -> tuple[str, str, Any]:
     return section, key.strip(), value
 
 
+REMOVED_KEYS: dict[tuple[str, str], str] = {
+    ("train", "cond_dropout"): "removed in 0.2 (never read; [train] i2v_ratio sets the image "
+    "conditioning), delete it",
+}
+"""Keys older recipes (and the recipe.toml of older checkpoints) may hold: warned about, dropped."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Validation
 
@@ -514,6 +522,9 @@ def _build_recipe(
         kwargs = {}
         for key, value in given.items():
             where = origin.get((name, key), default_source)
+            if (name, key) in REMOVED_KEYS:
+                log.warning("%s: [%s] %s is ignored: %s", where, name, key, REMOVED_KEYS[name, key])
+                continue
             if key not in fields:
                 raise RecipeError(
                     f"{where}: [{name}] unknown key '{key}'{_suggest(key, fields)}; "

@@ -143,13 +143,17 @@ def test_unbucketed_training_refuses_data_of_several_shapes(tmp_path, two_sizes)
         step_rows(dataset, None, 2, 0, 1, 0)
 
 
-def test_cond_dropout_is_gone(tmp_path):
-    from vidcli.errors import UsageError
+def test_cond_dropout_is_gone_but_old_recipes_still_load(tmp_path, caplog, monkeypatch):
+    # an older checkpoint's recipe.toml still holds the key: warn and drop it, do not refuse
+    from vidcli.console import log
 
+    monkeypatch.setattr(log, "propagate", True)  # the CLI's handler setup turns it off
     path = tmp_path / "r.toml"
-    path.write_text("[train]\ncond_dropout = 0.1\n")
-    with pytest.raises(UsageError, match="cond_dropout"):
-        load_recipe(path)
+    path.write_text("[train]\ncond_dropout = 0.1\nlr = 0.5\n")
+    with caplog.at_level("WARNING", logger="vidcli"):
+        recipe = load_recipe(path)
+    assert recipe.train.lr == 0.5 and not hasattr(recipe.train, "cond_dropout")
+    assert "cond_dropout is ignored" in caplog.text
 
 
 def test_data_order_of_one_run_is_not_another_runs_next_epoch():
