@@ -62,3 +62,16 @@ def test_loop_seeds_each_micro_step_from_the_same_function():
     recipe = Recipe(train=TrainSection(seed=5), launcher=LauncherSection(grad_accum=3))
     assert loop._train_step(spec, recipe, engine, step=4, rank=2) == (1.0, [{}, {}, {}])
     assert seen == [seeds.step_seed(5, 2, index, seeds.GLOBAL_RNG) for index in (12, 13, 14)]
+
+
+def test_train_ae_frame_choice_has_its_own_stream():
+    from vidcli.train.ae import frame_choice_generator
+
+    for seed, index in ((0, 0), (3, 11), (-5, 2**20)):
+        choice, batch = frame_choice_generator(seed, index), step_generator(seed, 0, index)
+        assert choice.initial_seed() == seeds.step_seed(seed, 0, index, seeds.AE_FRAMES)
+        assert choice.initial_seed() != batch.initial_seed()
+        # It used rank 0's batch generator: these first draws were the same numbers.
+        assert not torch.equal(torch.rand(8, generator=choice), torch.rand(8, generator=batch))
+    streams = (seeds.GLOBAL_RNG, seeds.BATCH, seeds.DATA_ORDER, seeds.AE_FRAMES)
+    assert len(set(streams)) == len(streams) and max(streams) < 2**seeds.STREAM_BITS

@@ -20,6 +20,7 @@ from vidcli.metrics import psnr
 from vidcli.models.dcae import DCAE, write_autoencoder_files
 from vidcli.recipe import Recipe
 from vidcli.train import data as train_data
+from vidcli.train import seeds
 from vidcli.train.launcher import init_process_group, make_engine
 from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
 from vidcli.train.losses import (
@@ -140,10 +141,19 @@ def _batches(recipe: Recipe, rank: int, world: int):
 
     def batch_at(index: int) -> torch.Tensor:
         video = load(index)["video"]
-        gen = train_data.step_generator(train_cfg.seed, 0, index)  # same choice on every rank
+        gen = frame_choice_generator(train_cfg.seed, index)
         if data.image_ratio > 0 and torch.rand(1, generator=gen).item() < data.image_ratio:
             pick = int(torch.randint(video.shape[2], (1,), generator=gen))
             video = video[:, :, pick : pick + 1]
         return video
 
     return batch_at
+
+
+def frame_choice_generator(seed: int, index: int) -> torch.Generator:
+    """The generator of micro-step `index`'s image-or-video choice (and its frame).
+
+    One for all ranks, so every rank makes the same choice; its own stream (`seeds.AE_FRAMES`),
+    so it does not replay the draws of rank 0's batch generator (`step_generator(seed, 0, i)`).
+    """
+    return torch.Generator().manual_seed(seeds.step_seed(seed, 0, index, seeds.AE_FRAMES))

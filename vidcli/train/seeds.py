@@ -15,6 +15,10 @@ BATCH = 1
 """Stream of the `torch.Generator` a stage's batch draws from (noise, timesteps, dropout)."""
 DATA_ORDER = 2
 """Stream of the data order: epoch e's shuffle uses `step_seed(seed, 0, e, DATA_ORDER)`."""
+AE_FRAMES = 3
+"""Stream of train-ae's image-or-video choice: step i's uses `step_seed(seed, 0, i, AE_FRAMES)`.
+
+Rank 0 for every rank (all ranks make one choice), yet apart from rank 0's `BATCH` stream."""
 
 STREAM_BITS = 4
 RANK_BITS = 20
