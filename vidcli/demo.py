@@ -31,9 +31,13 @@ DEMO_RECIPE = DEMO_DIR / "recipe.toml"
 
 
 def _ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's EMA (else raw) weights under the model's plain keys: a LoRA run's EMA
+    file holds the adapter layout, merged here as `generate` merges it."""
+    from vidcli.train.lora import plain_state
+
     for name in ("ema.safetensors", "model.safetensors"):
         if (checkpoint / name).is_file():
-            return load_file(str(checkpoint / name))
+            return plain_state(checkpoint / name, load_file(str(checkpoint / name)))
     raise UsageError(f"{checkpoint}: no ema.safetensors or model.safetensors (not a checkpoint)")
 
 
