@@ -138,8 +138,12 @@ def sample_images(
             for s in seeds
         ]
     ).to(device)
+    # α from the latent size at the DiT's patch (spec §9), as for the video, unless fixed.
+    alpha = flow_shift
+    if alpha is None:
+        alpha = flow.inference_shift_alpha(h_lat, w_lat, t_lat, p)
     schedule = flow.inference_schedule(
-        steps, h_lat * w_lat // (p * p), t_lat, shift=shift, flow_shift=flow_shift
+        steps, h_lat * w_lat // (p * p), t_lat, shift=shift, flow_shift=alpha
     )
     latents = flow.sample_distilled(
         dit.forward_video, noise, schedule, tokens, pooled, guidance=guidance, callback=callback
