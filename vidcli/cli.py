@@ -644,6 +644,9 @@ def benchmark(
         str, typer.Option(help="auto, probe (small clip scaled by voxels) or full.")
     ] = "auto",
     quality_clips: Annotated[int, typer.Option(min=1, help="Clips scored by --quality.")] = 4,
+    grad_checkpointing: Annotated[
+        str, typer.Option(help="compare-ae DiT steps: auto (when memory is short), on or off.")
+    ] = "auto",
     attention: Annotated[
         bool, typer.Option("--attention", help="Time the attention backends.")
     ] = False,
@@ -734,6 +737,7 @@ def benchmark(
             dit_blocks=dit_blocks,
             ae_timing=ae_timing,
             quality_clips=quality_clips,
+            grad_checkpointing=grad_checkpointing,
         )
         return bench.run(options)
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vidcli.benchmark import row_memory
 from vidcli.benchmark.options import DTYPES, SEED, WARMUP, Settings
 from vidcli.benchmark.worker import RowProcess
 from vidcli.errors import ShapeError, UsageError
@@ -90,6 +91,8 @@ class AERow:
     samples_per_s: float
     text_tokens: int
     dit_params: int
+    grad_checkpointing: bool
+    """Whether the DiT train step checkpointed every block (recomputing its activations)."""
     ae_timing_probe: str | None
     """Probe clip TxHxW whose times were scaled by voxel count; None when measured at full size."""
     extrapolated: list[str]
@@ -166,6 +169,17 @@ def row_tokens(spec: AESpec, s: Settings) -> tuple[tuple[int, int, int, int], in
     return latent, t * (h // spec.patch) * (w // spec.patch)
 
 
+def checkpointing_note(rows: list[AERow]) -> str | None:
+    """The caveat when some rows' train steps checkpointed their blocks and others did not."""
+    if len({r.grad_checkpointing for r in rows}) < 2:
+        return None
+    on = ", ".join(f"{r.ae}:{r.patch}" for r in rows if r.grad_checkpointing)
+    return (
+        f"train steps differ: {on} checkpointed every block (recomputing activations), the other "
+        "rows did not; their train ratios compare unlike steps (--grad-checkpointing on|off)"
+    )
+
+
 def extrapolation_note(rows: list[AERow]) -> str | None:
     """The footnote for fields marked `*`, or None when every number was measured."""
     probes = sorted({r.ae_timing_probe for r in rows if r.ae_timing_probe})
@@ -185,6 +199,9 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
     for spec in specs:
         row_tokens(spec, s)  # every shape error before the first long measurement
     peak = measure_matmul_peak(s.device, DTYPES[s.dtype])
+    if s.device == "cuda":
+        torch.cuda.empty_cache()  # the matmul's memory is the rows' now
+    layout = plan_layout(specs, s)
     log.info("compare-ae: %s, timed interleaved", ", ".join(spec.label for spec in specs))
     with ExitStack() as stack:
         workers = [
@@ -194,9 +211,10 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
                     f"compare-ae row {spec.label}",
                     spec=dataclasses.asdict(spec),
                     settings=dataclasses.asdict(s),
+                    grad_checkpointing=ckpt,
                 )
             )
-            for spec in specs
+            for spec, ckpt in zip(specs, layout.grad_checkpointing, strict=True)
         ]
 
         def interleaved(method: str) -> list[Timing]:
@@ -229,6 +247,9 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         "dit": s.dit,
         "dit_blocks": list(s.dit_blocks) if s.dit_blocks else None,
         "matmul_peak_flops": peak,
+        "grad_checkpointing": s.grad_checkpointing,
+        "memory_gb": layout.memory_gb,
+        "estimated_train_peak_gb": list(layout.peaks_gb),
         "mfu_against": f"measured {s.dtype} matmul peak on this device",
         "ae_timing": (
             f"extrapolated: probe {', '.join(sorted(probe))}, scaled by voxels"
@@ -244,6 +265,31 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         ),
     }
     return rows, env
+
+
+def plan_layout(specs: list[AESpec], s: Settings) -> row_memory.RowLayout:
+    """Checkpointing per row and their placement, from the memory plan of each row's DiT step."""
+    depth = {}
+    if s.dit_blocks:
+        depth = dict(depth=s.dit_blocks[0], depth_single_blocks=s.dit_blocks[1])
+    needs = [
+        row_memory.row_memory(spec.label, s.dit, depth, row_tokens(spec, s)[0], s) for spec in specs
+    ]
+    layout = row_memory.plan_rows(
+        needs, row_memory.free_memory_gb(torch.device(s.device)), s.grad_checkpointing, s.device
+    )
+    for need, ckpt, est in zip(needs, layout.grad_checkpointing, layout.peaks_gb, strict=True):
+        log.info(
+            "compare-ae row %s: train step about %.2f GB (states %.2f, activations %.2f, "
+            "checkpointed %.2f): checkpointing %s",
+            need.label,
+            est,
+            need.states_gb,
+            need.activations_gb,
+            need.checkpointed_gb,
+            "on" if ckpt else "off",
+        )
+    return layout
 
 
 def _row(
@@ -279,6 +325,7 @@ def _row(
         samples_per_s=s.batch_size / train.median,
         text_tokens=s.text_tokens,
         dit_params=facts["dit_params"],
+        grad_checkpointing=facts["grad_checkpointing"],
         ae_timing_probe=probe["label"],
         extrapolated=list(EXTRAPOLATED_FIELDS) if probe["label"] else [],
         train_rounds=list(train.seconds),
@@ -298,9 +345,17 @@ class RowBench:
     Phases, each timed interleaved with the other rows: `train` (DiT step), then
     `finish_train`, `infer` (denoising step), then `start_autoencoder`, `encode`, `decode`.
     Each timing method runs one call and returns its seconds.
+
+    grad_checkpointing: checkpoint every DiT block in `train` (with settings 'auto', a step that
+    runs out of CUDA memory also turns it on and is run again).
     """
 
-    def __init__(self, spec: dict[str, Any], settings: dict[str, Any]):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        settings: dict[str, Any],
+        grad_checkpointing: bool = False,
+    ):
         from vidcli.models.mmdit import build_dit, make_image_ids
 
         blocks = settings["dit_blocks"]
@@ -334,17 +389,35 @@ class RowBench:
         self.optimizer: torch.optim.Optimizer | None = torch.optim.AdamW(
             model.parameters(), lr=1e-5
         )
+        self.checkpointing = grad_checkpointing
+        model.set_gradient_checkpointing(grad_checkpointing)
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
 
-    def train(self) -> float:
-        def step() -> None:
-            out = self.model(**self.inputs)
-            F.mse_loss(out.float(), self.target.float()).backward()
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+    def _step(self) -> None:
+        out = self.model(**self.inputs)
+        F.mse_loss(out.float(), self.target.float()).backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
 
-        return time_once(step, self.device)
+    def train(self) -> float:
+        try:
+            return time_once(self._step, self.device)
+        except torch.cuda.OutOfMemoryError:
+            if self.s.grad_checkpointing != "auto" or self.checkpointing:
+                raise
+        # Outside the except block, so the failed step's tensors are released first.
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        log.warning(
+            "compare-ae row %s: out of memory without checkpointing (the memory plan "
+            "underestimated it); checkpointing every block from now on",
+            self.spec.label,
+        )
+        self.checkpointing = True
+        self.model.set_gradient_checkpointing(True)
+        return time_once(self._step, self.device)
 
     def finish_train(self) -> dict[str, Any]:
         """Peak memory of the train steps, FLOPs and size; frees the optimizer for inference."""
@@ -361,6 +434,7 @@ class RowBench:
             "peak_mem_bytes": peak,
             "flops_per_step": flops,
             "dit_params": sum(p.numel() for p in self.model.parameters()),
+            "grad_checkpointing": self.checkpointing,
         }
 
     @torch.no_grad()
@@ -461,10 +535,20 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
         f"{env['device_name']} {env['dtype']}",
         caption=f"median of {env['repeat']} rounds, rows interleaved, after {WARMUP} warm-up; "
         f"MFU against the measured matmul peak {env['matmul_peak_flops'] / 1e12:.3g} TFLOP/s"
-        + (f"\n{note}" if (note := extrapolation_note(rows)) else ""),
+        + (f"\n{note}" if (note := extrapolation_note(rows)) else "")
+        + (f"\n{ckpt_note}" if (ckpt_note := checkpointing_note(rows)) else ""),
     )
     mark = "*" if note else ""
-    columns = ["AE:patch", "latent", "tokens", "train s", "samples/s", "step s", f"video s{mark}"]
+    columns = [
+        "AE:patch",
+        "latent",
+        "tokens",
+        "ckpt",
+        "train s",
+        "samples/s",
+        "step s",
+        f"video s{mark}",
+    ]
     columns += [f"enc s{mark}", f"dec s{mark}", "peak mem", "TFLOP/step", "MFU", "x train"]
     columns += ["x step", f"x video{mark}"]
     for name in columns:
@@ -474,6 +558,7 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
             f"{r.ae}:{r.patch}",
             "x".join(map(str, r.latent_shape)),
             str(r.tokens),
+            "on" if r.grad_checkpointing else "off",
             f"{r.train_step_s:.3g}",
             f"{r.samples_per_s:.3g}",
             f"{r.infer_step_s:.3g}",

@@ -15,6 +15,7 @@ from vidcli.errors import ShapeError, UsageError
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 AE_TIMINGS = ("auto", "probe", "full")
+GRAD_CHECKPOINTING = ("auto", "on", "off")
 SEED = 0
 WARMUP = 1
 ASPECT = 16 / 9
@@ -90,6 +91,9 @@ class BenchmarkOptions:
     """AE timing: 'full' size, a scaled 'probe' clip, or 'auto' (probe on CPU, full on CUDA)."""
     quality_clips: int = 4
     """Clips of the `quality` manifest to reconstruct per AE."""
+    grad_checkpointing: str = "auto"
+    """Per-block activation checkpointing of the compare-ae DiT steps: 'on', 'off', or 'auto'
+    (on for a row whose step would not fit the device's free memory without it)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +113,8 @@ class Settings:
     repeat: int
     ae_timing: str
     threads: int
+    grad_checkpointing: str = "auto"
+    """'auto', 'on' or 'off' (see BenchmarkOptions); each row records what it used."""
 
 
 def parse_blocks(text: str | None) -> tuple[int, int] | None:
@@ -138,6 +144,7 @@ def resolve_settings(options: BenchmarkOptions, align: int = 1) -> Settings:
     check_choice("--device", options.device, ("cpu", "cuda"))
     check_choice("--dtype", options.dtype, tuple(DTYPES))
     check_choice("--ae-timing", options.ae_timing, AE_TIMINGS)
+    check_choice("--grad-checkpointing", options.grad_checkpointing, GRAD_CHECKPOINTING)
     if options.device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda: no CUDA device is visible", hint="use --device cpu")
     for name in ("batch_size", "steps", "repeat", "quality_clips"):
@@ -170,6 +177,7 @@ def resolve_settings(options: BenchmarkOptions, align: int = 1) -> Settings:
         repeat=options.repeat,
         ae_timing=ae_timing,
         threads=torch.get_num_threads(),
+        grad_checkpointing=options.grad_checkpointing,
     )
 
 
