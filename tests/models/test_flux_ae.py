@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from kl_vectors import vector_fixtures
+from safetensors.torch import save_file
 from tolerances import assert_rel_l2
 
 from vidcli.errors import CheckpointError, ShapeError, UsageError
@@ -12,25 +13,10 @@ from vidcli.models.autoencoders import build_autoencoder, load_autoencoder
 from vidcli.models.dcae import TilingConfig
 from vidcli.models.flux_ae import FluxAE
 
-
-@pytest.fixture(scope="module")
-def vectors(reference_dir):
-    tensors = load_file(str(reference_dir / "vectors" / "flux_ae_a.safetensors"))
-    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    return {k: v.float() for k, v in tensors.items()}, weights
-
-
-@pytest.fixture(scope="module")
-def released_file(vectors, tmp_path_factory):
-    """The vector weights as a `flux1-dev-ae.safetensors` in BFL's key layout."""
-    path = tmp_path_factory.mktemp("fa") / "flux1-dev-ae.safetensors"
-    save_file(vectors[1], str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ae(released_file):
-    return load_autoencoder(released_file, preset="flux-ae-tiny")
+# The vector weights are in BFL's key layout, as in the released `flux1-dev-ae.safetensors`.
+vectors, released_file, ae = vector_fixtures(
+    "flux_ae_a", "flux1-dev-ae.safetensors", "flux-ae-tiny", "ae"
+)
 
 
 def check_vectors(ae, t):

@@ -4,7 +4,8 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from kl_vectors import vector_fixtures
+from safetensors.torch import save_file
 from tolerances import assert_rel_l2
 
 from vidcli.errors import CheckpointError, ShapeError, UsageError
@@ -12,26 +13,10 @@ from vidcli.models.autoencoders import build_autoencoder, load_autoencoder
 from vidcli.models.dcae import TilingConfig
 from vidcli.models.hunyuan_vae import HunyuanVideoVAE
 
-
-@pytest.fixture(scope="module")
-def vectors(reference_dir):
-    tensors = load_file(str(reference_dir / "vectors" / "hunyuan_vae_a.safetensors"))
-    meta = json.loads((reference_dir / "vectors" / "hunyuan_vae_a.json").read_text())
-    weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-    return {k: v.float() for k, v in tensors.items()}, weights, meta
-
-
-@pytest.fixture(scope="module")
-def released_file(vectors, tmp_path_factory):
-    """The vector weights as a released-style `hunyuan_vae.safetensors` (Open-Sora key names)."""
-    path = tmp_path_factory.mktemp("hv") / "hunyuan_vae.safetensors"
-    save_file(vectors[1], str(path))
-    return path
-
-
-@pytest.fixture(scope="module")
-def vae(released_file):
-    return load_autoencoder(released_file, preset="hunyuan-video-vae-tiny")
+# The vector weights have the released `hunyuan_vae.safetensors`'s (Open-Sora's) key names.
+vectors, released_file, vae = vector_fixtures(
+    "hunyuan_vae_a", "hunyuan_vae.safetensors", "hunyuan-video-vae-tiny", "vae"
+)
 
 
 def test_vector_config_is_the_tiny_preset(vectors, vae):
