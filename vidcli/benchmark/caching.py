@@ -25,6 +25,7 @@ import itertools
 import json
 import math
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -211,12 +212,6 @@ def run(options: CachingOptions) -> CachingResult:
 
         variants += sampler_variants(options.steps)
     prompts = list(options.prompts or DEFAULT_PROMPTS)
-    pipe = load_pipeline(recipe)
-    sample = recipe.sample
-    size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, False)
-    frames = pipe.ae.latent_shape(*size)[1]
-    seeds = [sample.seed + i for i in range(len(prompts))]
-
     cal_path = options.calibration
     if cal_path is None and recipe.dit.path:
         dit_dir = Path(recipe.dit.path)
@@ -224,10 +219,21 @@ def run(options: CachingOptions) -> CachingResult:
     if options.calibrate:
         if cal_path is None:
             raise UsageError("--calibrate needs --calibration FILE (the DiT has no folder)")
+        _check_writable(cal_path)  # now, not after minutes of calibration
+
+    pipe = load_pipeline(recipe)
+    sample = recipe.sample
+    size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, False)
+    frames = pipe.ae.latent_shape(*size)[1]
+    seeds = [sample.seed + i for i in range(len(prompts))]
+    if options.calibrate:
         calibration = calibrate(pipe, sample, size, options.steps)
         if cal_path.is_file():
             calibration = load_calibration(cal_path).merge(calibration)
-        save_calibration(calibration, cal_path)
+        try:
+            save_calibration(calibration, cal_path)
+        except OSError as err:
+            raise _unwritable(cal_path, err) from None
         log.info("caching: wrote calibration %s", cal_path)
     if options.methods == ["none"]:  # calibration only
         return CachingResult({"steps": options.steps}, [], str(cal_path))
@@ -298,6 +304,24 @@ def run(options: CachingOptions) -> CachingResult:
     if options.plot:
         result.files.append(write_plot(rows, env, options.plot))
     return result
+
+
+def _check_writable(path: Path) -> None:
+    """UsageError if no file can be written beside `path` (e.g. the default calibration file
+    beside a DiT in a read-only install): a real temp file, as root ignores permission bits."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as err:
+        raise _unwritable(path, err) from None
+
+
+def _unwritable(path: Path, err: OSError) -> UsageError:
+    return UsageError(
+        f"--calibrate: cannot write the calibration to {path} ({err.strerror or err}); "
+        "pass --calibration FILE to write it elsewhere"
+    )
 
 
 def calibrate(pipe, sample, size, steps: int) -> CacheCalibration:
