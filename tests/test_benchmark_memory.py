@@ -109,6 +109,17 @@ def test_row_memory_counts_the_row_dits_states_in_its_dtype_and_plans_activation
     assert needs[1].activations_gb > needs[0].activations_gb  # patch 1: 4x the tokens
 
 
+def test_move_optimizer_moves_moments_but_keeps_the_step_count_on_cpu():
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optimizer.step()
+    row_memory.move_optimizer(optimizer, torch.device("meta"))
+    for state in optimizer.state.values():
+        assert state["exp_avg"].device.type == state["exp_avg_sq"].device.type == "meta"
+        assert state["step"].device.type == "cpu" and state["step"].item() == 1
+
+
 def _tiny_row(mode: str, checkpointing: bool = False) -> RowBench:
     specs = [parse_ae_spec(TINY_AES[1])]
     options = BenchmarkOptions(
@@ -165,6 +176,7 @@ def test_checkpointing_is_recorded_per_row_and_the_table_says_when_rows_differ(m
     data = json.loads(result.stdout)
     assert [r["grad_checkpointing"] for r in data["rows"]] == [False, True]
     assert data["env"]["grad_checkpointing"] == "auto" and data["env"]["memory_gb"] == free
+    assert data["env"]["row_placement"].startswith("resident")
     assert "train steps differ: dc-ae-tiny:1 checkpointed every block" in result.stderr
 
 
@@ -173,3 +185,31 @@ def test_bad_grad_checkpointing_option_is_a_usage_error():
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert "--grad-checkpointing 'maybe': expected one of auto, on, off" in result.output
+
+
+def test_a_swapping_row_holds_the_device_only_during_its_own_calls(monkeypatch):
+    """With swap, each train/infer call moves the DiT (and AdamW state) in, then back to CPU
+    memory with the cache emptied, also when the call fails; a fake device name records it."""
+    row = _tiny_row("on", checkpointing=True)
+    row.swap = True
+    events = []
+    to = row.model.to
+    monkeypatch.setattr(row.model, "to", lambda d: events.append(("to", str(d))) or to(d))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: events.append(("empty_cache",)))
+    monkeypatch.setattr(
+        row_memory, "move_optimizer", lambda opt, d: events.append(("optimizer", str(d)))
+    )
+    row.device = torch.device("cpu", 0)  # stands for cuda:0 in the record
+    row.train()
+    in_and_out = [("to", "cpu:0"), ("optimizer", "cpu:0"), ("to", "cpu"), ("optimizer", "cpu")]
+    assert events == [*in_and_out, ("empty_cache",)]
+    events.clear()
+    row.finish_train()  # frees the optimizer: inference moves the DiT only
+    row.infer()
+    assert events == [("to", "cpu:0"), ("to", "cpu"), ("empty_cache",)]
+    events.clear()
+    _fail_once(row)
+    row.optimizer = torch.optim.AdamW(row.model.parameters())
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # checkpointing already on: no retry
+        row.train()
+    assert events[-3:] == [("to", "cpu"), ("optimizer", "cpu"), ("empty_cache",)]

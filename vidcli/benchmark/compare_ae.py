@@ -5,6 +5,9 @@ memory, FLOPs and speedups against the first row, as a table, JSON rows or CSV.
 Each row lives in a worker process of its own (`worker.RowProcess`: its peak memory is its own),
 and the rows are timed interleaved, A B A B ..., one call at a time: a speedup is the median over
 rounds of baseline time / row time, so a neighbouring job slows both sides of each ratio alike.
+Each row's DiT step checkpoints its blocks only when the memory plan says it must (`row_memory`;
+the table says when rows differ), and on CUDA rows that do not fit the device together take turns
+on it: the idle rows' DiT and AdamW state wait in CPU memory, moved outside the timed calls.
 On CPU the AE times come from a small probe clip scaled by voxel count (DC-AE is convolutions
 plus linear attention: cost linear in T*H*W); every output marks those numbers as extrapolated.
 """
@@ -18,7 +21,8 @@ import logging
 import math
 import resource
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -212,6 +216,7 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
                     spec=dataclasses.asdict(spec),
                     settings=dataclasses.asdict(s),
                     grad_checkpointing=ckpt,
+                    swap=layout.swap,
                 )
             )
             for spec, ckpt in zip(specs, layout.grad_checkpointing, strict=True)
@@ -248,6 +253,12 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         "dit_blocks": list(s.dit_blocks) if s.dit_blocks else None,
         "matmul_peak_flops": peak,
         "grad_checkpointing": s.grad_checkpointing,
+        "row_placement": (
+            "swap: only the timed row's DiT and AdamW state are on the device, the others wait "
+            "in CPU memory (moved outside the timed call)"
+            if layout.swap
+            else "resident: every row's models stay in memory"
+        ),
         "memory_gb": layout.memory_gb,
         "estimated_train_peak_gb": list(layout.peaks_gb),
         "mfu_against": f"measured {s.dtype} matmul peak on this device",
@@ -289,6 +300,8 @@ def plan_layout(specs: list[AESpec], s: Settings) -> row_memory.RowLayout:
             need.checkpointed_gb,
             "on" if ckpt else "off",
         )
+    if layout.swap:
+        log.info("compare-ae: the rows do not fit the device together; they take turns on it")
     return layout
 
 
@@ -347,7 +360,9 @@ class RowBench:
     Each timing method runs one call and returns its seconds.
 
     grad_checkpointing: checkpoint every DiT block in `train` (with settings 'auto', a step that
-    runs out of CUDA memory also turns it on and is run again).
+    runs out of CUDA memory also turns it on and is run again). swap (CUDA): the DiT and its
+    AdamW state live in CPU memory except during this row's own train/infer calls, so the rows
+    timed in turn never hold the device together.
     """
 
     def __init__(
@@ -355,6 +370,7 @@ class RowBench:
         spec: dict[str, Any],
         settings: dict[str, Any],
         grad_checkpointing: bool = False,
+        swap: bool = False,
     ):
         from vidcli.models.mmdit import build_dit, make_image_ids
 
@@ -391,8 +407,31 @@ class RowBench:
         )
         self.checkpointing = grad_checkpointing
         model.set_gradient_checkpointing(grad_checkpointing)
+        self.swap = swap and device.type == "cuda"
+        if self.swap:
+            self._park()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
+
+    def _park(self) -> None:
+        """DiT and AdamW state to CPU memory, and this process's cached device memory freed."""
+        self.model.to("cpu")
+        if self.optimizer is not None:
+            row_memory.move_optimizer(self.optimizer, torch.device("cpu"))
+        torch.cuda.empty_cache()
+
+    @contextmanager
+    def _on_device(self) -> Iterator[None]:
+        """With swap: the model (and optimizer) on the device for one call, outside its timing."""
+        if self.swap:
+            self.model.to(self.device)
+            if self.optimizer is not None:
+                row_memory.move_optimizer(self.optimizer, self.device)
+        try:
+            yield
+        finally:
+            if self.swap:
+                self._park()
 
     def _step(self) -> None:
         out = self.model(**self.inputs)
@@ -401,23 +440,24 @@ class RowBench:
         self.optimizer.zero_grad(set_to_none=True)
 
     def train(self) -> float:
-        try:
+        with self._on_device():
+            try:
+                return time_once(self._step, self.device)
+            except torch.cuda.OutOfMemoryError:
+                if self.s.grad_checkpointing != "auto" or self.checkpointing:
+                    raise
+            # Outside the except block, so the failed step's tensors are released first.
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            log.warning(
+                "compare-ae row %s: out of memory without checkpointing (the memory plan "
+                "underestimated it); checkpointing every block from now on",
+                self.spec.label,
+            )
+            self.checkpointing = True
+            self.model.set_gradient_checkpointing(True)
             return time_once(self._step, self.device)
-        except torch.cuda.OutOfMemoryError:
-            if self.s.grad_checkpointing != "auto" or self.checkpointing:
-                raise
-        # Outside the except block, so the failed step's tensors are released first.
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-        log.warning(
-            "compare-ae row %s: out of memory without checkpointing (the memory plan "
-            "underestimated it); checkpointing every block from now on",
-            self.spec.label,
-        )
-        self.checkpointing = True
-        self.model.set_gradient_checkpointing(True)
-        return time_once(self._step, self.device)
 
     def finish_train(self) -> dict[str, Any]:
         """Peak memory of the train steps, FLOPs and size; frees the optimizer for inference."""
@@ -439,7 +479,8 @@ class RowBench:
 
     @torch.no_grad()
     def infer(self) -> float:
-        return time_once(lambda: self.model(**self.cfg_inputs), self.device)
+        with self._on_device():
+            return time_once(lambda: self.model(**self.cfg_inputs), self.device)
 
     def start_autoencoder(self) -> dict[str, Any]:
         """Drop the DiT, build the AE and its input; {label, encode_scale, decode_scale} of the

@@ -144,3 +144,11 @@ def free_memory_gb(device: torch.device) -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def move_optimizer(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Move AdamW's moments to `device`; its step counts stay where torch keeps them (CPU)."""
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if key != "step" and isinstance(value, torch.Tensor):
+                state[key] = value.to(device)
