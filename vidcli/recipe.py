@@ -123,6 +123,9 @@ class DataSection:
     """
     workers: int = _bounded(0, ge=0)
     """DataLoader worker processes decoding the next steps ahead (0 = load in the main process)."""
+    latent_cache_mb: int = _bounded(512, ge=0)
+    """MiB of decoded `latents` row groups kept per process (main and each worker), least
+    recently used dropped first; 0 keeps only the group read last."""
     cache_dir: str = ".vidcli-cache"
     """Where generated synthetic sets are cached."""
 

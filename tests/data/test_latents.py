@@ -3,10 +3,12 @@
 import zlib
 from typing import NamedTuple
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
 
+from vidcli.data import latents as latents_module
 from vidcli.data.datasets import LatentDataset, VideoDataset
 from vidcli.data.latents import encode_latents, shard_path
 from vidcli.data.prepare import PrepareOptions, prepare
@@ -72,6 +74,22 @@ def test_stored_latents_decode_like_fresh_ones(manifest, tmp_path):
         assert torch.equal(item["text_tokens"], expected.tokens[0])
         assert torch.equal(item["text_mask"], expected.mask[0])
         assert torch.equal(item["text_pooled"], expected.pooled[0])
+
+
+def test_shards_are_written_in_row_groups_that_read_back_alike(manifest, tmp_path, monkeypatch):
+    ae, text = StridedConvAE(), HashTextEncoder()
+    settings = dict(num_frames=2, height=16, width=16, shard_size=4, progress=False)
+    encode_latents(manifest, tmp_path / "one", ae, text, **settings)
+    row = pq.read_table(shard_path(tmp_path / "one", 0)).slice(0, 1).nbytes
+    monkeypatch.setattr(latents_module, "ROW_GROUP_BYTES", 2 * row)  # two rows a group
+    encode_latents(manifest, tmp_path / "two", ae, text, **settings)
+    groups = [pq.read_metadata(shard_path(tmp_path / d, 0)).num_row_groups for d in ("one", "two")]
+    assert groups == [1, 2]
+    one, two = LatentDataset(tmp_path / "one"), LatentDataset(tmp_path / "two")
+    assert len(one) == len(two) == 6
+    for a, b in zip(one, two, strict=True):
+        assert a["index"] == b["index"] and torch.equal(a["latent"], b["latent"])
+        assert torch.equal(a["text_tokens"], b["text_tokens"])
 
 
 def test_ranks_resume_and_stale_shards(manifest, tmp_path):

@@ -1,7 +1,7 @@
 """Training datasets: clips decoded from a manifest, or latents read from pre-extracted shards.
 
-Both are safe in DataLoader workers: `__init__` reads only small tables into plain lists; files
-are opened per item, so nothing shared crosses a fork.
+Both are safe in DataLoader workers: `__init__` reads only small tables (and the shards' footers)
+into plain objects; files are opened per read, so no open file crosses a fork.
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+from collections import OrderedDict
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torch.utils.data import Dataset
@@ -114,25 +116,45 @@ class VideoDataset(Dataset):
         return list(itertools.islice(same, self.max_replacements + 1))
 
 
+DEFAULT_LATENT_CACHE_BYTES = 512 << 20
+"""Decoded row groups a `LatentDataset` keeps, per process (each DataLoader worker has its own)."""
+
+
 class LatentDataset(Dataset):
     """Pre-extracted latents from `latents-*.parquet` shards (see `vidcli.data.latents`).
 
     Items: `latent (C, T, H, W)`, `text_tokens (L, D)`, `text_mask (L,)`, `text_pooled (Dp,)`,
     `caption`, `index` (the manifest row).
+
+    Training reads rows in a shuffled order across shards, so an item decodes only its shard's
+    row group (`prepare-data --encode` writes groups of about `latents.ROW_GROUP_BYTES`), and
+    decoded groups stay in a least-recently-used cache of at most `cache_bytes` Arrow bytes
+    (the newest group is kept even when it alone is larger). Once every group has been read,
+    a dataset that fits in the cache decodes nothing more; one that does not decodes at most
+    one group per item.
     """
 
-    def __init__(self, latents_dir: str | Path):
+    def __init__(self, latents_dir: str | Path, cache_bytes: int = DEFAULT_LATENT_CACHE_BYTES):
+        if cache_bytes < 0:
+            raise UsageError(f"LatentDataset: cache_bytes must be >= 0, got {cache_bytes}")
         self.shards = sorted(Path(latents_dir).glob("latents-*.parquet"))
         if not self.shards:
             raise UsageError(
                 f"no latents-*.parquet shards in {latents_dir}; run prepare-data --encode"
             )
         self.rows: list[tuple[int, int]] = []
+        """(shard, row within the shard) of each item."""
+        self._in_group: list[tuple[int, int]] = []  # (row group, row within it) of each item
         self.buckets: list[str | None] = []
+        self._metadata: list[pq.FileMetaData] = []
         made_by: dict[bytes | None, Path] = {}
         for s, shard in enumerate(self.shards):
             table = pq.read_table(shard, columns=["bucket"])
-            self.rows.extend((s, r) for r in range(table.num_rows))
+            metadata = pq.read_metadata(shard)
+            self._metadata.append(metadata)
+            self.rows.extend((s, r) for r in range(metadata.num_rows))
+            for g in range(metadata.num_row_groups):
+                self._in_group.extend((g, r) for r in range(metadata.row_group(g).num_rows))
             self.buckets.extend(table.column("bucket").to_pylist())
             made_by.setdefault((table.schema.metadata or {}).get(PROVENANCE_KEY), shard)
         if len(made_by) > 1:
@@ -144,20 +166,35 @@ class LatentDataset(Dataset):
         recorded = next(iter(made_by))
         self.provenance: dict | None = json.loads(recorded) if recorded else None
         """What made the shards (see `vidcli.data.provenance`); None for older shards."""
-        self._cached: tuple[int, list[dict]] | None = None
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[int, int], pa.Table] = OrderedDict()
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _shard(self, s: int) -> list[dict]:
-        # Items are usually read shard by shard, so one decoded shard per worker is enough.
-        if self._cached is None or self._cached[0] != s:
-            self._cached = (s, pq.read_table(self.shards[s]).to_pylist())
-        return self._cached[1]
+    def __getstate__(self) -> dict:
+        # Worker processes started by pickling get an empty cache, not the parent's groups.
+        return {**vars(self), "_cache": OrderedDict(), "_cached_bytes": 0}
+
+    def _group(self, s: int, g: int) -> pa.Table:
+        """Row group `g` of shard `s`, decoded (cached, least recently used evicted first)."""
+        key = (s, g)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        # The footer was read once in __init__; a file is still opened per read (fork-safe).
+        group = pq.ParquetFile(self.shards[s], metadata=self._metadata[s]).read_row_group(g)
+        self._cache[key] = group
+        self._cached_bytes += group.nbytes
+        while self._cached_bytes > self.cache_bytes and len(self._cache) > 1:
+            _, evicted = self._cache.popitem(last=False)
+            self._cached_bytes -= evicted.nbytes
+        return group
 
     def __getitem__(self, index: int) -> dict:
-        s, r = self.rows[index]
-        row = self._shard(s)[r]
+        (s, _), (g, r) = self.rows[index], self._in_group[index]
+        row = self._group(s, g).slice(r, 1).to_pylist()[0]  # converts this row only
         return {
             "latent": decode_tensor(row, "latent"),
             "text_tokens": decode_tensor(row, "text_tokens"),

@@ -8,7 +8,8 @@ ones: an interrupted run loses at most the shards in flight. Each shard also rec
 fingerprint covers all of it, so another AE or text encoder re-encodes every shard.
 
 Columns: index (manifest row), path, caption, bucket, then latent (C, T, H, W), text_tokens
-(L, D), text_mask (L,), text_pooled (Dp,), each as bytes + shape + dtype (see `parquet.py`).
+(L, D), text_mask (L,), text_pooled (Dp,), each as bytes + shape + dtype (see `parquet.py`),
+in row groups of about `ROW_GROUP_BYTES` (the unit a shuffled reader decodes).
 The latents are what `autoencoder.encode` returns (its scaling convention, unchanged).
 """
 
@@ -50,6 +51,9 @@ SHARD_SCHEMA = pa.schema(
     ]
 )
 FINGERPRINT_KEY = b"vidcli.fingerprint"
+ROW_GROUP_BYTES = 16 << 20
+"""Target size of a shard's row groups: training reads rows in a shuffled order and decodes
+each row's whole group (`LatentDataset`), so groups are kept far smaller than a shard."""
 
 
 class Encodes(Protocol):
@@ -144,10 +148,20 @@ def encode_latents(
                 shard_table = shard_table.replace_schema_metadata(
                     {FINGERPRINT_KEY: fingerprint, PROVENANCE_KEY: settings.encode()}
                 )
-                write_parquet_atomic(shard_table, path)
+                write_parquet_atomic(shard_table, path, rows_per_group(shard_table))
                 written, rows, failed = written + 1, rows + len(records), failed + lost
             bar.advance(task)
     return LatentsResult(out_dir, written, skipped, rows, failed, time.perf_counter() - started)
+
+
+def rows_per_group(table: pa.Table, target_bytes: int | None = None) -> int:
+    """Rows per row group so that a group holds about `target_bytes` of `table` (at least 1 row).
+
+    `target_bytes`: None = `ROW_GROUP_BYTES`.
+    """
+    target_bytes = ROW_GROUP_BYTES if target_bytes is None else target_bytes
+    per_row = table.nbytes / max(table.num_rows, 1)
+    return max(1, int(target_bytes // max(per_row, 1)))
 
 
 def _fingerprint(settings: str, keys: list[str]) -> bytes:

@@ -14,10 +14,15 @@ if TYPE_CHECKING:
     import torch
 
 
-def write_parquet_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write `table` to `path`; readers see the old file or the new one, never a partial one."""
+def write_parquet_atomic(
+    table: pa.Table, path: str | Path, row_group_size: int | None = None
+) -> Path:
+    """Write `table` to `path`; readers see the old file or the new one, never a partial one.
+
+    `row_group_size`: rows per row group (the unit a reader decodes); None = pyarrow's default.
+    """
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=row_group_size)
     return Path(path)
 
 

@@ -82,4 +82,4 @@ def video_dataset(data: DataSection, num_frames: int | None = None) -> VideoData
 
 def latent_dataset(data: DataSection) -> LatentDataset:
     """Pre-extracted latent shards of `[data] latents`."""
-    return LatentDataset(data.latents)
+    return LatentDataset(data.latents, cache_bytes=data.latent_cache_mb << 20)
