@@ -139,12 +139,18 @@ def step_train(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
 
 def step_compare_ae(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     command = [python, "-m", "vidcli", "benchmark", "--compare-ae", *cfg["compare_ae"], "--json"]
-    result = run_json(command, timeout=300)
+    # Full-size AE timings of three rows, and rows taking turns on the device (row_placement).
+    result = run_json(command, timeout=480)
     hcae = result["rows"][-1]  # compare-ae's last row is the high-compression AE (first: baseline)
     return {
         "dit_forward_speedup": hcae.get("speedup_infer"),
         "train_speedup_compare_ae": hcae.get("speedup_train"),
         "train_mfu": hcae.get("mfu"),
+        # The train ratio compares like with like only when these agree (anchors: all on).
+        "grad_checkpointing": {
+            f"{r['ae']}:{r['patch']}": r.get("grad_checkpointing") for r in result["rows"]
+        },
+        "row_placement": result["env"].get("row_placement"),
         "raw": result,
     }
 
@@ -206,6 +212,9 @@ def markdown(report: dict[str, Any]) -> str:
         ref = ANCHORS.get(key, "—")
         lines.append(f"| {key} | {ours} | {ref} | {TARGETS.get(key, '')} |")
     lines.append("")
+    if ckpt := measured.get("grad_checkpointing"):
+        rows = ", ".join(f"{row} {'on' if on else 'off'}" for row, on in ckpt.items())
+        lines.append(f"- compare_ae gradient checkpointing per row: {rows}")
     for name, result in report["steps"].items():
         state = "ok" if result["ok"] else f"FAILED: {result['error'][:300]}"
         lines.append(f"- {name}: {state} ({result['seconds']:.0f} s)")
