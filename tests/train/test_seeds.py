@@ -60,7 +60,7 @@ def test_loop_seeds_each_micro_step_from_the_same_function():
     )
     spec = loop.StageSpec("toy", torch.nn.Linear(1, 1), lambda index: None, loss, print)
     recipe = Recipe(train=TrainSection(seed=5), launcher=LauncherSection(grad_accum=3))
-    assert loop._train_step(spec, recipe, engine, step=4, rank=2) == (1.0, [{}, {}, {}])
+    assert loop._train_step(spec, recipe, engine, step=4, rank=2) == (1.0, [{}, {}, {}], 0)
     assert seen == [seeds.step_seed(5, 2, index, seeds.GLOBAL_RNG) for index in (12, 13, 14)]
 
 

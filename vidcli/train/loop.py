@@ -115,20 +115,22 @@ def train(
         # Lines past the checkpoint (or every line, on a fresh start) will be logged again.
         truncate_metrics(metrics_file, state.step)
 
-    meter = _Meter(spec, engine, world, recipe)
+    meter = _Meter(spec, engine, world)
     start_step = state.step
     with progress_bar() as bar:
         task = bar.add_task(f"train-{spec.name}", total=train_cfg.max_steps, status="")
         bar.update(task, completed=state.step)
         while state.step < train_cfg.max_steps:
-            step_loss, extras = _train_step(spec, recipe, engine, state.step, rank)
+            step_loss, extras, local_samples = _train_step(spec, recipe, engine, state.step, rank)
+            samples = _sum_over_ranks(local_samples, engine.device)
+            meter.count(samples)
             _count_step(spec, train_cfg, state, step_loss)
             if step_loss is not None:
                 meter.add(step_loss, extras)
                 if ema is not None:
                     ema.update(spec.model)
             state.step += 1
-            state.samples_seen += meter.samples_per_step
+            state.samples_seen += samples
             at_end = state.step == train_cfg.max_steps
             if state.step % train_cfg.log_every == 0 or at_end:
                 record = meter.flush(state)
@@ -168,8 +170,9 @@ def _resume(
 
 def _train_step(
     spec: StageSpec, recipe: Recipe, engine: Any, step: int, rank: int
-) -> tuple[float | None, list[dict[str, float]]]:
-    """One optimizer step over `grad_accum` micro-batches: (mean loss or None if skipped, extras).
+) -> tuple[float | None, list[dict[str, float]], int]:
+    """One optimizer step over `grad_accum` micro-batches: (mean loss or None if skipped, extras,
+    samples this rank read; with `[data] buckets` a step's batch size is its bucket's).
 
     A non-finite loss on any rank skips the whole step, yet every micro-batch still goes through
     `engine.backward` and `engine.step`: DeepSpeed's accumulation boundaries, reductions, LR
@@ -180,6 +183,7 @@ def _train_step(
     losses: list[float] = []
     extras: list[dict[str, float]] = []
     finite = True
+    samples = 0
     for micro in range(grad_accum):
         index = step * grad_accum + micro
         # Randomness of this micro-step (noise, dropout, t) depends on (seed, rank, step) alone,
@@ -187,7 +191,9 @@ def _train_step(
         torch.manual_seed(seeds.step_seed(recipe.train.seed, rank, index, seeds.GLOBAL_RNG))
         # Batches are built on the CPU (reproducible noise, data loading); the engine's device
         # (DeepSpeed's accelerator) is where the model is.
-        batch = devices.move_to(spec.batch_at(index), engine.device)
+        batch = spec.batch_at(index)
+        samples += batch_samples(batch)
+        batch = devices.move_to(batch, engine.device)
         with autocast_context(recipe.launcher.precision, engine.device):
             loss, extra = spec.loss(engine, batch, step)
         finite = _finite_everywhere(loss) and finite
@@ -198,8 +204,28 @@ def _train_step(
         losses.append(loss.detach().float().item())
         extras.append(extra)
     if not finite:
-        return None, []
-    return sum(losses) / len(losses), extras
+        return None, [], samples
+    return sum(losses) / len(losses), extras, samples
+
+
+def batch_samples(batch: Any) -> int:
+    """Samples in a batch: the leading size of the batch tensor, or of the first tensor in a
+    dict / list / tuple batch (every tensor of a batch leads with B); 0 if it holds none."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() else 1
+    values = batch.values() if isinstance(batch, dict) else batch
+    values = values if isinstance(batch, dict | list | tuple) else ()
+    tensors = (v for v in values if isinstance(v, torch.Tensor) and v.dim())
+    return next((int(v.shape[0]) for v in tensors), 0)
+
+
+def _sum_over_ranks(value: int, device: torch.device) -> int:
+    """`value` summed over all ranks (ranks of one step may read different bucket sizes)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    total = torch.tensor([value], dtype=torch.int64, device=device)  # NCCL: a CUDA tensor
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 @contextlib.contextmanager
@@ -243,14 +269,20 @@ def _count_step(
 class _Meter:
     """Losses and metrics since the last log line, and the run's throughput."""
 
-    def __init__(self, spec: StageSpec, engine: Any, world: int, recipe: Recipe):
+    def __init__(self, spec: StageSpec, engine: Any, world: int):
         self.spec, self.engine, self.world = spec, engine, world
-        self.samples_per_step = recipe.train.batch_size * recipe.launcher.grad_accum * world
+        # Samples all ranks read, counted per step: with buckets the batch size varies by step.
+        self.window_samples = self.run_samples = 0
         self.losses: list[float] = []
         self.extras: list[dict[str, float]] = []
         self.last_loss = float("nan")
         self.last_logged: dict[str, float] = {}
         self.run_start = self.window_start = time.perf_counter()
+
+    def count(self, samples: int) -> None:
+        """Add one step's samples (all ranks, skipped steps too: they were computed)."""
+        self.window_samples += samples
+        self.run_samples += samples
 
     def add(self, loss: float, extras: list[dict[str, float]]) -> None:
         self.last_loss = loss
@@ -267,10 +299,10 @@ class _Meter:
             self.extras,
             self.losses,
             elapsed,
-            self.samples_per_step,
+            self.window_samples,
             self.world,
         )
-        self.losses, self.extras = [], []
+        self.losses, self.extras, self.window_samples = [], [], 0
         self.window_start = time.perf_counter()
         return self.last_logged
 
@@ -283,7 +315,7 @@ class _Meter:
         resumed_from: Path | None,
     ) -> TrainResult:
         wall = time.perf_counter() - self.run_start
-        samples = (state.step - start_step) * self.samples_per_step
+        samples = self.run_samples
         return TrainResult(
             stage=self.spec.name,
             steps=state.step,
@@ -349,17 +381,16 @@ def _log_record(
     window: list[dict[str, float]],
     window_losses: list[float],
     elapsed: float,
-    samples_per_step: int,
+    window_samples: int,
     world: int,
 ) -> dict[str, float]:
-    steps = len(window_losses) or 1
     local = [{"loss": v} for v in window_losses] + window
     means = _mean_over_ranks(local, world)
     record: dict[str, float] = {
         "step": state.step,
         "loss": means.pop("loss", float("nan")),
         "lr": float(engine.get_lr()[0]),
-        "samples_per_s": steps * samples_per_step / elapsed if elapsed > 0 else 0.0,
+        "samples_per_s": window_samples / elapsed if elapsed > 0 else 0.0,
         "samples_seen": state.samples_seen,
     }
     if spec.tokens_per_sample:
