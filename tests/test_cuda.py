@@ -3,13 +3,13 @@ against measured peaks. Marked `cuda` and skipped without a GPU (`benchmarks/gpu
 them with `pytest -m cuda`)."""
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import subprocess_env, tiny_dit_values
 
 pytestmark = [
     pytest.mark.cuda,
@@ -52,21 +52,12 @@ print(json.dumps({"loss": result.final_loss, "devices": sorted(seen),
 
 def test_train_dit_step_on_cuda(tmp_path):
     overrides = {
-        "ae.path": "",
-        "ae.preset": "dc-ae-tiny",
-        "dit.preset": "mmdit-tiny",
-        "data.source": "synthetic:shapes:4",
-        "data.cache_dir": str(tmp_path / "cache"),
-        "data.num_frames": 8,
-        "train.output": str(tmp_path / "run"),
-        "train.batch_size": 2,
+        **tiny_dit_values(tmp_path),
         "train.max_steps": 2,
         "train.i2v_ratio": 0.5,
         "launcher.precision": "bf16",
-        "text.max_length": 8,
     }
     args = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     done = subprocess.run(
         [
             sys.executable,
@@ -77,7 +68,7 @@ def test_train_dit_step_on_cuda(tmp_path):
         ],
         capture_output=True,
         text=True,
-        env=env,
+        env=subprocess_env(),
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr[-3000:]

@@ -7,7 +7,6 @@ forgotten batch move and a freshly created tensor without `device=`.
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from fake_device import FAKE_DEVICE, fake_device
+from tiny_runs import subprocess_env, tiny_ae_values, tiny_dit_values
 
 from vidcli import devices
 from vidcli.errors import UsageError
@@ -89,34 +89,31 @@ print(json.dumps({"steps": result.steps, "loss": result.final_loss}))
 """
 
 
+def run_stage(
+    tmp_path: Path, stage: str, overrides: dict[str, object], sabotage: str = "none"
+) -> subprocess.CompletedProcess:
+    """`SCRIPT`: the `stage` ("dit" / "ae") worker of demo-<stage>.toml on the fake device."""
+    args = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
+    recipe = str(REPO / "recipes" / f"demo-{stage}.toml")
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(args), sabotage, recipe, stage],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(OMP_NUM_THREADS="1"),
+        cwd=tmp_path,
+    )
+
+
 def run_train_dit(tmp_path: Path, sabotage: str) -> subprocess.CompletedProcess:
     """Two train-dit steps of a tiny DiT (bf16 autocast, i2v conditioning) on the fake device."""
     overrides = {
-        "ae.path": "",
-        "ae.preset": "dc-ae-tiny",
-        "dit.preset": "mmdit-tiny",
-        "data.source": "synthetic:shapes:4",
-        "data.cache_dir": str(tmp_path / "cache"),
-        "data.num_frames": 8,
-        "train.output": str(tmp_path / "run"),
-        "train.batch_size": 2,
+        **tiny_dit_values(tmp_path),
         "train.max_steps": 2,
         "train.ckpt_every": 2,
         "train.i2v_ratio": 0.5,  # image-conditioned samples: the cond tensors are checked too
         "launcher.precision": "bf16",
-        "text.max_length": 8,
     }
-    args = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    recipe = str(REPO / "recipes" / "demo-dit.toml")
-    return subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(args), sabotage, recipe, "dit"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    return run_stage(tmp_path, "dit", overrides, sabotage)
 
 
 def test_train_dit_feeds_the_dit_on_the_engine_device(tmp_path):
@@ -217,30 +214,17 @@ def test_attention_backend_policy(cuda, dtype, capability, flash, forced, expect
 def test_train_ae_with_gan_feeds_its_engines_on_their_device(tmp_path):
     """train-ae's AE and discriminator engines get their inputs on the engine's device."""
     overrides = {
-        "ae.preset": "dc-ae-tiny",
-        "data.source": "synthetic:shapes:4",
-        "data.cache_dir": str(tmp_path / "cache"),
+        **tiny_ae_values(tmp_path),
         "data.num_frames": 4,
         "data.height": 32,
         "data.width": 32,
-        "train.output": str(tmp_path / "run"),
         "train.batch_size": 2,
         "train.max_steps": 2,
         "train.ckpt_every": 2,
         "train.gan_start": 1,
         "launcher.precision": "bf16",
     }
-    args = [f"{k}={json.dumps(v)}" for k, v in overrides.items()]
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
-    recipe = str(REPO / "recipes" / "demo-ae.toml")
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(TESTS), json.dumps(args), "none", recipe, "ae"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    done = run_stage(tmp_path, "ae", overrides)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1])["steps"] == 2
 

