@@ -160,9 +160,7 @@ def _resume(
         extra.load_checkpoint(str(resumed_from), tag=name)
     state = ckpt.read_state(resumed_from)
     if ema is not None:
-        from safetensors.torch import load_file
-
-        ema.load_state_dict(load_file(str(resumed_from / "ema.safetensors")))
+        ema.load_file(resumed_from / "ema.safetensors")
     if rank == 0:
         log.info("resumed from %s at step %d", resumed_from, state.step)
     return state, resumed_from
