@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from mmdit_vectors import load_mmdit_vectors, reference_model
 from tolerances import assert_close_trig, assert_max_rel
 
 from vidcli import flow
 from vidcli.errors import UsageError
-from vidcli.models.mmdit import MMDiT, MMDiTConfig, pack_latents
+from vidcli.models.mmdit import pack_latents
 from vidcli.models.mmdit.layers import timestep_embedding
 
 
@@ -26,17 +25,7 @@ def timestep_arguments(t: torch.Tensor, dim: int = 256, base: float = 10_000.0) 
 
 @pytest.fixture(scope="module")
 def vectors(reference_dir):
-    folder = reference_dir / "vectors"
-    meta = json.loads((folder / "mmdit_a.json").read_text())
-    return meta, load_file(str(folder / "mmdit_a.safetensors"))
-
-
-def reference_model(vectors, name: str) -> MMDiT:
-    meta, tensors = vectors
-    model = MMDiT(MMDiTConfig.from_dict(meta["models"][name]["config"])).eval()
-    prefix = f"{name}."
-    model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return model
+    return load_mmdit_vectors(reference_dir)
 
 
 # ---------------------------------------------------------------- shift and schedule

@@ -2,33 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from mmdit_vectors import load_mmdit_vectors, reference_model
 
 from vidcli import flow
 from vidcli.errors import UsageError
-from vidcli.models.mmdit import MMDiT, MMDiTConfig, pack_latents
+from vidcli.models.mmdit import pack_latents
 
 TRAJECTORY_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
 def vectors(reference_dir):
-    folder = reference_dir / "vectors"
-    meta = json.loads((folder / "mmdit_a.json").read_text())
-    return meta, load_file(str(folder / "mmdit_a.safetensors"))
-
-
-def _reference_model(vectors, name: str) -> MMDiT:
-    meta, tensors = vectors
-    model = MMDiT(MMDiTConfig.from_dict(meta["models"][name]["config"])).eval()
-    prefix = f"{name}."
-    model.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-    return model
+    return load_mmdit_vectors(reference_dir)
 
 
 class RowCounter:
@@ -52,7 +41,7 @@ def test_t2v_cfg_runs_2n_rows_and_keeps_the_reference_trajectory(vectors):
     z, t5, clip = (tensors[f"{case}.in.{n}"] for n in ("z", "t5", "clip"))
     N, _, T, H, W = z.shape
     schedule = flow.inference_schedule(opt["num_steps"], H * W // 2**2, T)
-    model = RowCounter(_reference_model(vectors, "os2").forward_video)
+    model = RowCounter(reference_model(vectors, "os2").forward_video)
     steps = []
     with torch.no_grad():
         out = flow.sample_i2v(

@@ -6,11 +6,11 @@ could: one element off, or a wrong constant. The comparison must then fail.
 
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
 import torch
+from mmdit_vectors import load_mmdit_vectors
 from safetensors.torch import load_file
 from test_flow import run_trajectory, timestep_arguments
 from tolerances import (
@@ -26,9 +26,7 @@ from vidcli.models.mmdit.layers import timestep_embedding
 
 @pytest.fixture(scope="module")
 def mmdit_vectors(reference_dir):
-    folder = reference_dir / "vectors"
-    meta = json.loads((folder / "mmdit_a.json").read_text())
-    return meta, load_file(str(folder / "mmdit_a.safetensors"))
+    return load_mmdit_vectors(reference_dir)
 
 
 def embedding_with_base(t: torch.Tensor, base: float, dim: int = 256) -> torch.Tensor:

@@ -7,7 +7,8 @@ import re
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from mmdit_vectors import load_mmdit_vectors, reference_model
+from safetensors.torch import save_file
 from tolerances import assert_max_rel
 
 from vidcli.errors import CheckpointError, ShapeError, UsageError
@@ -28,20 +29,7 @@ from vidcli.models.mmdit.rope import interleaved_to_half_split_index, rope_angle
 
 @pytest.fixture(scope="module")
 def vectors(reference_dir):
-    folder = reference_dir / "vectors"
-    meta = json.loads((folder / "mmdit_a.json").read_text())
-    return meta, load_file(str(folder / "mmdit_a.safetensors"))
-
-
-def reference_model(vectors, name: str, **overrides) -> MMDiT:
-    meta, tensors = vectors
-    config = MMDiTConfig.from_dict({**meta["models"][name]["config"], **overrides})
-    model = MMDiT(config).eval()
-    prefix = f"{name}."
-    model.load_state_dict(
-        {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True
-    )
-    return model
+    return load_mmdit_vectors(reference_dir)
 
 
 def case_inputs(tensors, case: str) -> dict[str, torch.Tensor]:
