@@ -18,9 +18,9 @@ import time
 
 import torch
 import torch.nn.functional as F
-from vidcli_kernels import sparse_attention as sa
 
 from vidcli.timing import median_ratio, time_interleaved, time_once
+from vidcli_kernels import sparse_attention as sa
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

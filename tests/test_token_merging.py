@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from vidcli_kernels.attention import attention, attention_reference, use_attention_plan
 from vidcli_kernels.token_merging import merge_frames, merged_attention, unmerge_frames
 from vidcli_kernels.video_attention import VideoAttentionConfig, VideoAttentionPlan

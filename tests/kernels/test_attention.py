@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from vidcli_kernels.attention import attention, attention_backend, attention_reference
 
 

@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 import torch
+
 from vidcli_kernels import sparse_attention as sa
 from vidcli_kernels.attention import attention, attention_reference, use_attention_plan
 from vidcli_kernels.video_attention import VideoAttentionConfig, VideoAttentionPlan

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from vidcli_kernels.attention import attention_backend
 
 from vidcli.benchmark.options import SEED, WARMUP, Settings
 from vidcli.timing import Timing, time_interleaved, time_once
+from vidcli_kernels.attention import attention_backend
 
 
 def attention_sizes(device: torch.device) -> tuple[int, int, tuple[int, ...], torch.dtype]:

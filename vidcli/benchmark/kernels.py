@@ -18,7 +18,7 @@ from vidcli.benchmark.options import SEED, WARMUP, Settings
 from vidcli.timing import median_ratio, time_interleaved, time_once
 
 REFERENCE_COMPUTE = torch.float32
-"""What `attention_reference` computes in, whatever its inputs (kernels/attention.py)."""
+"""What `attention_reference` computes in, whatever its inputs (vidcli_kernels.attention)."""
 
 
 def kernels_bench(s: Settings) -> list[dict[str, Any]]:

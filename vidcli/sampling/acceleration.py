@@ -8,13 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from vidcli_kernels.attention import use_attention_plan
-from vidcli_kernels.sparse_attention import SparsePattern
-from vidcli_kernels.video_attention import VideoAttentionConfig, VideoAttentionPlan
-
 from vidcli.errors import UsageError
 from vidcli.flow import LeapConfig, SamplingHooks, StepInfo
 from vidcli.recipe import SampleSection
+from vidcli_kernels.attention import use_attention_plan
+from vidcli_kernels.sparse_attention import SparsePattern
+from vidcli_kernels.video_attention import VideoAttentionConfig, VideoAttentionPlan
 
 
 class HookChain(SamplingHooks):

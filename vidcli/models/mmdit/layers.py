@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING
 import torch
 from einops import rearrange
 from torch import nn
-from vidcli_kernels.attention import attention
 
 from vidcli.models.mmdit.rope import apply_rope
+from vidcli_kernels.attention import attention
 
 if TYPE_CHECKING:
     from vidcli.sampling.cache.hooks import BlockHook

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+
 from vidcli_kernels.attention import dense_attention
 from vidcli_kernels.sparse_attention import (
     PathChoice,

@@ -26,6 +26,7 @@ from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
+
 from vidcli_kernels.attention import dense_attention
 
 PatternKind = Literal["window", "sta", "frame_tile"]
