@@ -12,10 +12,7 @@ Every stage receives only its own section(s), never the whole recipe.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import itertools
-import sys
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +23,9 @@ import tomli_w
 from vidcli.console import log
 from vidcli.errors import RecipeError
 from vidcli.fileio import atomic_write_text
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from vidcli.recipe_checks import check_range, check_value, suggest
+from vidcli.recipe_sources import merge_file, merge_table, parse_override
+from vidcli.recipe_sources import tomllib as tomllib  # re-exported: stdlib, or tomli on 3.10
 
 
 def _bounded(default: Any, *, ge: float | None = None, le: float | None = None) -> Any:
@@ -391,9 +386,9 @@ def load_recipe(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     values: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], str] = {}
     if path is not None:
-        _merge_file(Path(path), values, origin, chain=())
+        merge_file(Path(path), values, origin, SECTIONS, chain=())
     for item in overrides:
-        section, key, value = _parse_override(item)
+        section, key, value = parse_override(item, SECTIONS)
         values.setdefault(section, {})[key] = value
         origin[(section, key)] = f"--set {item}"
     return _build_recipe(values, origin, default_source=str(path) if path else "recipe")
@@ -403,7 +398,7 @@ def recipe_from_dict(data: dict[str, Any], source: str = "recipe") -> Recipe:
     """Validate an already-parsed TOML table into a Recipe (no includes)."""
     values: dict[str, dict[str, Any]] = {}
     origin: dict[tuple[str, str], str] = {}
-    _merge_table(data, values, origin, source)
+    merge_table(data, values, origin, SECTIONS, source)
     return _build_recipe(values, origin, default_source=source)
 
 
@@ -434,75 +429,6 @@ def field_docs(section_class: type) -> dict[str, str]:
     return docs
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading and merging
-
-
-def _merge_file(
-    path: Path,
-    values: dict[str, dict[str, Any]],
-    origin: dict[tuple[str, str], str],
-    chain: tuple[Path, ...],
-) -> None:
-    resolved = path.resolve()
-    if resolved in chain:
-        cycle = " -> ".join(str(p) for p in (*chain, resolved))
-        raise RecipeError(f"{path}: include cycle: {cycle}")
-    if not path.is_file():
-        where = f" (included from {chain[-1]})" if chain else ""
-        raise RecipeError(f"{path}: recipe file not found{where}")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as err:
-        raise RecipeError(f"{path}: not valid TOML: {err}") from None
-    includes = data.pop("include", [])
-    if isinstance(includes, str):
-        includes = [includes]
-    if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
-        raise RecipeError(f"{path}: 'include' must be a file name or a list of file names")
-    for inc in includes:
-        _merge_file(path.parent / inc, values, origin, chain=(*chain, resolved))
-    _merge_table(data, values, origin, str(path))
-
-
-def _merge_table(
-    data: dict[str, Any],
-    values: dict[str, dict[str, Any]],
-    origin: dict[tuple[str, str], str],
-    source: str,
-) -> None:
-    for section, table in data.items():
-        if section not in SECTIONS:
-            raise RecipeError(
-                f"{source}: unknown section [{section}]{_suggest(section, SECTIONS)}; "
-                f"allowed: {', '.join(SECTIONS)}"
-            )
-        if not isinstance(table, dict):
-            raise RecipeError(f"{source}: '{section}' must be a table ([{section}])")
-        for key, value in table.items():
-            values.setdefault(section, {})[key] = value
-            origin[(section, key)] = source
-
-
-def _parse_override(item: str) -> tuple[str, str, Any]:
-    """`section.key=value`, the value read as a TOML literal (bare words become strings)."""
-    target, sep, raw = item.partition("=")
-    section, dot, key = target.strip().partition(".")
-    if not sep or not dot or not key:
-        raise RecipeError(f"--set {item}: expected section.key=value, e.g. --set train.lr=1e-4")
-    if section not in SECTIONS:
-        raise RecipeError(
-            f"--set {item}: unknown section '{section}'{_suggest(section, SECTIONS)}; "
-            f"allowed: {', '.join(SECTIONS)}"
-        )
-    raw = raw.strip()
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw  # a bare word such as `cosine` or `runs/x`: validated as a string below
-    return section, key.strip(), value
-
-
 REMOVED_KEYS: dict[tuple[str, str], str] = {
     ("train", "cond_dropout"): "removed in 0.2 (never read; [train] i2v_ratio sets the image "
     "conditioning), delete it",
@@ -530,73 +456,13 @@ def _build_recipe(
                 continue
             if key not in fields:
                 raise RecipeError(
-                    f"{where}: [{name}] unknown key '{key}'{_suggest(key, fields)}; "
+                    f"{where}: [{name}] unknown key '{key}'{suggest(key, fields)}; "
                     f"allowed: {', '.join(fields)}"
                 )
-            kwargs[key] = _check_value(value, hints[key], f"{where}: [{name}] {key}")
-            _check_range(kwargs[key], fields[key], f"{where}: [{name}] {key}")
+            kwargs[key] = check_value(value, hints[key], f"{where}: [{name}] {key}")
+            check_range(kwargs[key], fields[key], f"{where}: [{name}] {key}")
         sections[name] = cls(**kwargs)
     return Recipe(**sections)
-
-
-def _check_value(value: Any, hint: Any, where: str) -> Any:
-    """Return `value` converted to `hint` (int -> float only), or raise naming the expected type."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _check_value(value, inner[0], where)
-    if origin is Literal:
-        if value not in args:
-            allowed = ", ".join(repr(a) for a in args)
-            raise RecipeError(f"{where} = {value!r}: expected one of {allowed}")
-        return value
-    if origin is list:
-        if not isinstance(value, list):
-            raise RecipeError(f"{where} = {value!r}: expected a list of {_type_name(args[0])}")
-        return [_check_value(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise RecipeError(f"{where} = {value!r}: expected a table")
-        return value
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"{where} = {value!r}: expected a bool (true or false)")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{where} = {value!r}: expected an integer")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{where} = {value!r}: expected a number (float)")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"{where} = {value!r}: expected a string")
-        return value
-    raise AssertionError(f"recipe type {hint} not handled")
-
-
-def _check_range(value: Any, f: dataclasses.Field, where: str) -> None:
-    ge, le = f.metadata.get("ge"), f.metadata.get("le")
-    if value is None or (ge is None and le is None):
-        return
-    if (ge is not None and value < ge) or (le is not None and value > le):
-        lo = "-inf" if ge is None else f"{ge:g}"
-        hi = "inf" if le is None else f"{le:g}"
-        raise RecipeError(f"{where} = {value!r}: out of range, allowed [{lo}, {hi}]")
-
-
-def _type_name(hint: Any) -> str:
-    return getattr(hint, "__name__", str(hint))
-
-
-def _suggest(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _drop_none(tree: dict[str, Any]) -> dict[str, Any]:
