@@ -33,7 +33,7 @@ DEMO_RECIPE = DEMO_DIR / "recipe.toml"
 def _ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
     """The checkpoint's EMA (else raw) weights under the model's plain keys: a LoRA run's EMA
     file holds the adapter layout, merged here as `generate` merges it."""
-    from vidcli.train.lora import plain_state
+    from vidcli.models.adapters import plain_state
 
     for name in ("ema.safetensors", "model.safetensors"):
         if (checkpoint / name).is_file():

@@ -236,7 +236,7 @@ def load_ema_weights(dit: torch.nn.Module, checkpoint: Path) -> bool:
     if not ema_file.is_file():
         return False
     device = next(dit.parameters()).device
-    from vidcli.train.lora import plain_state  # a LoRA run's EMA: adapters merged
+    from vidcli.models.adapters import plain_state  # a LoRA run's EMA: adapters merged
 
     state = plain_state(ema_file, load_file(str(ema_file), device=str(device)))
     dit.load_state_dict(state, strict=True)
@@ -379,7 +379,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         pipe.ae.tiling = TilingConfig(**plan.tiling)
     offload = options.offload or pipe.offload != "none"
     if options.loras:
-        from vidcli.train.lora import apply_lora_options
+        from vidcli.models.adapters import apply_lora_options
 
         for path, scale in apply_lora_options(pipe.dit, options.loras):
             log.info("merged LoRA %s (scale %g) into the DiT", path, scale)
@@ -446,7 +446,7 @@ def _memory_plan(recipe: Recipe, options: GenerateOptions):
     if where.type != "cuda":
         return None
     from vidcli.errors import StageFailed
-    from vidcli.memory_plan import device_memory_gb, plan_generate
+    from vidcli.plans import device_memory_gb, plan_generate
 
     dtype = devices.resolve_dtype(options.dtype, where)
     plan = plan_generate(

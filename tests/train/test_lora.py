@@ -8,6 +8,7 @@ import torch
 from safetensors import safe_open
 
 from vidcli.errors import CheckpointError, UsageError
+from vidcli.models import adapters as A
 from vidcli.models.mmdit import build_dit
 from vidcli.recipe import LoRASection
 from vidcli.train import lora as L
@@ -88,13 +89,13 @@ def test_merged_forward_equals_unmerged(fused_qkv):
         weights = L.adapter_weights(model)
         plain = tiny_dit(fused_qkv=fused_qkv)
         original = copy.deepcopy(plain.state_dict())
-        L.merge_lora(plain, weights)
+        A.merge_lora(plain, weights)
         torch.testing.assert_close(plain(**x), unmerged, rtol=1e-5, atol=1e-5)
         # The checkpoint path merges from the state dict: same weights as merge_lora.
-        merged = L.merged_state(model.state_dict(), alpha=6.0)
+        merged = A.merged_state(model.state_dict(), alpha=6.0)
         for key, value in plain.state_dict().items():
             torch.testing.assert_close(merged[key], value, rtol=1e-6, atol=1e-7)
-        L.unmerge_lora(plain, weights)
+        A.unmerge_lora(plain, weights)
         for key, value in plain.state_dict().items():
             torch.testing.assert_close(value, original[key], rtol=0, atol=1e-6)
 
@@ -105,19 +106,19 @@ def test_scale_half_is_half_the_update():
     weights = L.adapter_weights(model)
     base = tiny_dit()
     w0 = base.double_blocks[0].img_attn.q_proj.weight.detach().clone()
-    L.merge_lora(base, weights, scale=0.5)
+    A.merge_lora(base, weights, scale=0.5)
     name = "double_blocks.0.img_attn.q_proj"
     expected = w0 + 0.5 * (weights.up[name] @ weights.down[name])  # alpha = rank: scale 1
     torch.testing.assert_close(base.double_blocks[0].img_attn.q_proj.weight, expected)
 
 
-@pytest.mark.parametrize("layout", L.LAYOUTS)
+@pytest.mark.parametrize("layout", A.LAYOUTS)
 def test_exported_files_load_back_identically(tmp_path, layout):
     model = L.add_lora(tiny_dit(), LoRASection(rank=4, alpha=2.0))
     randomise_adapters(model)
     weights = L.adapter_weights(model)
-    path = L.save_lora(weights, tmp_path / f"{layout}.safetensors", layout)
-    loaded = L.load_lora(path, tiny_dit())
+    path = A.save_lora(weights, tmp_path / f"{layout}.safetensors", layout)
+    loaded = A.load_lora(path, tiny_dit())
     assert loaded.modules == weights.modules
     for m in weights.modules:
         assert torch.equal(loaded.down[m], weights.down[m])
@@ -125,7 +126,7 @@ def test_exported_files_load_back_identically(tmp_path, layout):
         assert loaded.scale(m) == weights.scale(m) == 0.5
     x = inputs(model)
     merged = tiny_dit()
-    L.merge_lora(merged, loaded)
+    A.merge_lora(merged, loaded)
     with torch.no_grad():
         torch.testing.assert_close(merged(**x), model(**x), rtol=1e-5, atol=1e-5)
 
@@ -135,8 +136,8 @@ def test_file_layouts_follow_diffusers_and_comfyui(tmp_path):
 
     model = L.add_lora(tiny_dit(fused_qkv=True), LoRASection(rank=4, alpha=2.0))
     weights = L.adapter_weights(model)
-    diffusers_file = L.save_lora(weights, tmp_path / "d.safetensors", "diffusers")
-    comfy_file = L.save_lora(weights, tmp_path / "c.safetensors", "comfyui")
+    diffusers_file = A.save_lora(weights, tmp_path / "d.safetensors", "diffusers")
+    comfy_file = A.save_lora(weights, tmp_path / "c.safetensors", "comfyui")
     with safe_open(str(diffusers_file), "pt") as f:
         keys = set(f.keys())
     assert "transformer.double_blocks.0.img_attn.qkv.lora_A.weight" in keys
@@ -157,12 +158,12 @@ def test_file_layouts_follow_diffusers_and_comfyui(tmp_path):
 
 def test_a_lora_for_another_model_is_refused(tmp_path):
     model = L.add_lora(tiny_dit(), LoRASection(rank=2))
-    path = L.save_lora(L.adapter_weights(model), tmp_path / "l.safetensors")
+    path = A.save_lora(L.adapter_weights(model), tmp_path / "l.safetensors")
     other = build_dit(
         "mmdit-tiny", in_channels=16, context_in_dim=24, vec_in_dim=24, fused_qkv=True
     )
     with pytest.raises(CheckpointError, match="no such Linear in the model"):
-        L.load_lora(path, other)
+        A.load_lora(path, other)
 
 
 @pytest.mark.parametrize(
@@ -170,7 +171,7 @@ def test_a_lora_for_another_model_is_refused(tmp_path):
     [("a.safetensors", ("a.safetensors", 1.0)), ("a.safetensors:0.5", ("a.safetensors", 0.5))],
 )
 def test_lora_option_parses_path_and_scale(value, expected):
-    path, scale = L.parse_lora_option(value)
+    path, scale = A.parse_lora_option(value)
     assert (str(path), scale) == expected
 
 
@@ -185,7 +186,7 @@ def test_generate_merges_lora_files_with_their_scale(tmp_path):
     save_dit(dit, tmp_path / "dit")
     adapted = L.add_lora(dit, LoRASection(rank=2))
     randomise_adapters(adapted, seed=9)
-    lora_file = L.save_lora(L.adapter_weights(adapted), tmp_path / "l.safetensors", "comfyui")
+    lora_file = A.save_lora(L.adapter_weights(adapted), tmp_path / "l.safetensors", "comfyui")
     recipe = tmp_path / "tiny.toml"
     recipe.write_text(
         f'[ae]\npreset = "dc-ae-tiny"\npath = "{tmp_path / "ae"}"\ntiling = false\n'
@@ -213,17 +214,19 @@ def test_generate_merges_lora_files_with_their_scale(tmp_path):
 
 
 def test_the_training_memory_plan_counts_only_adapters_as_trainable():
-    from vidcli import memory_plan as mp
+    from vidcli.plans import sizes
+    from vidcli.plans import train as tp
     from vidcli.recipe import load_recipe
 
     recipe = load_recipe(None, ["dit.preset='mmdit-s'", "lora.rank=8"])
     latent = (128, 4, 8, 8)
-    full = mp.plan_train(load_recipe(None, ["dit.preset='mmdit-s'"]), latent, gpu_memory_gb=80)
-    plan = mp.plan_train(recipe, latent, gpu_memory_gb=80)
-    adapters = L.trainable_parameter_count(mp.meta_dit(recipe.dit, 128, recipe.text), recipe.lora)
+    full = tp.plan_train(load_recipe(None, ["dit.preset='mmdit-s'"]), latent, gpu_memory_gb=80)
+    plan = tp.plan_train(recipe, latent, gpu_memory_gb=80)
+    on_meta = sizes.meta_dit(recipe.dit, 128, recipe.text)
+    adapters = L.trainable_parameter_count(on_meta, recipe.lora)
     assert plan.trainable_params == adapters and plan.params == full.params + adapters
     # ZeRO-2, one rank: 4 bytes of weights per parameter, 4 of gradients + 8 of AdamW per
-    # trainable one (mp.model_state_bytes).
+    # trainable one (vidcli.plans.train.model_state_bytes).
     assert plan.grads_gb == pytest.approx(4 * adapters / 1e9)
     assert plan.weights_gb == pytest.approx(4 * (full.params + adapters) / 1e9)
 
@@ -239,8 +242,8 @@ def test_comfyui_file_of_a_flux_layout_dit_converts_with_diffusers_own_converter
     gen = torch.Generator().manual_seed(0)
     down = {n: torch.randn(2, m.in_features, generator=gen) for n, m in layers.items()}
     up = {n: torch.randn(m.out_features, 2, generator=gen) for n, m in layers.items()}
-    weights = L.LoRAWeights(down, up, {n: 1.0 for n in layers})  # scale alpha / r = 0.5
-    path = L.save_lora(weights, tmp_path / "flux.safetensors", "comfyui")
+    weights = A.LoRAWeights(down, up, {n: 1.0 for n in layers})  # scale alpha / r = 0.5
+    path = A.save_lora(weights, tmp_path / "flux.safetensors", "comfyui")
     converted = _convert_kohya_flux_lora_to_diffusers(load_file(str(path)))
     qkv = "double_blocks.0.img_attn.qkv"
     for i, name in enumerate(("to_q", "to_k", "to_v")):

@@ -88,7 +88,7 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
 def _checkpoint_if_needed(model: MMDiT, recipe: Recipe, latent, world: int, rank: int) -> None:
     """Turn on per-block activation checkpointing when the memory plan says the step needs it."""
     from vidcli.devices import rank_device
-    from vidcli.memory_plan import GB, plan_train
+    from vidcli.plans import GB, plan_train
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)  # LoRA: adapters
     memory = torch.cuda.get_device_properties(rank_device()).total_memory / GB
@@ -156,9 +156,10 @@ def save_dit_weights(
 
     metadata = {"format": FORMAT}
     if lora is not None and lora.rank:
-        from vidcli.train import lora as adapters
+        from vidcli.models import adapters
+        from vidcli.train.lora import lora_alpha
 
-        alpha = adapters.lora_alpha(lora)
+        alpha = lora_alpha(lora)
         metadata[adapters.ALPHA_METADATA_KEY] = str(alpha)
         if stem == "model":
             pairs = adapters.adapter_weights_from_state(state, alpha)
