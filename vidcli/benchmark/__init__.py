@@ -1,6 +1,7 @@
 """`vidcli benchmark`: measured, side-by-side comparisons, one module per question.
 
 - `compare_ae`: DiT train/inference/generation speed on the latents of each autoencoder
+  (`compare_ae_report`: its table, CSV and footnotes)
 - `quality`: reconstruction PSNR/SSIM of trained autoencoders on real clips
 - `attention`, `kernels`: attention backends, and each kernel against its reference
 - `plot`: the compare-ae speedups as a PNG
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vidcli.benchmark import attention, compare_ae, kernels, plot, quality
+from vidcli.benchmark import attention, compare_ae, compare_ae_report, kernels, plot, quality
 from vidcli.benchmark.compare_ae import AERow
 from vidcli.benchmark.options import BenchmarkOptions, environment, resolve_settings
 from vidcli.errors import UsageError
@@ -36,7 +37,7 @@ class BenchmarkResult:
     files: list[Path] = field(default_factory=list)
 
     def stdout_lines(self) -> list[str]:
-        note = compare_ae.extrapolation_note(self.rows)
+        note = compare_ae_report.extrapolation_note(self.rows)
         lines = [
             f"{r.ae}:{r.patch}\ttokens {r.tokens}\ttrain {r.train_step_s:.4g} s "
             f"({r.speedup_train:.2f}x)\tinfer step {r.infer_step_s:.4g} s "
@@ -92,8 +93,8 @@ def run(options: BenchmarkOptions) -> BenchmarkResult:
     if options.kernels:
         result.kernels = kernels.kernels_bench(settings)
     if options.csv:
-        result.files.append(compare_ae.write_csv(result.rows, Path(options.csv)))
+        result.files.append(compare_ae_report.write_csv(result.rows, Path(options.csv)))
     if options.plot:
         result.files.append(plot.write_plot(result.rows, result.env, Path(options.plot)))
-    compare_ae.print_table(result.rows, result.env)
+    compare_ae_report.print_table(result.rows, result.env)
     return result

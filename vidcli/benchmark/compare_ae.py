@@ -14,7 +14,6 @@ plus linear attention: cost linear in T*H*W); every output marks those numbers a
 
 from __future__ import annotations
 
-import csv as csv_module
 import dataclasses
 import gc
 import logging
@@ -25,7 +24,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -171,28 +169,6 @@ def row_tokens(spec: AESpec, s: Settings) -> tuple[tuple[int, int, int, int], in
     latent = ae.latent_shape(row_frames(ae, s.frames), s.height, s.width)
     _, t, h, w = latent
     return latent, t * (h // spec.patch) * (w // spec.patch)
-
-
-def checkpointing_note(rows: list[AERow]) -> str | None:
-    """The caveat when some rows' train steps checkpointed their blocks and others did not."""
-    if len({r.grad_checkpointing for r in rows}) < 2:
-        return None
-    on = ", ".join(f"{r.ae}:{r.patch}" for r in rows if r.grad_checkpointing)
-    return (
-        f"train steps differ: {on} checkpointed every block (recomputing activations), the other "
-        "rows did not; their train ratios compare unlike steps (--grad-checkpointing on|off)"
-    )
-
-
-def extrapolation_note(rows: list[AERow]) -> str | None:
-    """The footnote for fields marked `*`, or None when every number was measured."""
-    probes = sorted({r.ae_timing_probe for r in rows if r.ae_timing_probe})
-    if not probes:
-        return None
-    return (
-        f"* extrapolated, not measured: AE encode/decode timed on a {', '.join(probes)} probe "
-        "clip and scaled by voxel count (video time and its speedup include the decode)"
-    )
 
 
 # ------------------------------------------------------------------------------- measurement
@@ -536,84 +512,3 @@ def probe_shape(ae) -> tuple[int, int, int]:
 def _decoded_voxels(ae, frames: int, height: int, width: int) -> int:
     _, t, _, _ = ae.latent_shape(frames, height, width)
     return ae.decoded_frames(t) * height * width
-
-
-# ------------------------------------------------------------------------------- output
-
-
-CSV_FIELDS = [f.name for f in dataclasses.fields(AERow)]
-
-
-def write_csv(rows: list[AERow], path: Path) -> Path:
-    """One line per row, the AERow fields as columns (latent shape as CxTxHxW, other lists
-    space-separated: `extrapolated` names the columns scaled from a probe clip)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        writer = csv_module.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            values = dataclasses.asdict(row)
-            values["latent_shape"] = "x".join(map(str, row.latent_shape))
-            for name, value in values.items():
-                if isinstance(value, list) and name != "latent_shape":
-                    values[name] = " ".join(map(str, value))
-            writer.writerow(values)
-    return path
-
-
-def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
-    """The compare-ae rows as a rich table on stderr (stdout stays for results)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from vidcli.console import quiet_enabled, stderr
-
-    if quiet_enabled() or not rows:
-        return
-    table = Table(
-        title=f"DiT {env['dit']} on each AE's latents, {env['frames']} frames "
-        f"{env['resolution'][0]}x{env['resolution'][1]}, batch {env['batch_size']}, "
-        f"{env['device_name']} {env['dtype']}",
-        caption=f"median of {env['repeat']} rounds, rows interleaved, after {WARMUP} warm-up; "
-        f"MFU against the measured matmul peak {env['matmul_peak_flops'] / 1e12:.3g} TFLOP/s"
-        + (f"\n{note}" if (note := extrapolation_note(rows)) else "")
-        + (f"\n{ckpt_note}" if (ckpt_note := checkpointing_note(rows)) else ""),
-    )
-    mark = "*" if note else ""
-    columns = [
-        "AE:patch",
-        "latent",
-        "tokens",
-        "ckpt",
-        "train s",
-        "samples/s",
-        "step s",
-        f"video s{mark}",
-    ]
-    columns += [f"enc s{mark}", f"dec s{mark}", "peak mem", "TFLOP/step", "MFU", "x train"]
-    columns += ["x step", f"x video{mark}"]
-    for name in columns:
-        table.add_column(name, justify="left" if name in ("AE:patch", "latent") else "right")
-    for r in rows:
-        table.add_row(
-            f"{r.ae}:{r.patch}",
-            "x".join(map(str, r.latent_shape)),
-            str(r.tokens),
-            "on" if r.grad_checkpointing else "off",
-            f"{r.train_step_s:.3g}",
-            f"{r.samples_per_s:.3g}",
-            f"{r.infer_step_s:.3g}",
-            f"{r.video_s:.4g}",
-            f"{r.encode_s:.3g}",
-            f"{r.decode_s:.3g}",
-            f"{r.peak_mem_bytes / 2**30:.2f} GiB",
-            f"{r.flops_per_step / 1e12:.3g}",
-            f"{r.mfu:.1%}",
-            f"{r.speedup_train:.2f}",
-            f"{r.speedup_infer:.2f}",
-            f"{r.speedup_video:.2f}",
-        )
-    if stderr.is_terminal:
-        stderr.print(table)
-    else:  # a file or pipe: wide enough for every column rather than rich's default 80
-        Console(stderr=True, highlight=False, width=200).print(table)

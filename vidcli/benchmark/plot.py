@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vidcli.benchmark.compare_ae import EXTRAPOLATED_FIELDS, AERow, extrapolation_note
+from vidcli.benchmark.compare_ae import EXTRAPOLATED_FIELDS, AERow
+from vidcli.benchmark.compare_ae_report import extrapolation_note
 from vidcli.errors import UsageError
 
 
