@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from vidcli.benchmark.variants import SamplingVariant
 from vidcli.console import log
 from vidcli.errors import UsageError
 from vidcli.metrics import psnr, ssim
@@ -79,20 +80,6 @@ DEFAULT_GRID: dict[str, tuple[float, ...]] = {
 }
 BASELINE_EVERY = 6
 """Uncached sampling is re-timed after every this many rows."""
-
-
-@dataclass(frozen=True)
-class SamplingVariant:
-    """One row: how to sample, and where it goes in the plot."""
-
-    name: str
-    """Row label, e.g. "teacache:0.2" or "rf2"."""
-    family: str
-    """Plot series, e.g. "teacache" (the uniform control is "uniform")."""
-    cache: str = "none"
-    """A `--cache` spec."""
-    sample: dict[str, Any] = field(default_factory=dict)
-    """`[sample]` fields replaced for this row (e.g. {"solver": "rf2"})."""
 
 
 _EXTRA_FACTORIES: list[Callable[[int], list[SamplingVariant]]] = []

@@ -4,7 +4,7 @@ same table and plot as the caches (each row samples the same prompts and seeds a
 
 from __future__ import annotations
 
-from vidcli.benchmark.caching import SamplingVariant
+from vidcli.benchmark.variants import SamplingVariant
 
 LPL_STARTS = (0.3, 0.47)
 """Fractions of the steps before LPL's cosine test starts (0.47: the authors' 14 of 30)."""
