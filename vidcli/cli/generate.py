@@ -1,0 +1,167 @@
+"""`vidcli generate`: prompts and sampling options become `[sample]` overrides; one pipeline run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from vidcli.cli.common import (
+    DebugOpt,
+    GpuMemoryOpt,
+    JsonOpt,
+    PlanOpt,
+    PrintRecipeOpt,
+    QuietOpt,
+    ResolvedRecipe,
+    SetOpt,
+    run_action,
+)
+from vidcli.recipe import dump_recipe
+
+EXAMPLES = """
+Examples:
+
+    vidcli generate "a red circle moving right"
+
+    vidcli generate "a blue square moving up" "a white triangle moving left" --seed 3 --out clips/
+
+    vidcli generate --prompts-file prompts.txt --recipe recipes/opensora-v2-hcae.toml --json
+"""
+
+
+def generate(
+    prompts: Annotated[list[str] | None, typer.Argument(help="Text prompts.")] = None,
+    prompts_file: Annotated[
+        Path | None, typer.Option("--prompts-file", help="One prompt per line.")
+    ] = None,
+    recipe: Annotated[
+        Path | None, typer.Option(help="Recipe (default: the bundled demo model).")
+    ] = None,
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="A train-dit checkpoint folder to sample from.")
+    ] = None,
+    frames: Annotated[int | None, typer.Option(help="Frames to generate.")] = None,
+    height: Annotated[int | None, typer.Option(help="Height in pixels.")] = None,
+    width: Annotated[int | None, typer.Option(help="Width in pixels.")] = None,
+    fps: Annotated[int | None, typer.Option(help="Frames per second of the output.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Text guidance scale.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Noise seed (same seed, same video).")] = None,
+    cache: Annotated[
+        str | None,
+        typer.Option(
+            "--cache",
+            help="Training-free DiT caching METHOD[:VALUE]: none, uniform:K, teacache, adacache, "
+            "toca:K, smoothcache, ditfastattn, fbcache, taylorseer:K, taylorseer-lite:K.",
+        ),
+    ] = None,
+    solver: Annotated[
+        str | None, typer.Option(help="ODE solver: euler, or rf2 (RF-Solver, 2nd order).")
+    ] = None,
+    lpl: Annotated[
+        bool, typer.Option("--lpl", help="Linear Proportional Leap: stop early, leap to the end.")
+    ] = False,
+    tdtm_steps: Annotated[
+        int | None, typer.Option(help="Merge latent frame pairs in attention for N steps.")
+    ] = None,
+    sparse_attention: Annotated[
+        str | None,
+        typer.Option(help="off, window, sta or frame_tile (more keys: --set sample.sparse_*)."),
+    ] = None,
+    image: Annotated[Path | None, typer.Option(help="First-frame image: image-to-video.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Output file, or a folder for several prompts.")
+    ] = None,
+    output_format: Annotated[
+        str, typer.Option("--format", help="mp4, gif or png (a folder of frames).")
+    ] = "mp4",
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts sampled together.")] = 1,
+    overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
+    snap: Annotated[
+        bool, typer.Option(help="Round frames/size to the nearest the model accepts.")
+    ] = False,
+    offload: Annotated[
+        bool, typer.Option(help="Keep the text encoder and AE off the GPU when idle.")
+    ] = False,
+    raw_weights: Annotated[
+        bool,
+        typer.Option(
+            "--raw-weights", help="Sample a checkpoint's raw weights, not its EMA (the default)."
+        ),
+    ] = False,
+    lora: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--lora",
+            help="LoRA file PATH[:scale] merged into the DiT (repeatable; diffusers or ComfyUI "
+            "layout).",
+        ),
+    ] = None,
+    device: Annotated[
+        str | None, typer.Option(help="auto, cpu, cuda or cuda:N (default: CUDA when available).")
+    ] = None,
+    dtype: Annotated[
+        str | None, typer.Option(help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")
+    ] = None,
+    plan: PlanOpt = False,
+    gpu_memory: GpuMemoryOpt = None,
+    set_values: SetOpt = None,
+    print_recipe: PrintRecipeOpt = False,
+    json_output: JsonOpt = False,
+    quiet: QuietOpt = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Generate videos from text prompts (offline, on the bundled demo model by default)."""
+
+    def action() -> Any:
+        from vidcli import generate as pipeline
+
+        overrides = list(set_values or [])
+        for key, value in (
+            ("frames", frames),
+            ("height", height),
+            ("width", width),
+            ("fps", fps),
+            ("steps", steps),
+            ("guidance", guidance),
+            ("seed", seed),
+            ("solver", solver),
+            ("lpl", "true" if lpl else None),
+            ("tdtm_steps", tdtm_steps),
+            ("sparse_attention", sparse_attention),
+        ):
+            if value is not None:
+                overrides.append(f"sample.{key}={value}")
+        if cache is not None:
+            from vidcli.sampling.cache import parse_cache
+
+            overrides.append(f"sample.cache={json.dumps(str(parse_cache(cache)))}")
+        loaded = pipeline.load_generate_recipe(recipe, checkpoint, overrides)
+        if print_recipe:
+            return ResolvedRecipe(dump_recipe(loaded))
+        if plan:
+            from vidcli import memory_plan
+
+            return memory_plan.generate_plan(
+                loaded, device, dtype, gpu_memory, batch_size, image is not None
+            )
+        options = pipeline.GenerateOptions(
+            prompts=pipeline.collect_prompts(prompts or [], prompts_file),
+            out=out,
+            output_format=output_format,
+            image=image,
+            batch_size=batch_size,
+            overwrite=overwrite,
+            snap=snap,
+            offload=offload,
+            raw_weights=raw_weights,
+            device=device,
+            dtype=dtype,
+            loras=list(lora or []),
+        )
+        return pipeline.run(loaded, options)
+
+    run_action(action, as_json=json_output, quiet=quiet, debug=debug)
