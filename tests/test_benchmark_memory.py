@@ -14,7 +14,7 @@ from vidcli.benchmark.options import BenchmarkOptions, resolve_settings
 from vidcli.benchmark.row_memory import RowMemory, plan_rows
 from vidcli.cli import app
 from vidcli.errors import UsageError
-from vidcli.memory_plan import RESERVED_GB, plan_train
+from vidcli.plans import RESERVED_GB, plan_train
 from vidcli.recipe import DiTSection, Recipe, TextSection
 
 # The CUDA defaults' scale (GB): a 4x8x8 baseline at ~74k tokens and the Video DC-AE row.

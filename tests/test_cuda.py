@@ -122,17 +122,17 @@ def test_attention_fast_path_matches_the_reference():
 
 def test_memory_plan_bounds_the_measured_denoiser_peak():
     """The plan's DiT activation estimate against `max_memory_allocated` of the same call."""
-    from vidcli import memory_plan as mp
     from vidcli.models.mmdit import build_dit
+    from vidcli.plans import sizes
 
     dit = build_dit("mmdit-b", device="cuda", dtype=torch.bfloat16, in_channels=128, patch_size=1)
     latent, rows, text_tokens = (128, 8, 16, 16), 2, 64
     on_meta = build_dit(dit.config, device="meta").to(torch.bfloat16)
-    estimate = mp.dit_inference_peak(on_meta, rows, latent, text_tokens, torch.bfloat16)
+    estimate = sizes.dit_inference_peak(on_meta, rows, latent, text_tokens, torch.bfloat16)
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    shapes = mp._dit_inputs(on_meta, rows, latent, text_tokens, torch.bfloat16)
+    shapes = sizes.dit_inputs(on_meta, rows, latent, text_tokens, torch.bfloat16)
     inputs = {
         k: None if v is None else torch.randn(v.shape, device="cuda", dtype=v.dtype)
         for k, v in shapes.items()

@@ -8,11 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 from typer.testing import CliRunner
 
-from vidcli import memory_plan as mp
-from vidcli import meta_memory
 from vidcli.cli import app
 from vidcli.models.mmdit import build_dit
 from vidcli.models.mmdit.presets import DIT_PRESETS
+from vidcli.plans import generate as gp
+from vidcli.plans import meta, sizes
+from vidcli.plans import train as tp
 from vidcli.recipe import TextSection, load_recipe
 
 OPENSORA = "recipes/opensora-v2-hcae.toml"
@@ -37,15 +38,15 @@ def mmdit_params(c) -> int:
 @pytest.mark.parametrize("preset", ["mmdit-tiny", "mmdit-demo"])
 def test_mmdit_closed_form_matches_a_real_model(preset):
     model = build_dit(preset)
-    assert meta_memory.param_count(model) == mmdit_params(model.config)
+    assert meta.param_count(model) == mmdit_params(model.config)
 
 
 def test_11b_dit_in_bf16_is_23_8_gb():
     recipe = load_recipe(OPENSORA, ["t2i.enabled=false"])
-    dit = mp.meta_dit(recipe.dit, 128, recipe.text)
-    params = meta_memory.param_count(dit)
+    dit = sizes.meta_dit(recipe.dit, 128, recipe.text)
+    params = meta.param_count(dit)
     assert params == mmdit_params(DIT_PRESETS["opensora-v2-hcae"])
-    plan = mp.plan_generate(recipe, torch.device("cuda"), torch.bfloat16, None)
+    plan = gp.plan_generate(recipe, torch.device("cuda"), torch.bfloat16, None)
     weights = {c.name: c for c in plan.components}
     assert weights["dit"].weight_gb == params * 2 / 1e9
     assert weights["dit"].weight_gb == pytest.approx(23.8, rel=0.01)
@@ -56,19 +57,19 @@ def test_text_encoder_closed_forms_match_transformers(tmp_path):
     from tiny_models import save_tiny_t5_clip
 
     t5, clip, _ = save_tiny_t5_clip(tmp_path)
-    counts = mp.text_encoder_params(
+    counts = sizes.text_encoder_params(
         TextSection(
             backend="t5-clip", t5_path=str(tmp_path / "t5"), clip_path=str(tmp_path / "clip")
         )
     )
     assert counts == {
-        "text:t5": meta_memory.param_count(t5),
-        "text:clip": meta_memory.param_count(clip),
+        "text:t5": meta.param_count(t5),
+        "text:clip": meta.param_count(clip),
     }
 
 
 def test_released_text_encoder_sizes():
-    counts = mp.text_encoder_params(TextSection(backend="t5-clip"))
+    counts = sizes.text_encoder_params(TextSection(backend="t5-clip"))
     # T5-v1.1-XXL encoder 4.76 B, CLIP ViT-L/14 text tower 123 M (their model cards).
     assert counts["text:t5"] == pytest.approx(4.762e9, rel=1e-3)
     assert counts["text:clip"] == pytest.approx(123.06e6, rel=1e-3)
@@ -78,7 +79,7 @@ def test_minilm_closed_form_matches_the_bundled_model():
     from vidcli.models.text import MiniLMEncoder, _bundled_minilm_dir
 
     model = MiniLMEncoder(_bundled_minilm_dir(), 32, 0, torch.float32).model
-    assert mp.text_encoder_params(TextSection())["text:minilm"] == sum(
+    assert sizes.text_encoder_params(TextSection())["text:minilm"] == sum(
         p.numel() for n, p in model.named_parameters() if not n.startswith("pooler.")
     )
 
@@ -87,30 +88,30 @@ def test_measure_peak_counts_live_tensors():
     chain = nn.Sequential(*[nn.Linear(1000, 1000) for _ in range(4)]).to("meta")
     x = torch.empty(100, 1000, device="meta")
     # Two activations are alive at once (a layer's input and output); the input is not counted.
-    assert meta_memory.measure_peak(lambda: chain(x)) == 2 * 100 * 1000 * 4
+    assert meta.measure_peak(lambda: chain(x)) == 2 * 100 * 1000 * 4
     # Backward keeps every layer's input: x and three hidden activations.
-    assert meta_memory.saved_for_backward(lambda: chain(x), chain) == 4 * 100 * 1000 * 4
+    assert meta.saved_for_backward(lambda: chain(x), chain) == 4 * 100 * 1000 * 4
 
 
 def test_fused_attention_keeps_no_scores():
     q = torch.empty(1, 4, 4096, 64, device="meta", dtype=torch.bfloat16)
-    assert meta_memory.measure_peak(lambda: F.scaled_dot_product_attention(q, q, q)) == q.nbytes
+    assert meta.measure_peak(lambda: F.scaled_dot_product_attention(q, q, q)) == q.nbytes
 
 
 def test_decode_peak_is_linear_in_tile_volume():
-    ae = mp.meta_autoencoder(load_recipe(OPENSORA).ae)
+    ae = sizes.meta_autoencoder(load_recipe(OPENSORA).ae)
     small = torch.empty(1, 128, 4, 4, 4, device="meta")
     large = torch.empty(1, 128, 4, 8, 8, device="meta")
-    a = meta_memory.measure_peak(lambda: ae._decode_raw(small))
-    b = meta_memory.measure_peak(lambda: ae._decode_raw(large))
+    a = meta.measure_peak(lambda: ae._decode_raw(small))
+    b = meta.measure_peak(lambda: ae._decode_raw(large))
     assert b / a == pytest.approx(4.0, rel=0.02)
 
 
 def test_decode_estimate_near_the_reference_tile_peak():
     """gpu-anchors.md: the reference decodes 768 px x 128 f in 256 px / 32 f tiles at 5.8 GB."""
-    ae = mp.meta_autoencoder(load_recipe(OPENSORA).ae)
-    per_voxel = mp._decode_bytes_per_voxel(ae, torch.bfloat16)
-    weights = meta_memory.param_count(ae.decoder) * 2
+    ae = sizes.meta_autoencoder(load_recipe(OPENSORA).ae)
+    per_voxel = gp._decode_bytes_per_voxel(ae, torch.bfloat16)
+    weights = meta.param_count(ae.decoder) * 2
     video = 3 * 128 * 768 * 768 * 2
     estimate = (per_voxel * 32 * 256 * 256 + weights + video) / 1e9
     assert 0.7 * 5.8 < estimate < 1.5 * 5.8
@@ -122,12 +123,12 @@ def test_decode_estimate_near_the_reference_tile_peak():
 )
 def test_zero_partitioning_closed_form(stage, expected):
     """ZeRO paper: fp32 weights + grads (4 B each) and AdamW moments (8 B), split by stage."""
-    states = mp.model_state_bytes(1_000_000, 1_000_000, stage, world=8)
+    states = tp.model_state_bytes(1_000_000, 1_000_000, stage, world=8)
     assert sum(states.values()) == pytest.approx(expected * 1_000_000)
 
 
 def test_frozen_weights_have_no_grads_or_optimizer_states():
-    states = mp.model_state_bytes(1_000_000, 10_000, zero_stage=0, world=1)
+    states = tp.model_state_bytes(1_000_000, 10_000, zero_stage=0, world=1)
     assert states == {"weights": 4e6, "grads": 4e4, "optimizer": 8e4}
 
 
@@ -162,7 +163,7 @@ def test_generate_plan_for_24_and_80_gb(monkeypatch):
 
 def test_plan_that_cannot_fit_names_the_smallest_device():
     recipe = load_recipe(OPENSORA)
-    plan = mp.plan_generate(recipe, torch.device("cuda"), torch.bfloat16, 8)
+    plan = gp.plan_generate(recipe, torch.device("cuda"), torch.bfloat16, 8)
     assert not plan.fits
     assert plan.smallest_device_gb > 8
     assert f"{plan.smallest_device_gb:.1f} GB" in plan.notes[0]
@@ -192,12 +193,12 @@ def test_train_plan_turns_checkpointing_on_only_when_needed():
         None, ["dit.preset='mmdit-s'", "data.num_frames=16", "data.height=256", "data.width=256"]
     )
     latent = (128, 4, 8, 8)
-    roomy = mp.plan_train(recipe, latent, gpu_memory_gb=1000)
+    roomy = tp.plan_train(recipe, latent, gpu_memory_gb=1000)
     assert not roomy.grad_checkpointing and roomy.fits
     tight_gb = (
         roomy.peak_gb - roomy.activations_gb + (roomy.activations_checkpointed_gb + 0.001) + 0.001
     )
-    tight = mp.plan_train(recipe, latent, gpu_memory_gb=tight_gb)
+    tight = tp.plan_train(recipe, latent, gpu_memory_gb=tight_gb)
     assert tight.grad_checkpointing and tight.fits
 
 

@@ -1,6 +1,6 @@
 """Obeying a memory plan while generating: block streaming, and an AE decode that retries tiled.
 
-`vidcli.memory_plan` decides; these helpers carry the decision out:
+`vidcli.plans` decides; these helpers carry the decision out:
 - `stream_blocks`: the DiT's non-block layers live on the device, its transformer blocks on the
   CPU, each moved to the device for its own forward (the plan's `blocks` offload);
 - `decode_with_retry`: an out-of-memory error during the AE decode retries with tiles half the

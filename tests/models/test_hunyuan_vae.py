@@ -36,7 +36,7 @@ def test_reproduces_the_reference_from_a_file(vectors, vae):
     assert_rel_l2(logvar, t["out.posterior_logvar"])
     assert_rel_l2(vae.encode(t["in.video"]), t["out.latent"])
     assert_rel_l2(vae.decode(t["out.latent"]), t["out.recon"])
-    # The unscaled decode memory plans measure (`memory_plan`) is the same decoder.
+    # The unscaled decode memory plans measure (`vidcli.plans`) is the same decoder.
     assert_rel_l2(vae._decode_raw(t["out.latent"] / vae.scaling_factor), t["out.recon"])
     assert_rel_l2(vae.encode(t["in.image"]), t["out.image_latent"])
     assert_rel_l2(vae.decode(t["out.image_latent"]), t["out.image_recon"])

@@ -1,7 +1,7 @@
 """Memory of the compare-ae rows: whether each row's DiT step checkpoints its blocks, and whether
 the rows can all stay on the device while they are timed interleaved.
 
-Each row's needs come from the training memory plan (`vidcli.memory_plan.plan_train`: activations
+Each row's needs come from the training memory plan (`vidcli.plans.plan_train`: activations
 measured on `meta` with and without per-block checkpointing) and its model states in the
 benchmark's own dtype. The decision is pure (`plan_rows`), so it is tested with fake memory sizes.
 
@@ -22,7 +22,7 @@ import torch
 
 from vidcli.benchmark.options import GRAD_CHECKPOINTING
 from vidcli.errors import UsageError
-from vidcli.memory_plan import GB, RESERVED_GB
+from vidcli.plans import GB, RESERVED_GB
 
 ADAMW_STATES = 2
 """AdamW moments per parameter, kept in the parameter's dtype by torch.optim.AdamW."""
@@ -108,8 +108,8 @@ def row_memory(label: str, dit: str, depth: dict[str, int], latent, s) -> RowMem
     weights, gradients and AdamW moments in its own dtype, so those are counted here.
     """
     from vidcli.benchmark.options import DTYPES
-    from vidcli.memory_plan import plan_train
     from vidcli.models.mmdit import resolve_config
+    from vidcli.plans import plan_train
     from vidcli.recipe import DiTSection, LauncherSection, Recipe, TextSection, TrainSection
 
     patch = int(label.rpartition(":")[2])

@@ -1,0 +1,330 @@
+"""The generation plan: what `vidcli generate` holds on the device, before any weight is loaded.
+
+A generation plan chooses an offload mode, `none` (all models resident), `model` (one
+component on the GPU at a time: text encoders -> t2i -> DiT -> AE, like diffusers' model CPU
+offload) or `blocks` (`model`, and the DiT's transformer blocks streamed to the GPU one at a
+time), and an AE decode: untiled, or the tile size with the least redundant work whose peak
+fits. Between `none` and `model` the least decode work wins (ties: less offload); `blocks` is
+used only when neither fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vidcli.devices import dtype_name
+from vidcli.plans.meta import measure_peak, param_count
+from vidcli.plans.sizes import (
+    ACTIVATION_MARGIN,
+    GB,
+    RESERVED_GB,
+    block_params,
+    device_memory_gb,
+    dit_inference_peak,
+    dtype_size,
+    largest_block_params,
+    meta_autoencoder,
+    meta_dit,
+    text_encoder_params,
+    text_widths,
+)
+from vidcli.recipe import Recipe
+
+OFFLOAD_MODES = ("none", "model", "blocks")
+# Tile sizes tried for the AE decode, as (spatial px, temporal frames), largest first.
+SPATIAL_TILES = (1024, 768, 512, 384, 256, 192, 128, 64)
+TEMPORAL_TILES = (128, 64, 32, 16, 8)
+TILE_OVERLAP = 0.25
+
+
+@dataclass
+class ComponentMemory:
+    """One model of the pipeline: parameters and weight bytes at the compute dtype."""
+
+    name: str
+    params: int
+    weight_gb: float
+
+
+@dataclass
+class GeneratePlan:
+    """What `vidcli generate` will hold on the device, and the offload / tiling it chose."""
+
+    device: str
+    dtype: str
+    gpu_memory_gb: float | None
+    latent_shape: list[int]
+    image_tokens: int
+    text_tokens: int
+    cfg_rows: int
+    components: list[ComponentMemory]
+    dit_activation_gb: float
+    decode_untiled_gb: float
+    decode_gb: float
+    decode_work: float
+    """Voxels decoded / voxels of the video: the cost of overlapping tiles (1 = untiled)."""
+    offload: str
+    tiling: dict[str, Any] | None
+    phases_gb: dict[str, float]
+    peak_gb: float
+    fits: bool
+    smallest_device_gb: float
+    notes: list[str] = field(default_factory=list)
+
+    def stdout_lines(self) -> list[str]:
+        lines = [
+            f"plan for {self.device} ({self.dtype}), "
+            f"{'no limit' if self.gpu_memory_gb is None else f'{self.gpu_memory_gb:g} GB'}",
+            f"latent {self.latent_shape}: {self.image_tokens} image + {self.text_tokens} text "
+            f"tokens, {self.cfg_rows} CFG rows per denoiser call",
+        ]
+        lines += [
+            f"  {c.name:<12} {c.params / 1e9:7.3f} B params  {c.weight_gb:7.2f} GB"
+            for c in self.components
+        ]
+        tiles = (
+            "untiled"
+            if self.tiling is None
+            else f"tiles {self.tiling['spatial_tile']} px / {self.tiling['temporal_tile']} f"
+        )
+        lines += [
+            f"DiT activations {self.dit_activation_gb:.2f} GB; AE decode {self.decode_gb:.2f} GB "
+            f"({tiles}, {self.decode_work:.2f}x the untiled work; untiled "
+            f"{self.decode_untiled_gb:.2f} GB)",
+            "phases: " + ", ".join(f"{k} {v:.2f} GB" for k, v in self.phases_gb.items()),
+            f"offload: {self.offload}; peak {self.peak_gb:.2f} GB: "
+            + ("fits" if self.fits else f"does not fit; needs {self.smallest_device_gb:.1f} GB"),
+        ]
+        return lines + [f"note: {n}" for n in self.notes]
+
+
+def plan_generate(
+    recipe: Recipe,
+    device: torch.device,
+    dtype: torch.dtype,
+    gpu_memory_gb: float | None,
+    batch_size: int = 1,
+    image_condition: bool = False,
+) -> GeneratePlan:
+    """The generation plan for `recipe.sample`'s size on a device with `gpu_memory_gb`.
+
+    gpu_memory_gb None: no limit (CPU), so nothing is offloaded or tiled beyond the recipe.
+    """
+    sample = recipe.sample
+    ae = meta_autoencoder(recipe.ae)
+    latent = ae.latent_shape(sample.frames, sample.height, sample.width)
+    dit = meta_dit(recipe.dit, latent[0], recipe.text)
+    size = dtype_size(dtype)
+    notes: list[str] = []
+
+    components = [
+        ComponentMemory(name, n, n * size / GB)
+        for name, n in text_encoder_params(recipe.text).items()
+    ]
+    text_tokens, _, _ = text_widths(recipe.text)
+    t2i_components, t2i_act, t2i_dit = _t2i_stage(recipe, dtype, text_tokens)
+    components += t2i_components
+    components.append(ComponentMemory("dit", param_count(dit), param_count(dit) * size / GB))
+    components.append(ComponentMemory("ae", param_count(ae), param_count(ae) * size / GB))
+
+    # t2i2v conditions the video on its first frame: image CFG adds a third row.
+    cfg_rows = (3 if image_condition or t2i_dit is not None else 2) * batch_size
+    dit.to(dtype)
+    dit_act = dit_inference_peak(dit, cfg_rows, latent, text_tokens, dtype) * ACTIVATION_MARGIN / GB
+    p = dit.config.patch_size
+    image_tokens = latent[1] * (latent[2] // p) * (latent[3] // p)
+
+    # Decoded video on the device: the decoder's output plus its fp32 copy before `.cpu()`.
+    out_voxels = batch_size * 3 * sample.frames * sample.height * sample.width
+    video_gb = out_voxels * (size + 4) / GB
+    decode_per_voxel = _decode_bytes_per_voxel(ae, dtype) * ACTIVATION_MARGIN
+    untiled_gb = decode_per_voxel * out_voxels / 3 / GB + video_gb
+
+    weights = {c.name: c.weight_gb for c in components}
+    text_gb = sum(v for k, v in weights.items() if k.startswith("text:"))
+    t2i_gb = sum(v for k, v in weights.items() if k.startswith("t2i:"))
+
+    def streamed(model: nn.Module) -> float:
+        """GB on the device while blocks stream: all but the blocks, plus two blocks in flight."""
+        rest = param_count(model) - block_params(model)
+        return (rest + 2 * largest_block_params(model)) * size / GB
+
+    dit_streamed = streamed(dit)
+    t2i_streamed = streamed(t2i_dit) + weights["t2i:ae"] if t2i_dit is not None else 0.0
+    budget = None if gpu_memory_gb is None else gpu_memory_gb - RESERVED_GB
+
+    def phases(offload: str, decode_gb: float) -> dict[str, float]:
+        if offload == "none":
+            resident = sum(weights.values())
+            out = {"text": resident, "dit": resident + dit_act, "decode": resident + decode_gb}
+            if t2i_dit is not None:
+                out["t2i"] = resident + t2i_act
+            return out
+        out = {"text": text_gb}
+        if t2i_dit is not None:
+            out["t2i"] = (t2i_streamed if offload == "blocks" else t2i_gb) + t2i_act
+        out["dit"] = (dit_streamed if offload == "blocks" else weights["dit"]) + dit_act
+        out["decode"] = weights["ae"] + decode_gb
+        return out
+
+    options = list(_decode_options(ae, sample, untiled_gb, decode_per_voxel, video_gb))
+    if not recipe.ae.tiling and budget is None:
+        options = options[:1]
+    # Moving whole models on and off the device costs a few seconds per prompt, decoding
+    # overlapping tiles costs a fraction of every decode, streaming blocks costs a transfer of
+    # the DiT per denoiser call: least decode work wins between `none` and `model`, and
+    # `blocks` is the last resort.
+    chosen = None
+    for modes in (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:]):
+        fitting = [
+            (work, OFFLOAD_MODES.index(offload), offload, tiling, decode_gb)
+            for offload in modes
+            for tiling, decode_gb, work in options
+            if budget is None or max(phases(offload, decode_gb).values()) <= budget
+        ]
+        if fitting:
+            work, _, offload, tiling, decode_gb = min(fitting, key=lambda f: f[:2])
+            chosen = offload, tiling, decode_gb, work, phases(offload, decode_gb)
+            break
+    least = min(options, key=lambda o: o[1])
+    smallest = max(phases("blocks", least[1]).values()) + RESERVED_GB
+    fits = chosen is not None
+    if chosen is None:
+        chosen = ("blocks", *least, phases("blocks", least[1]))
+        notes.append(
+            f"does not fit in {gpu_memory_gb:g} GB even with block offload and the smallest AE "
+            f"tiles; the smallest device that fits has {smallest:.1f} GB"
+        )
+    offload, tiling, decode_gb, work, ph = chosen
+    if recipe.text.backend == "t5-clip" and not Path(recipe.text.t5_path, "config.json").is_file():
+        notes.append("T5 / CLIP sizes from the released t5-v1_1-xxl / clip-vit-large-patch14")
+    return GeneratePlan(
+        device=str(device),
+        dtype=dtype_name(dtype),
+        gpu_memory_gb=gpu_memory_gb,
+        latent_shape=list(latent),
+        image_tokens=image_tokens,
+        text_tokens=text_tokens,
+        cfg_rows=cfg_rows,
+        components=components,
+        dit_activation_gb=dit_act,
+        decode_untiled_gb=untiled_gb,
+        decode_gb=decode_gb,
+        decode_work=work,
+        offload=offload,
+        tiling=tiling,
+        phases_gb=ph,
+        peak_gb=max(ph.values()) + RESERVED_GB,
+        fits=fits,
+        smallest_device_gb=smallest,
+        notes=notes,
+    )
+
+
+def _t2i_stage(recipe: Recipe, dtype: torch.dtype, text_tokens: int):
+    """(components, activation GB, its DiT) of the t2i2v image stage; ([], 0, None) when off.
+
+    The image DiT (Flux) is guidance-distilled: one row per prompt, at about `resolution`²
+    pixels; its AE decodes a single image.
+    """
+    t2i = getattr(recipe, "t2i", None)
+    if t2i is None or not t2i.enabled:
+        return [], 0.0, None
+    from vidcli.models import build_autoencoder
+    from vidcli.models.mmdit import build_dit
+
+    size = dtype_size(dtype)
+    dit = build_dit(t2i.preset, device="meta", **t2i.overrides).to(dtype)
+    ae = build_autoencoder(t2i.ae_preset, device="meta", **t2i.ae_overrides).eval().to(dtype)
+    sc = ae.spatial_compression
+    latent = (
+        dit.config.in_channels // dit.config.patch_size**2,
+        1,
+        t2i.resolution // sc,
+        t2i.resolution // sc,
+    )
+    act = dit_inference_peak(dit, 1, latent, text_tokens, dtype)
+    z = torch.empty(1, ae.latent_channels, 1, *latent[2:], device="meta", dtype=dtype)
+    act = max(act, measure_peak(lambda: ae.decode(z)))
+    components = [
+        ComponentMemory(f"t2i:{name}", param_count(m), param_count(m) * size / GB)
+        for name, m in (("dit", dit), ("ae", ae))
+    ]
+    return components, act * ACTIVATION_MARGIN / GB, dit
+
+
+def _decode_bytes_per_voxel(ae: nn.Module, dtype: torch.dtype) -> float:
+    """Decoder activation peak per output voxel (all frames, pixels and colours / 3).
+
+    Measured on one reference tile on `meta`: the decoder is fully convolutional, so its peak
+    grows linearly with the tile volume (checked in tests/test_memory_plan.py).
+    """
+    ae.to(dtype)
+    t_lat, s_lat = 8, 8
+    frames = ae.decoded_frames(t_lat)
+    sc = ae.spatial_compression
+    z = torch.empty(1, ae.latent_channels, t_lat, s_lat, s_lat, device="meta", dtype=dtype)
+    peak = measure_peak(lambda: ae._decode_raw(z))
+    return peak / (frames * (s_lat * sc) ** 2)
+
+
+def _decode_options(ae, sample, untiled_gb: float, per_voxel: float, video_gb: float):
+    """(tiling or None, decode GB, work) from untiled to the smallest tile, least work first.
+
+    work = voxels decoded / voxels of the video (overlapping tiles decode some voxels twice), so
+    the plan tiles only as much as memory requires: big devices decode at untiled speed.
+    """
+    from vidcli.models.dcae.tiling import tile_spans
+
+    yield None, untiled_gb, 1.0
+    sc, tc = ae.spatial_compression, ae.time_compression
+    _, t_lat, h_lat, w_lat = ae.latent_shape(sample.frames, sample.height, sample.width)
+    options = {}
+    for spatial in SPATIAL_TILES:
+        for temporal in TEMPORAL_TILES:
+            if spatial % sc or temporal % tc:
+                continue
+            spans = (
+                tile_spans(t_lat, max(temporal // tc, 2), TILE_OVERLAP, min(2, t_lat)),
+                tile_spans(h_lat, spatial // sc, TILE_OVERLAP),
+                tile_spans(w_lat, spatial // sc, TILE_OVERLAP),
+            )
+            if all(len(s) == 1 for s in spans):
+                continue  # one tile covers the whole video: that is the untiled decode
+            sizes = [max(b - a for a, b in axis) for axis in spans]
+            tile_voxels = ae.decoded_frames(sizes[0]) * sizes[1] * sizes[2] * sc * sc
+            work = 1.0
+            for axis, total in zip(spans, (t_lat, h_lat, w_lat), strict=True):
+                work *= sum(b - a for a, b in axis) / total
+            key = (round(work, 6), -tile_voxels)
+            options.setdefault(key, (spatial, temporal, tile_voxels, work))
+    for _, (spatial, temporal, voxels, work) in sorted(options.items()):
+        tiling = {"spatial_tile": spatial, "temporal_tile": temporal, "overlap": TILE_OVERLAP}
+        yield tiling, per_voxel * voxels / GB + video_gb, work
+
+
+def generate_plan(
+    recipe: Recipe,
+    device: str | None,
+    dtype: str | None,
+    gpu_memory_gb: float | None,
+    batch_size: int = 1,
+    image_condition: bool = False,
+) -> GeneratePlan:
+    """`vidcli generate --plan`: resolve `--device` / `--dtype` / `--gpu-memory`, then plan."""
+    from vidcli.devices import resolve_device, resolve_dtype
+
+    where = resolve_device(device, require_available=False)
+    return plan_generate(
+        recipe,
+        where,
+        resolve_dtype(dtype, where),
+        device_memory_gb(where, gpu_memory_gb),
+        batch_size=batch_size,
+        image_condition=image_condition,
+    )
