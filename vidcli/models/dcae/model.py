@@ -455,6 +455,7 @@ class DCAE(nn.Module):
     spatial_compression = property(lambda self: self.config.spatial_compression)
     scaling_factor = property(lambda self: self.config.scaling_factor)
     is_video = property(lambda self: self.config.is_video)
+    _compression = property(lambda self: (self.time_compression, self.spatial_compression))
 
     # ---- shapes -------------------------------------------------------------------------------
 
@@ -533,7 +534,10 @@ class DCAE(nn.Module):
         self.check_input_shape(*x5.shape[2:])
         tiling = tiling or self.tiling
         run = self._encode_raw
-        z = run(x5) if tiling is None else tiled_encode(self, run, x5, tiling)
+        if tiling is None:
+            z = run(x5)
+        else:
+            z = tiled_encode(run, x5, self._compression, self.latent_shape, tiling)
         if self.scaling_factor is not None:
             z = z / self.scaling_factor
         return z.squeeze(2) if squeezed else z
@@ -554,7 +558,10 @@ class DCAE(nn.Module):
             z5 = z5 * self.scaling_factor
         tiling = tiling or self.tiling
         run = self._decode_raw
-        x = run(z5) if tiling is None else tiled_decode(self, run, z5, tiling)
+        if tiling is None:
+            x = run(z5)
+        else:
+            x = tiled_decode(run, z5, self._compression, self.decoded_frames, tiling)
         return x.squeeze(2) if squeezed else x
 
     def _encode_raw(self, x: Tensor) -> Tensor:

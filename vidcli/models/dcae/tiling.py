@@ -11,7 +11,6 @@ tile; only the output itself is full size.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -19,10 +18,9 @@ from torch import Tensor
 from vidcli.errors import UsageError
 from vidcli.models.dcae.config import TilingConfig
 
-if TYPE_CHECKING:
-    from vidcli.models.dcae.model import DCAE
-
 Span = tuple[int, int]
+Compression = tuple[int, int]
+"""(time, spatial) compression of the autoencoder: frames and pixels per latent position."""
 
 
 def tile_spans(total: int, tile: int, overlap: float, min_len: int = 1) -> list[Span]:
@@ -59,8 +57,8 @@ def blend_weights(spans: list[Span]) -> list[Tensor]:
     return [(w / norm[a:b]).float() for (a, b), w in zip(spans, raw, strict=True)]
 
 
-def _check(model: DCAE, tiling: TilingConfig) -> tuple[int, int]:
-    sc, tc = model.spatial_compression, model.time_compression
+def _check(compression: Compression, tiling: TilingConfig) -> tuple[int, int]:
+    tc, sc = compression
     if tiling.spatial_tile < sc or tiling.spatial_tile % sc:
         raise UsageError(f"spatial_tile {tiling.spatial_tile}: use a multiple of {sc} px")
     if tiling.temporal_tile < tc or tiling.temporal_tile % tc:
@@ -109,12 +107,19 @@ def _run_tiles(
 
 
 def tiled_encode(
-    model: DCAE, run: Callable[[Tensor], Tensor], x: Tensor, tiling: TilingConfig
+    run: Callable[[Tensor], Tensor],
+    x: Tensor,
+    compression: Compression,
+    latent_shape: Callable[[int, int, int], tuple[int, int, int, int]],
+    tiling: TilingConfig,
 ) -> Tensor:
-    """Raw encoder output of pixels x (B, C, T, H, W), computed tile by tile."""
-    lt, ls = _check(model, tiling)
-    _, t_lat, h_lat, w_lat = model.latent_shape(*x.shape[2:])
-    factors = (model.time_compression, model.spatial_compression, model.spatial_compression)
+    """Raw encoder output of pixels x (B, C, T, H, W), computed tile by tile.
+
+    `latent_shape(frames, height, width)` -> (C, T', H', W') is the autoencoder's latent shape.
+    """
+    lt, ls = _check(compression, tiling)
+    _, t_lat, h_lat, w_lat = latent_shape(*x.shape[2:])
+    factors = (compression[0], compression[1], compression[1])
     totals_in = x.shape[2:]
     spans = [
         tile_spans(t_lat, lt if tiling.temporal else t_lat, tiling.overlap),
@@ -130,12 +135,19 @@ def tiled_encode(
 
 
 def tiled_decode(
-    model: DCAE, run: Callable[[Tensor], Tensor], z: Tensor, tiling: TilingConfig
+    run: Callable[[Tensor], Tensor],
+    z: Tensor,
+    compression: Compression,
+    decoded_frames: Callable[[int], int],
+    tiling: TilingConfig,
 ) -> Tensor:
-    """Decoder output of a raw latent z (B, C, T', H', W'), computed tile by tile."""
-    lt, ls = _check(model, tiling)
+    """Decoder output of a raw latent z (B, C, T', H', W'), computed tile by tile.
+
+    `decoded_frames(latent_frames)` is the number of frames the decoder makes of that many.
+    """
+    lt, ls = _check(compression, tiling)
     t_lat, h_lat, w_lat = z.shape[2:]
-    sc, tc = model.spatial_compression, model.time_compression
+    tc, sc = compression
     spans = [
         tile_spans(t_lat, max(lt, 2) if tiling.temporal else t_lat, tiling.overlap, min(2, t_lat)),
         tile_spans(h_lat, ls if tiling.spatial else h_lat, tiling.overlap),
@@ -144,7 +156,7 @@ def tiled_decode(
 
     def out_span(axis: int, s: Span) -> Span:
         if axis == 0:
-            return s[0] * tc, s[0] * tc + model.decoded_frames(s[1] - s[0])
+            return s[0] * tc, s[0] * tc + decoded_frames(s[1] - s[0])
         return s[0] * sc, s[1] * sc
 
     return _run_tiles(run, z, spans, lambda axis, s: s, out_span)
