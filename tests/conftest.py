@@ -1,19 +1,16 @@
-"""Shared test fixtures: the reference folder beside the checkout, small deterministic settings."""
+"""Shared test fixtures: the reference vectors shipped in tests/fixtures, a clean console env."""
 
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
-
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    """`shared/reference` beside the checkout (CI clones main with shared/ beside it)."""
-    if not REFERENCE_DIR.is_dir():
-        pytest.skip(f"reference folder not found at {REFERENCE_DIR}")
-    return REFERENCE_DIR
+def vectors_dir() -> Path:
+    """tests/fixtures/vectors: the public reference vectors (README.md there says where each was
+    made). They ship with the repository, so a missing file fails its test instead of skipping:
+    these tests are what prove weight compatibility."""
+    return Path(__file__).resolve().parent / "fixtures" / "vectors"
 
 
 @pytest.fixture(autouse=True)

@@ -15,10 +15,9 @@ def vector_fixtures(vectors_name: str, released_name: str, preset: str, model_na
     autoencoder loaded from that file with `preset`. Assign the three to module names."""
 
     @pytest.fixture(scope="module", name="vectors")
-    def vectors(reference_dir):
-        folder = reference_dir / "vectors"
-        tensors = load_file(str(folder / f"{vectors_name}.safetensors"))
-        meta = json.loads((folder / f"{vectors_name}.json").read_text())
+    def vectors(vectors_dir):
+        tensors = load_file(str(vectors_dir / f"{vectors_name}.safetensors"))
+        meta = json.loads((vectors_dir / f"{vectors_name}.json").read_text())
         weights = {
             k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")
         }

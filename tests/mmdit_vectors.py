@@ -13,11 +13,10 @@ from vidcli.models.mmdit import MMDiT, MMDiTConfig
 
 
 @functools.cache
-def load_mmdit_vectors(reference_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+def load_mmdit_vectors(vectors_dir: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(meta JSON, tensors) of mmdit_a, read once per test session."""
-    folder = reference_dir / "vectors"
-    meta = json.loads((folder / "mmdit_a.json").read_text())
-    return meta, load_file(str(folder / "mmdit_a.safetensors"))
+    meta = json.loads((vectors_dir / "mmdit_a.json").read_text())
+    return meta, load_file(str(vectors_dir / "mmdit_a.safetensors"))
 
 
 def reference_model(vectors, name: str, **overrides) -> MMDiT:

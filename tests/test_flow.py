@@ -24,8 +24,8 @@ def timestep_arguments(t: torch.Tensor, dim: int = 256, base: float = 10_000.0) 
 
 
 @pytest.fixture(scope="module")
-def vectors(reference_dir):
-    return load_mmdit_vectors(reference_dir)
+def vectors(vectors_dir):
+    return load_mmdit_vectors(vectors_dir)
 
 
 # ---------------------------------------------------------------- shift and schedule

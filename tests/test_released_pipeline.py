@@ -43,7 +43,7 @@ def save_weights(model: torch.nn.Module, path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory, reference_dir):
+def released(tmp_path_factory, vectors_dir):
     """A folder with weights/opensora-v2 and weights/opensora-v2-hcae of tiny stand-ins."""
     root = tmp_path_factory.mktemp("released")
     os2, hcae = root / "weights" / "opensora-v2", root / "weights" / "opensora-v2-hcae"
@@ -57,7 +57,7 @@ def released(tmp_path_factory, reference_dir):
     save_weights(build_dit("flux-dev", **TINY_DIT, **TEXT), os2 / "flux1-dev.safetensors")
     save_weights(build_autoencoder("hunyuan-video-vae-tiny").model, os2 / "hunyuan_vae.safetensors")
     # BFL's key layout: the Flux AE reference vector's weights are exactly that, at tiny width.
-    vector = load_file(str(reference_dir / "vectors" / "flux_ae_a.safetensors"))
+    vector = load_file(str(vectors_dir / "flux_ae_a.safetensors"))
     bfl = {k.removeprefix("model."): v for k, v in vector.items() if k.startswith("model.")}
     save_file(bfl, str(os2 / "flux1-dev-ae.safetensors"))
     hcae_dit = build_dit("opensora-v2-hcae", in_channels=8, **TINY_DIT, **TEXT)

@@ -16,8 +16,8 @@ TRAJECTORY_TOL = 1e-3
 
 
 @pytest.fixture(scope="module")
-def vectors(reference_dir):
-    return load_mmdit_vectors(reference_dir)
+def vectors(vectors_dir):
+    return load_mmdit_vectors(vectors_dir)
 
 
 class RowCounter:

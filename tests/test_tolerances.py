@@ -25,8 +25,8 @@ from vidcli.models.mmdit.layers import timestep_embedding
 
 
 @pytest.fixture(scope="module")
-def mmdit_vectors(reference_dir):
-    return load_mmdit_vectors(reference_dir)
+def mmdit_vectors(vectors_dir):
+    return load_mmdit_vectors(vectors_dir)
 
 
 def embedding_with_base(t: torch.Tensor, base: float, dim: int = 256) -> torch.Tensor:
@@ -90,8 +90,8 @@ def test_max_rel_catches_one_trajectory_step_off(mmdit_vectors):
         assert_max_rel(broken, tensors["traj_t2v.steps"])
 
 
-def test_dcae_comparisons_catch_one_element_off(reference_dir):
-    vectors = load_file(str(reference_dir / "vectors" / "video_dcae_a.safetensors"))
+def test_dcae_comparisons_catch_one_element_off(vectors_dir):
+    vectors = load_file(str(vectors_dir / "video_dcae_a.safetensors"))
     want = vectors["out.recon"]
     broken = want.clone()
     broken.view(-1)[123] += 1e-3 * want.abs().max()

@@ -23,8 +23,8 @@ from vidcli.models.dcae.loading import load_state_dict_strict
 
 
 @pytest.fixture(scope="module")
-def video_vectors(reference_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(reference_dir / "vectors" / "video_dcae_a.safetensors"))
+def video_vectors(vectors_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(vectors_dir / "video_dcae_a.safetensors"))
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +62,8 @@ def test_reproduces_open_sora_vectors(tiny, video_vectors, name):
     assert_max_rel(out, ref)
 
 
-def test_f32t4c128_state_dict_matches_reference_keys(reference_dir):
-    spec = json.loads((reference_dir / "vectors" / "video_dcae_f32t4c128_keys.json").read_text())
+def test_f32t4c128_state_dict_matches_reference_keys(vectors_dir):
+    spec = json.loads((vectors_dir / "video_dcae_f32t4c128_keys.json").read_text())
     with torch.device("meta"):
         model = build_autoencoder("dc-ae-f32t4c128")
     sd = model.state_dict()
@@ -265,14 +265,14 @@ def test_save_load_round_trip(tiny, tmp_path, video_vectors):
 
 
 def test_load_bare_safetensors_with_preset_and_open_sora_config(
-    tiny, tmp_path, video_vectors, reference_dir
+    tiny, tmp_path, video_vectors, vectors_dir
 ):
     weights = {
         k.removeprefix("model."): v for k, v in video_vectors.items() if k.startswith("model.")
     }
     save_file(weights, str(tmp_path / "ae.safetensors"))  # bf16 as stored: loading upcasts
     from_file = load_autoencoder(tmp_path / "ae.safetensors", preset="dc-ae-tiny")
-    spec = json.loads((reference_dir / "vectors" / "video_dcae_a.json").read_text())
+    spec = json.loads((vectors_dir / "video_dcae_a.json").read_text())
     folder = tmp_path / "opensora"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps(spec["config_resolved"]))

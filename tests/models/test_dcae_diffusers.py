@@ -11,10 +11,10 @@ from tolerances import assert_max_rel, assert_rel_l2, rel_l2
 from vidcli.models.dcae import load_autoencoder
 
 
-def test_reproduces_diffusers_image_vectors(reference_dir: Path, tmp_path: Path):
+def test_reproduces_diffusers_image_vectors(vectors_dir: Path, tmp_path: Path):
     torch.set_num_threads(1)
-    vectors = load_file(str(reference_dir / "vectors" / "dcae_image_a.safetensors"))
-    spec = json.loads((reference_dir / "vectors" / "dcae_image_a.json").read_text())
+    vectors = load_file(str(vectors_dir / "dcae_image_a.safetensors"))
+    spec = json.loads((vectors_dir / "dcae_image_a.json").read_text())
     (tmp_path / "config.json").write_text(json.dumps(spec["config_json"]))
     weights = {k.removeprefix("model."): v for k, v in vectors.items() if k.startswith("model.")}
     save_file(weights, str(tmp_path / "diffusion_pytorch_model.safetensors"))

@@ -70,9 +70,9 @@ def test_shape_rules(ae):
         ae.latent_shape(1, 64, 100)
 
 
-def test_full_preset_keys_equal_the_released_file(reference_dir, released_file, tmp_path):
+def test_full_preset_keys_equal_the_released_file(vectors_dir, released_file, tmp_path):
     """The full preset converts exactly the released key set (names and shapes) on meta."""
-    want = json.loads((reference_dir / "vectors" / "flux_ae_full_keys.json").read_text())
+    want = json.loads((vectors_dir / "flux_ae_full_keys.json").read_text())
     model = build_autoencoder("flux-ae", device="meta")
     assert sum(p.numel() for p in model.parameters()) == 83_819_683
     from vidcli.models.flux_ae import state_dict_from_original

@@ -96,8 +96,8 @@ def test_frame_and_size_rules(vae):
         vae.latent_shape(9, 60, 64)
 
 
-def test_full_preset_keys_equal_the_released_file(reference_dir):
-    want = json.loads((reference_dir / "vectors" / "hunyuan_vae_full_keys.json").read_text())
+def test_full_preset_keys_equal_the_released_file(vectors_dir):
+    want = json.loads((vectors_dir / "hunyuan_vae_full_keys.json").read_text())
     model = build_autoencoder("hunyuan-video-vae", device="meta")
     got = {k: list(v.shape) for k, v in model.model.state_dict().items()}
     assert got == want

@@ -28,8 +28,8 @@ from vidcli.models.mmdit.rope import interleaved_to_half_split_index, rope_angle
 
 
 @pytest.fixture(scope="module")
-def vectors(reference_dir):
-    return load_mmdit_vectors(reference_dir)
+def vectors(vectors_dir):
+    return load_mmdit_vectors(vectors_dir)
 
 
 def case_inputs(tensors, case: str) -> dict[str, torch.Tensor]:
