@@ -142,12 +142,34 @@ def test_toca_huge_interval_partial_after_warmup(tiny, calibration):
     assert 0 < stats.blocks_computed < STEPS * 4
 
 
-def test_caching_changes_output_but_stays_close(tiny, calibration):
+# A setting at which each method reuses something on the tiny model: its default, except where
+# the default's threshold is never crossed by this random model's small changes.
+REUSES = {name: METHODS[name].default for name in ALWAYS} | {"adacache": 0.2, "fbcache": 0.4}
+
+
+@pytest.mark.parametrize("name", sorted(ALWAYS))
+def test_caching_changes_output_but_stays_close(tiny, calibration, name):
+    # The cached run must really reuse something: fewer blocks than uncached, and an output that
+    # moved by more than float noise (a policy computing everything fails both).
     reference, _ = _sample(tiny, None)
-    for name in ALWAYS:
-        out, _ = _sample(tiny, _policy(name, METHODS[name].default, calibration))
-        rel = ((out - reference).norm() / reference.norm()).item()
-        assert rel < 0.5, name
+    out, stats = _sample(tiny, _policy(name, REUSES[name], calibration))
+    assert stats.partial_evals + stats.skipped_evals > 0
+    assert stats.blocks_computed < 0.95 * stats.blocks_total
+    rel = ((out - reference).norm() / reference.norm()).item()
+    assert 1e-4 < rel < 0.5
+
+
+def test_toca_ratio_is_toca_flux_schedule():
+    # ToCa-FLUX: R0·(1.5 - ℓ/27)·(0.4 double | 1.6 single), ℓ counted within its stream.
+    from vidcli.sampling.cache.toca import fresh_ratio
+
+    depth = 19  # FLUX.1: 19 double then 38 single blocks
+    assert fresh_ratio(0, depth) == pytest.approx(0.1 * 1.5 * 0.4)
+    assert fresh_ratio(18, depth) == pytest.approx(0.1 * (1.5 - 18 / 27) * 0.4)
+    assert fresh_ratio(depth, depth) == pytest.approx(0.1 * 1.5 * 1.6)
+    assert fresh_ratio(depth + 37, depth) == pytest.approx(0.1 * (1.5 - 37 / 27) * 1.6)
+    # A shallow model keeps nearly the top ratio in every block (no per-depth rescaling).
+    assert fresh_ratio(1, 2) == pytest.approx(0.1 * (1.5 - 1 / 27) * 0.4)
 
 
 @pytest.mark.parametrize(

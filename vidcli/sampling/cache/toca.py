@@ -4,9 +4,11 @@ Full steps compute everything and cache, per block, the attention output and the
 each token's module input). Between them ("ToCa steps") attention is reused whole and only the
 tokens scored most in need are recomputed, in the MLPs of double blocks and in the MLP + linear2
 of single blocks (which reuse those tokens' cached attention rows), then scattered into the cache;
-everything is re-gated with the current conditioning. As TOCa-FLUX (shared/reference/
-caching-methods.md §3): steps 0-2 full, then one full step every K; ratio R = R0·(1.5 - ℓ/n)·
-(0.4 double | 1.6 single) for block ℓ of n in its stream, R0 = 0.1.
+everything is re-gated with the current conditioning. As ToCa-FLUX (shared/reference/
+caching-methods.md §3): steps 0-2 full, then one full step every K; ratio R = R0·(1.5 - ℓ/27)·
+(0.4 double | 1.6 single) for block ℓ of its stream, R0 = 0.1, clamped to [0, 1]. The 27 is the
+code's constant, not a stream's depth (FLUX has 19 double and 38 single blocks), so a shallow
+model recomputes about 1.5·R0·(0.4 | 1.6) of its tokens in every block.
 
 Score: ToCa's attention-map score needs materialised attention maps (no fused kernels), so we use
 its "similarity" score instead — 1 - cosine(token's module input now, at its last refresh),
@@ -33,14 +35,16 @@ from vidcli.sampling.cache.hooks import (
 WARMUP_STEPS = 3
 BASE_RATIO = 0.1
 FRESHNESS_WEIGHT = 0.25
+LAYER_SCALE = 27
+"""ToCa-FLUX's layer divisor (`fresh_ratio_scheduler.py`, schedule 'ToCa')."""
 
 
-def fresh_ratio(index: int, depth: int, num_single: int) -> float:
+def fresh_ratio(index: int, depth: int) -> float:
     """R for block `index` (0..depth-1 double, then single), clamped to [0, 1]."""
     if index < depth:
-        r = BASE_RATIO * (1.5 - index / depth) * 0.4
+        r = BASE_RATIO * (1.5 - index / LAYER_SCALE) * 0.4
     else:
-        r = BASE_RATIO * (1.5 - (index - depth) / num_single) * 1.6
+        r = BASE_RATIO * (1.5 - (index - depth) / LAYER_SCALE) * 1.6
     return min(max(r, 0.0), 1.0)
 
 
@@ -146,11 +150,11 @@ class ToCa(CachePolicy):
 
     def __call__(self, run: StepRun) -> torch.Tensor:
         full = not self.tokens or periodic_full_step(run.step, self.interval, WARMUP_STEPS)
-        depth, singles = len(run.model.double_blocks), len(run.model.single_blocks)
+        depth = len(run.model.double_blocks)
         if not full:
             run.kind = "partial"
 
         def hook_for(i: int) -> ToCaHook:
-            return ToCaHook(self, i, fresh_ratio(i, depth, singles), full)
+            return ToCaHook(self, i, fresh_ratio(i, depth), full)
 
         return run.head(run.compute(hook_for))
