@@ -18,6 +18,7 @@ from tiny_runs import subprocess_env, tiny_ae_values, tiny_dit_values
 
 from vidcli import devices
 from vidcli.errors import UsageError
+from vidcli.placement import Placement
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -144,11 +145,10 @@ def test_generate_in_bf16_on_the_cpu_matches_fp32(tmp_path):
             device="cpu",
             dtype=dtype,
         )
-        pipe = generate.load_pipeline(recipe, device="cpu", dtype=dtype)
+        pipe = generate.load_pipeline(recipe, Placement.resolve("cpu", dtype))
         assert next(pipe.dit.parameters()).dtype == devices.DTYPES[dtype]
         size = (4, recipe.sample.height, recipe.sample.width)
-        with devices.autocast(pipe.device, pipe.dtype):
-            videos[dtype] = generate.sample_videos(pipe, recipe.sample, options.prompts, [0], size)
+        videos[dtype] = generate.sample_videos(pipe, recipe.sample, options.prompts, [0], size)
     assert videos["bf16"].dtype == torch.float32
     error = (videos["bf16"] - videos["fp32"]).abs().mean().item()
     assert error < 0.05, error
@@ -237,9 +237,9 @@ def test_offload_modes_sample_the_same_video_on_the_cpu():
     size = (4, recipe.sample.height, recipe.sample.width)
     videos = {}
     for offload in ("none", "model", "blocks"):
-        pipe = generate.load_pipeline(recipe, device="cpu", offload=offload)
+        pipe = generate.load_pipeline(recipe, Placement("cpu", offload=offload, park=True))
         videos[offload] = generate.sample_videos(
-            pipe, recipe.sample, ["a red circle moving right"], [0], size, offload=True
+            pipe, recipe.sample, ["a red circle moving right"], [0], size
         )
         hooked = [b for b in pipe.dit.single_blocks if b._forward_pre_hooks]
         assert bool(hooked) == (offload == "blocks")

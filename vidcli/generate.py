@@ -12,21 +12,22 @@ import dataclasses
 import json
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from vidcli import devices, flow
+from vidcli import devices
 from vidcli.console import log, progress_bar
 from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
-from vidcli.offload import decode_with_retry
+from vidcli.placement import Placement
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
-from vidcli.sampling.acceleration import attention_config, sampling_acceleration
+from vidcli.sampling.acceleration import attention_config
 from vidcli.sampling.cache import cache_for_sample, cache_report
+from vidcli.sampling.phases import first_frames, image_condition, sample_videos
+from vidcli.sampling.pipeline import load_pipeline
 
 FORMATS = ("mp4", "gif", "png")
 
@@ -136,221 +137,6 @@ def collect_prompts(prompts: list[str], prompts_file: Path | None) -> list[str]:
     return collected
 
 
-@dataclass
-class Pipeline:
-    """The three models of a generation run, loaded once."""
-
-    ae: Any
-    text: Any
-    dit: Any
-    device: str
-    dtype: torch.dtype = torch.float32
-    """Compute dtype: the DiT's weights, and autocast's dtype while sampling and decoding."""
-    offload: str = "none"
-    """The memory plan's offload: none, model (one model on the device at a time) or blocks."""
-    t2i: Any = None
-    """The t2i2v image stage (`vidcli.sampling.t2i2v.ImageStage`) when `[t2i] enabled`."""
-
-
-def load_pipeline(
-    recipe: Recipe,
-    ema: bool = True,
-    device: str | None = None,
-    dtype: str | None = None,
-    offload: str = "none",
-) -> Pipeline:
-    """Build the `[ae]`, `[text]` and `[dit]` models of a recipe on the best device.
-
-    When `[dit] path` is a train-dit checkpoint holding EMA weights, `ema` samples those.
-    """
-    from vidcli.builders import (
-        autoencoder_from_section,
-        dit_from_section,
-        text_encoder_from_section,
-    )
-    from vidcli.data.provenance import check_checkpoint
-
-    where = devices.resolve_device(device)
-    compute = devices.resolve_dtype(dtype, where)
-    device = str(where)
-    ae = autoencoder_from_section(recipe.ae).eval()
-    if recipe.dit.path:  # a DiT trained on another AE's latents would sample noise
-        check_checkpoint(recipe.dit.path, recipe.ae, ae)
-    # Offloaded models wait on the CPU until their phase (`sample_videos` moves them).
-    text_device = "cpu" if offload != "none" else device
-    text = text_encoder_from_section(recipe.text, device=text_device, dtype=compute)
-    dit = dit_from_section(recipe.dit, ae.latent_channels, text).to(dtype=compute).eval()
-    if offload == "blocks":
-        from vidcli.offload import stream_blocks
-
-        stream_blocks(dit, where)
-    elif offload == "none":
-        dit.to(where)
-    if ema and recipe.dit.path:
-        load_ema_weights(dit, Path(recipe.dit.path))
-    t2i = None
-    if recipe.t2i.enabled:
-        t2i = _image_stage(recipe, text, device if offload == "none" else "cpu")
-        t2i.dit.to(dtype=compute)  # the plan counts the image DiT in the compute dtype too
-        if offload == "blocks":
-            from vidcli.offload import stream_blocks
-
-            stream_blocks(t2i.dit, where)
-    return Pipeline(
-        ae=ae, text=text, dit=dit, device=device, dtype=compute, offload=offload, t2i=t2i
-    )
-
-
-def _image_stage(recipe: Recipe, text, device: str):
-    """The `[t2i]` models of t2i2v (distilled image DiT + its AE), built like `[dit]`/`[ae]`."""
-    from vidcli.builders import autoencoder_from_section, dit_from_section
-    from vidcli.recipe import AESection, DiTSection
-    from vidcli.sampling.t2i2v import ImageStage
-
-    t2i = recipe.t2i
-    # One image: the reference runs Flux's AE untiled.
-    ae_section = AESection(
-        preset=t2i.ae_preset, path=t2i.ae_path, overrides=t2i.ae_overrides, tiling=False
-    )
-    ae = autoencoder_from_section(ae_section).eval()
-    dit_section = DiTSection(preset=t2i.preset, path=t2i.path, overrides=t2i.overrides)
-    dit = dit_from_section(dit_section, ae.latent_channels, text).to(device).eval()
-    if not dit.config.guidance_embed:
-        raise UsageError(
-            f"[t2i] preset {t2i.preset!r}: the image stage needs a guidance-distilled DiT "
-            "(guidance_embed = true, e.g. flux-dev)"
-        )
-    steps = t2i.steps or recipe.sample.steps
-    return ImageStage(dit=dit, ae=ae, resolution=t2i.resolution, guidance=t2i.guidance, steps=steps)
-
-
-EMA_FILE = "ema.safetensors"
-"""The EMA weights a train-dit checkpoint folder holds beside model.safetensors."""
-
-
-def load_ema_weights(dit: torch.nn.Module, checkpoint: Path) -> bool:
-    """Load `checkpoint/ema.safetensors` into `dit` (strict) if there is one; True if loaded."""
-    from safetensors.torch import load_file
-
-    ema_file = checkpoint / EMA_FILE
-    if not ema_file.is_file():
-        return False
-    device = next(dit.parameters()).device
-    from vidcli.models.adapters import plain_state  # a LoRA run's EMA: adapters merged
-
-    state = plain_state(ema_file, load_file(str(ema_file), device=str(device)))
-    dit.load_state_dict(state, strict=True)
-    log.info("sampling the EMA weights of %s (--raw-weights for the raw ones)", checkpoint)
-    return True
-
-
-@torch.no_grad()
-def sample_videos(
-    pipe: Pipeline,
-    sample: SampleSection,
-    prompts: list[str],
-    seeds: list[int],
-    size: tuple[int, int, int],
-    reference: torch.Tensor | None = None,
-    offload: bool = False,
-    on_step: Callable[[int, torch.Tensor], None] | None = None,
-    timings: dict[str, float] | None = None,
-    model_fn: flow.ModelFn | None = None,
-    hooks: flow.SamplingHooks | None = None,
-) -> torch.Tensor:
-    """Videos `(N, 3, T, H, W)` in [-1, 1] for prompts with their seeds; size = (T, H, W).
-
-    reference: (C, 1, H', W') first-frame latent for image-to-video (or one per prompt), or None.
-    A guidance-distilled DiT (Flux-dev, `guidance_embed`) samples without CFG rows, with
-    `sample.guidance` as its distilled scale. model_fn: stands in for `dit.forward_video` (a
-    caching runner, `vidcli.sampling.cache.CachedDiT`); hooks: the loop's per-evaluation hooks.
-    """
-    timings = timings if timings is not None else {}
-    frames, height, width = size
-    ae, text, dit, device = pipe.ae, pipe.text, pipe.dit, pipe.device
-    latent_shape = ae.latent_shape(frames, height, width)
-    p = dit.config.patch_size
-    _, t_lat, h_lat, w_lat = latent_shape
-    if h_lat % p or w_lat % p:
-        raise ShapeError(f"latent {h_lat}x{w_lat} is not divisible by the DiT patch size {p}")
-
-    tick = time.perf_counter()
-    text.to(device)
-    emb = text.encode(prompts)
-    neg = text.encode([sample.negative_prompt])
-    if offload:
-        text.to("cpu")
-    timings["text"] = timings.get("text", 0.0) + time.perf_counter() - tick
-    if pipe.offload == "model":
-        dit.to(device)
-
-    tick = time.perf_counter()
-    # Each prompt's noise has its own generator: a video depends on its seed, not its batch.
-    noise = torch.stack(
-        [torch.randn(latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds]
-    ).to(device)
-    condition = None
-    if reference is not None:
-        refs = reference if isinstance(reference, list) else [reference] * len(prompts)
-        condition = flow.build_condition("i2v_head", noise.shape, refs, causal=False, device=device)
-    # α from the latent size at the DiT's patch (spec §9), unless the recipe fixes flow_shift.
-    alpha = sample.flow_shift
-    if alpha is None:
-        alpha = flow.inference_shift_alpha(h_lat, w_lat, t_lat, p)
-    schedule = flow.inference_schedule(
-        sample.steps, h_lat * w_lat // (p * p), t_lat, shift=sample.shift, flow_shift=alpha
-    )
-    guidance = flow.GuidanceConfig(
-        text=sample.guidance,
-        image=sample.guidance_img,
-        text_osci=sample.text_osci,
-        image_osci=sample.image_osci,
-        scale_temporal_osci=sample.scale_temporal_osci,
-    )
-    if dit.config.guidance_embed:  # distilled (Flux-dev): the scale enters the model, no CFG
-        latents = flow.sample_distilled(
-            model_fn or dit.forward_video,
-            noise,
-            schedule,
-            emb.tokens.to(device),
-            emb.pooled.to(device),
-            guidance=sample.guidance,
-            callback=on_step,
-        )
-    else:
-        grid = (t_lat, h_lat // p, w_lat // p)
-        with sampling_acceleration(sample, grid, hooks) as accel:
-            latents = flow.sample_i2v(
-                model_fn or dit.forward_video,
-                noise,
-                schedule,
-                emb.tokens.to(device),
-                emb.pooled.to(device),
-                neg.tokens.to(device),
-                neg.pooled.to(device),
-                condition=condition,
-                guidance=guidance,
-                replace_all_items=True,
-                callback=on_step,
-                solver=accel.solver,
-                leap=accel.leap,
-                hooks=accel.hooks,
-            )
-        if accel.plan is not None:
-            log.info("attention paths: %s", accel.plan.choices)
-    timings["sample"] = timings.get("sample", 0.0) + time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    if pipe.offload == "model":
-        dit.to("cpu")
-    ae.to(device)
-    video = decode_with_retry(ae, latents).float().cpu()[:, :, :frames]
-    if offload:
-        ae.to("cpu")
-    timings["decode"] = timings.get("decode", 0.0) + time.perf_counter() - tick
-    return video.clamp(-1, 1)
-
-
 def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     """Generate one video per prompt; returns the written paths and stage timings."""
     if options.output_format not in FORMATS:
@@ -365,19 +151,13 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     sample = recipe.sample
     attention_config(sample)  # a bad [sample] sparse_* value fails before any model loads
     started = time.perf_counter()
-    plan = _memory_plan(recipe, options)
-    pipe = load_pipeline(
-        recipe,
-        ema=not options.raw_weights,
-        device=options.device,
-        dtype=options.dtype,
-        offload=plan.offload if plan is not None else "none",
-    )
+    # Every device, dtype and offload decision of the run, taken once: the phases only ask it.
+    placement, plan = _placement(recipe, options)
+    pipe = load_pipeline(recipe, placement, ema=not options.raw_weights)
     if plan is not None and plan.tiling is not None:
         from vidcli.models.dcae import TilingConfig
 
         pipe.ae.tiling = TilingConfig(**plan.tiling)
-    offload = options.offload or pipe.offload != "none"
     if options.loras:
         from vidcli.models.adapters import apply_lora_options
 
@@ -385,9 +165,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
             log.info("merged LoRA %s (scale %g) into the DiT", path, scale)
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, options.snap)
     paths = _output_paths(options)
-    reference = _image_latent(pipe.ae, options.image, *size) if options.image else None
-    if offload:
-        pipe.ae.to("cpu")
+    reference = image_condition(pipe, options.image, size) if options.image else None
     timings: dict[str, float] = {"load": time.perf_counter() - started, "write": 0.0}
     cached = cache_for_sample(
         sample.cache,
@@ -399,14 +177,21 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     )
 
     videos: list[GeneratedVideo] = []
-    with progress_bar() as bar, devices.autocast(pipe.device, pipe.dtype):
+    with progress_bar() as bar:
         steps = sample.steps + (pipe.t2i.steps if pipe.t2i is not None else 0)
         task = bar.add_task("generate", total=len(options.prompts) * steps, status="")
+
+        def on_step(step: int, x: torch.Tensor) -> None:
+            bar.advance(task)
+
         for first in range(0, len(options.prompts), options.batch_size):
             batch = options.prompts[first : first + options.batch_size]
             seeds = [sample.seed + first + i for i in range(len(batch))]
-            if pipe.t2i is not None:
-                reference = _first_frames(pipe, sample, batch, seeds, size, timings, bar, task)
+            if pipe.t2i is not None:  # t2i2v: frame 0 drawn for the raw prompts
+                tick = time.perf_counter()
+                reference = first_frames(pipe, sample, batch, seeds, size, on_step)
+                timings["t2i"] = timings.get("t2i", 0.0) + time.perf_counter() - tick
+            # text -> sample -> decode
             video = sample_videos(
                 pipe,
                 sample,
@@ -414,8 +199,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
                 seeds,
                 size,
                 reference=reference,
-                offload=offload,
-                on_step=lambda step, x: bar.advance(task),
+                on_step=on_step,
                 timings=timings,
                 model_fn=cached,
                 hooks=cached,
@@ -432,23 +216,24 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     return GenerateResult(
         videos=videos,
         timings_s=timings,
-        device=pipe.device,
-        dtype=devices.dtype_name(pipe.dtype),
-        peak_memory_gb=devices.peak_memory_gb(torch.device(pipe.device)),
-        offload=pipe.offload,
+        device=placement.name,
+        dtype=devices.dtype_name(placement.dtype),
+        peak_memory_gb=devices.peak_memory_gb(placement.device),
+        offload=placement.offload,
         **cache_report(sample.cache, cached),
     )
 
 
-def _memory_plan(recipe: Recipe, options: GenerateOptions):
-    """On CUDA, the memory plan this run obeys (offload, AE tiles); None on the CPU."""
+def _placement(recipe: Recipe, options: GenerateOptions) -> tuple[Placement, Any]:
+    """Where the run computes (`--device`, `--dtype`, `--offload`) and, on CUDA, the memory plan
+    it obeys (its offload mode and AE tiles; None on the CPU)."""
     where = devices.resolve_device(options.device)
+    dtype = devices.resolve_dtype(options.dtype, where)
     if where.type != "cuda":
-        return None
+        return Placement(where, dtype, park=options.offload), None
     from vidcli.errors import StageFailed
     from vidcli.plans import device_memory_gb, plan_generate
 
-    dtype = devices.resolve_dtype(options.dtype, where)
     plan = plan_generate(
         recipe,
         where,
@@ -461,7 +246,7 @@ def _memory_plan(recipe: Recipe, options: GenerateOptions):
     if not plan.fits:
         raise StageFailed(plan.notes[0], hint="vidcli generate --plan shows the whole plan")
     devices.reset_peak_memory(where)
-    return plan
+    return Placement(where, dtype, plan.offload, park=options.offload), plan
 
 
 def _valid_size(ae, frames: int, height: int, width: int, snap: bool) -> tuple[int, int, int]:
@@ -523,51 +308,6 @@ def _video_prompts(prompts: list[str], sample: SampleSection) -> list[str]:
     from vidcli.sampling.t2i2v import prompt_with_suffix
 
     return [prompt_with_suffix(p, sample.fps, sample.motion_score) for p in prompts]
-
-
-def _first_frames(pipe: Pipeline, sample, prompts, seeds, size, timings, bar, task):
-    """t2i2v: frame 0 of each video drawn by the `[t2i]` model for the raw prompt, returned as
-    the video AE's i2v condition latents [(C, 1, H', W')]."""
-    from vidcli.sampling.t2i2v import first_frame_conditions
-
-    tick = time.perf_counter()
-    emb = pipe.text.to(pipe.device).encode(prompts)
-    if pipe.offload != "none":  # the plan's t2i phase: only the image models on the device
-        pipe.text.to("cpu")
-        pipe.t2i.ae.to(pipe.device)
-        if pipe.offload == "model":
-            pipe.t2i.dit.to(pipe.device)
-    _, refs = first_frame_conditions(
-        pipe.t2i,
-        pipe.ae.to(pipe.device),
-        emb.tokens.to(pipe.device),
-        emb.pooled.to(pipe.device),
-        seeds,
-        size,
-        shift=sample.shift,
-        callback=lambda step, x: bar.advance(task),
-    )
-    if pipe.offload != "none":
-        pipe.t2i.ae.to("cpu")
-        pipe.ae.to("cpu")
-        if pipe.offload == "model":
-            pipe.t2i.dit.to("cpu")
-    timings["t2i"] = timings.get("t2i", 0.0) + time.perf_counter() - tick
-    return refs
-
-
-def _image_latent(ae, image: Path, frames: int, height: int, width: int) -> torch.Tensor:
-    """The i2v condition of `--image`: latent frame 0 of the image held still for the video's
-    frames (`vidcli.sampling.t2i2v.condition_latent`, the definition training uses): (C, 1, H', W').
-    """
-    from vidcli.media import read_frames
-    from vidcli.sampling.t2i2v import condition_latent
-
-    if not image.is_file():
-        raise UsageError(f"--image {image}: file not found")
-    frame = read_frames(image, num_frames=1, size=(height, width))
-    x = torch.from_numpy(frame).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
-    return condition_latent(ae, x[:, 0], frames)
 
 
 def _write(video: torch.Tensor, path: Path, fps: int, output_format: str) -> None:

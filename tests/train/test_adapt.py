@@ -224,7 +224,7 @@ def test_finetune_with_lora_resumes_exactly_from_the_aligned_checkpoint(setup, t
     torch.testing.assert_close(merged.img_in.weight, aligned.img_in.weight, rtol=0, atol=0)
 
     # generate samples a LoRA run's EMA: its adapter-layout file is merged on load.
-    from vidcli.generate import load_ema_weights
+    from vidcli.sampling.pipeline import load_ema_weights
 
     sampled = load_dit(a)
     assert load_ema_weights(sampled, a)
