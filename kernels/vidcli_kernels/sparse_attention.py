@@ -188,6 +188,9 @@ def _permuted_mask_mod(pattern: SparsePattern, layout: VideoLayout, order: torch
 def block_mask(pattern: SparsePattern, layout: VideoLayout, device: str):
     """The FlexAttention BlockMask of a pattern, built once per (pattern, layout, device).
 
+    `device` names one device (`cuda:1`, not `cuda`): a mask cached for another GPU would put
+    the kernel's indices on the wrong one.
+
     Indices are those of `tile_major_order` when it applies, else natural order.
     """
     from torch.nn.attention.flex_attention import BlockMask
@@ -254,7 +257,7 @@ def flex_sparse_attention(
     if order is not None:
         order = order.to(q.device)
         q, k, v = q[:, :, order], k[:, :, order], v[:, :, order]
-    out = _compiled_flex()(q, k, v, block_mask=block_mask(pattern, layout, q.device.type))
+    out = _compiled_flex()(q, k, v, block_mask=block_mask(pattern, layout, str(q.device)))
     if order is not None:
         out = torch.empty_like(out).index_copy_(2, order, out)
     return out
@@ -272,7 +275,7 @@ def sdpa_sparse_attention(
 
     q, k, v: (B, heads, L, head_dim) -> (B, heads, L, head_dim)
     """
-    mask = _cached_dense_mask(pattern, layout, q.device.type)
+    mask = _cached_dense_mask(pattern, layout, str(q.device))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 

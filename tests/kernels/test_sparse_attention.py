@@ -177,3 +177,35 @@ def test_plan_without_force_stays_dense_on_small_videos():
     torch.testing.assert_close(out, attention_reference(q, k, v), atol=1e-5, rtol=0)
     assert plan.mode == "sparse" and plan.choices == {"dense": 1}
     assert plan.last_choice.reason == f"{LAYOUT.tokens} tokens < 8192 on cpu"
+
+
+class _OnDevice:
+    """Stands in for q / k / v on a device this machine may not have: only `.device` is read."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+
+
+def test_masks_are_cached_per_device_not_per_device_type(monkeypatch):
+    """A mask built for cuda:0 must not serve attention on cuda:1: its indices would sit on the
+    wrong GPU. Both paths ask their cache for the tensors' own device, index included."""
+    asked = []
+    monkeypatch.setattr(sa, "block_mask", lambda pattern, layout, device: asked.append(device))
+    monkeypatch.setattr(sa, "_compiled_flex", lambda: lambda q, k, v, block_mask: q)
+    monkeypatch.setattr(sa, "dense_mask", lambda pattern, layout, device: asked.append(device))
+    monkeypatch.setattr(sa.F, "scaled_dot_product_attention", lambda q, k, v, attn_mask: q)
+    sa._cached_dense_mask.cache_clear()
+    for device in ("cuda:0", "cuda:1", "cuda:1"):
+        q = _OnDevice(device)
+        sa.flex_sparse_attention(q, q, q, WINDOW, LAYOUT)  # WINDOW: natural order, no permutation
+        sa.sdpa_sparse_attention(q, q, q, WINDOW, LAYOUT)
+    assert asked == ["cuda:0", "cuda:0", "cuda:1", "cuda:1", "cuda:1"]
+    sa._cached_dense_mask.cache_clear()
+
+
+def test_block_masks_are_built_on_the_device_they_are_cached_for():
+    layout = sa.VideoLayout(text=16, frames=4, height=8, width=16)
+    pattern = sa.SparsePattern("sta", window=(1, 1, 1), tile=(2, 4, 8))
+    on_meta = sa.block_mask(pattern, layout, "meta")
+    assert on_meta is not sa.block_mask(pattern, layout, "cpu")
+    assert on_meta.kv_indices.device.type == "meta"
