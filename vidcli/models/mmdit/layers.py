@@ -6,17 +6,14 @@ Shapes: B batch, L tokens (L_txt text, L_img image), D = hidden_size, heads x he
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
 from torch import nn
 
+from vidcli.models.mmdit.hooks import BlockHook
 from vidcli.models.mmdit.rope import apply_rope
 from vidcli_kernels.attention import attention
-
-if TYPE_CHECKING:
-    from vidcli.sampling.cache.hooks import BlockHook
 
 TIME_EMBED_DIM = 256
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from vidcli.models.mmdit.hooks import BlockHook
 from vidcli.models.mmdit.model import Embedded
 
 # Share of a block's weight FLOPs per module, for the "blocks computed" count: a double-stream
@@ -27,7 +28,7 @@ DOUBLE_ATTN_SHARE, DOUBLE_MLP_SHARE = 1 / 3, 1 / 3  # both streams' attention; o
 SINGLE_QKV_SHARE, SINGLE_MLP_IN_SHARE, SINGLE_MERGE_SHARE = 3 / 12, 4 / 12, 5 / 12
 
 
-class ComputeHook:
+class ComputeHook(BlockHook):
     """A block hook that computes everything, exactly as the block's forward would.
 
     Policies subclass it and override what they reuse; `work` accumulates the block-equivalents
