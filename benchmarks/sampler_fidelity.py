@@ -2,13 +2,15 @@
 
 Two questions, answered with decoded videos (PSNR on [0, 1], mean over prompts):
 - solvers: RF-Solver (rf2) at N/2 steps against Euler at N steps, both against a `--reference`
-  step Euler run, at the same number of DiT evaluations. Guidance oscillation is off for these
-  rows: it switches the guidance scale by step index, so runs with other step counts would solve
-  different ODEs.
+  step Euler run, at the same number of DiT evaluations, with the recipe's guidance oscillation
+  (`--no-oscillation` turns it off). Oscillation starts at a fraction of the schedule and rf2 gets
+  the scale Euler's alternation averages to (`flow.oscillated_scale`), so every row solves the same
+  ODE. `dit_rows` counts the batch rows evaluated: Euler's scale-1 steps run the conditional rows
+  only, rf2's averaged scale needs both CFG branches at every evaluation.
 - leap: Linear Proportional Leap and token merging (TDTM) at `--steps`, against the full run at
   the same steps (the recipe's own settings), with the evaluations each one saved.
 
-    python benchmarks/sampler_fidelity.py --solver-steps 10 20 50 --reference 200
+    python benchmarks/sampler_fidelity.py --solver-steps 16 20 --reference 200 --steps 0
     python benchmarks/sampler_fidelity.py --steps 50 --lpl-start 0.3 0.47 --tdtm 10 25
 """
 
@@ -37,10 +39,11 @@ class Counted:
     """The DiT call, counting evaluations and their wall time."""
 
     def __init__(self, fn):
-        self.fn, self.calls, self.seconds = fn, 0, 0.0
+        self.fn, self.calls, self.rows, self.seconds = fn, 0, 0, 0.0
 
     def __call__(self, *args):
         self.calls += 1
+        self.rows += args[0].shape[0]
         start = time.perf_counter()
         out = self.fn(*args)
         self.seconds += time.perf_counter() - start
@@ -61,6 +64,9 @@ def main() -> None:
     parser.add_argument("--lpl-patience", type=int, default=3)
     parser.add_argument("--tdtm", type=int, nargs="*", default=[10, 25])
     parser.add_argument("--prompts", type=int, default=len(PROMPTS), help="How many of PROMPTS.")
+    parser.add_argument(
+        "--no-oscillation", action="store_true", help="Solver rows without guidance oscillation."
+    )
     args = parser.parse_args()
     prompts = list(PROMPTS[: args.prompts])
 
@@ -83,6 +89,7 @@ def main() -> None:
             "group": group,
             "row": name,
             "dit_evals": counted.calls,
+            "dit_rows": counted.rows // len(prompts),
             "dit_s": round(counted.seconds, 1),
             "psnr_db": round(mean_psnr(video, reference), 2),
             "against": ref_name,
@@ -92,7 +99,7 @@ def main() -> None:
 
     with torch.no_grad():
         if args.solver_steps:
-            plain = {"text_osci": False, "image_osci": False}
+            plain = {"text_osci": False, "image_osci": False} if args.no_oscillation else {}
             reference, _ = run(steps=args.reference, **plain)
             for n in args.solver_steps:
                 video, counted = run(steps=n, **plain)
@@ -101,7 +108,7 @@ def main() -> None:
                 video, counted = run(steps=n // 2, solver="rf2", **plain)
                 report("solver", f"rf2 {n // 2} steps", video, counted, reference,
                        f"euler {args.reference}")  # fmt: skip
-        if args.lpl_start or args.tdtm:
+        if args.steps and (args.lpl_start or args.tdtm):
             full, counted = run(steps=args.steps)
             report("leap", f"full {args.steps} steps", full, counted, full, "itself")
             for start in args.lpl_start:
@@ -115,12 +122,12 @@ def main() -> None:
                 report("leap", f"tdtm {merge} steps", video, counted, full,
                        f"full {args.steps}")  # fmt: skip
 
-    print("| group | row | DiT evaluations | DiT s | PSNR dB | against |")
-    print("|---|---|---|---|---|---|")
+    print("| group | row | DiT evaluations | rows per prompt | DiT s | PSNR dB | against |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(
-            f"| {r['group']} | {r['row']} | {r['dit_evals']} | {r['dit_s']} | {r['psnr_db']} | "
-            f"{r['against']} |"
+            f"| {r['group']} | {r['row']} | {r['dit_evals']} | {r['dit_rows']} | {r['dit_s']} | "
+            f"{r['psnr_db']} | {r['against']} |"
         )
 
 

@@ -131,9 +131,14 @@ def test_paste_reference_frames_item_zero_by_default():
 
 
 def test_guidance_schedules():
-    scales = [flow.oscillated_scale(7.5, i, True) for i in range(14)]
+    # From 20 % of the schedule: step 10 of 50, step 2 of 10, whatever the step count.
+    scales = [flow.oscillated_scale(7.5, i, 50, True) for i in range(14)]
     assert scales == [7.5] * 11 + [1.0, 7.5, 1.0]
-    assert flow.oscillated_scale(7.5, 11, False) == 7.5
+    assert [flow.oscillated_scale(7.5, i, 10, True) for i in range(5)] == [7.5] * 3 + [1.0, 7.5]
+    assert flow.oscillated_scale(7.5, 11, 50, False) == 7.5
+    # rf2 at half the steps: Euler's alternation averaged, (7.5 + 1) / 2, at both evaluations.
+    rf2 = [flow.oscillated_scale(7.5, i, 5, True, solver="rf2") for i in range(5)]
+    assert rf2 == [7.5, 4.25, 4.25, 4.25, 4.25]
     g = flow.temporal_image_scale(3.0, step=2, num_steps=4, num_frames=3).flatten()
     # g_top = linspace(3, 1, 5)[2] = 2; frames get linspace(1, 2, 3)
     assert g.tolist() == [1.0, 1.5, 2.0]
@@ -175,6 +180,7 @@ def run_trajectory(vectors, case: str):
                 text_osci=opt["text_osci"],
                 image_osci=opt["image_osci"],
                 scale_temporal_osci=opt["scale_temporal_osci"],
+                osci_start=10 / opt["num_steps"],  # the reference counts from step 10
             )
             # last rows of the text tables: the negative prompt ""
             out = flow.sample_i2v(

@@ -224,6 +224,10 @@ def paste_reference_frames(
 # ---------------------------------------------------------------- samplers (spec §9)
 
 
+OSCILLATION_START = 0.2
+"""Guidance oscillates from this fraction of the schedule on (the reference's step 10 of 50)."""
+
+
 @dataclass
 class GuidanceConfig:
     """Classifier-free guidance of the Open-Sora 2.0 i2v denoiser (used for t2v too)."""
@@ -233,16 +237,39 @@ class GuidanceConfig:
     image: float = 3.0
     """Image-condition guidance scale g_img."""
     text_osci: bool = True
-    """Oscillation: g_txt = 1 at odd steps from step 10 on."""
+    """Oscillation of g_txt from `osci_start` on (see `oscillated_scale`)."""
     image_osci: bool = True
-    """Oscillation: g_img = 1 at odd steps from step 10 on."""
+    """Oscillation of g_img from `osci_start` on (see `oscillated_scale`)."""
     scale_temporal_osci: bool = True
     """For i2v conditions: g_img decays over the steps and grows from 1 along latent frames."""
+    osci_start: float = OSCILLATION_START
+    """Fraction of the schedule (step / steps) from which guidance oscillates."""
 
 
-def oscillated_scale(scale: float, step: int, enabled: bool, start: int = 10) -> float:
-    """Guidance scale at `step`: 1.0 at odd steps >= start when oscillation is on."""
-    return 1.0 if enabled and step >= start and step % 2 == 1 else scale
+def oscillated_scale(
+    scale: float,
+    step: int,
+    num_steps: int,
+    enabled: bool,
+    solver: str = "euler",
+    start: float = OSCILLATION_START,
+) -> float:
+    """Guidance scale at `step` of `num_steps` when oscillation is `enabled`.
+
+    Open-Sora 2.0 sets the scale to 1 at odd steps from step 10 of its 50. Counted in steps, that
+    rule depends on the step count and on the solver: 8 rf2 steps never reach step 10 while 16
+    Euler steps (the same DiT evaluations) oscillate from step 10 on, so the two solve different
+    ODEs. Here oscillation starts at a fraction of the schedule instead, `step / num_steps >=
+    start` (0.2 = the reference's 10 of 50, so 50-step runs are the reference's): Euler then
+    alternates g, 1, g, 1, ... and a solver with several evaluations per step (rf2) uses at each of
+    them the scale that alternation averages to, (g + 1) / 2; the velocity is affine in g, so over
+    a pair of Euler steps (one rf2 step at half the steps) both follow the same mean field.
+    """
+    if not enabled or step / num_steps < start:
+        return scale
+    if solver == "euler":
+        return 1.0 if step % 2 == 1 else scale
+    return (scale + 1.0) / 2
 
 
 def temporal_image_scale(scale: float, step: int, num_steps: int, num_frames: int) -> torch.Tensor:
@@ -448,14 +475,18 @@ def sample_i2v(
         return v.chunk(len(branches))
 
     def guided_velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
-        g_txt = oscillated_scale(guidance.text, step, guidance.text_osci)
+        g_txt = oscillated_scale(
+            guidance.text, step, num_steps, guidance.text_osci, solver, guidance.osci_start
+        )
         if not image_cfg:
             if g_txt == 1.0:  # v_u + 1·(v_c - v_u) = v_c: the negative rows would be wasted
                 return evaluate(x, t, step, ("cond",))[0]
             v_c, v_u = evaluate(x, t, step, ("cond", "uncond"))
             return v_u + g_txt * (v_c - v_u)
         v_c, v_u, v_u2 = evaluate(x, t, step, ("cond", "uncond", "uncond_noimg"))
-        g_img = oscillated_scale(guidance.image, step, guidance.image_osci)
+        g_img = oscillated_scale(
+            guidance.image, step, num_steps, guidance.image_osci, solver, guidance.osci_start
+        )
         if temporal and g_img > 1.0:
             g_img = temporal_image_scale(g_img, step, num_steps, T).to(x.device, v_c.dtype)
         return v_u2 + g_img * (v_u - v_u2) + g_txt * (v_c - v_u)

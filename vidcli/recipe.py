@@ -189,9 +189,10 @@ class SampleSection:
     guidance_img: float = _bounded(3.0, ge=0.0)
     """Image guidance scale (image-to-video)."""
     text_osci: bool = True
-    """Oscillating text guidance (scale 1 on odd steps from step 10), as Open-Sora v2."""
+    """Oscillating text guidance, as Open-Sora v2: scale 1 on odd steps from 20 % of the schedule
+    (step 10 of 50); rf2 uses the average scale instead (`vidcli.flow.oscillated_scale`)."""
     image_osci: bool = True
-    """Oscillating image guidance, as Open-Sora v2."""
+    """Oscillating image guidance, as Open-Sora v2 (the same rule)."""
     scale_temporal_osci: bool = True
     """Image guidance ramps from 1 on the first frame to the scale on the last."""
     frames: int = _bounded(16, ge=1)
