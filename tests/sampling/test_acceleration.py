@@ -75,10 +75,17 @@ def test_benchmark_sampler_rows_count_their_real_evaluations():
     assert rows["tdtm:25"].sample == {"tdtm_steps": 25}
     assert caching.default_variants(50, ["uniform:2"])[-1].name == "uniform:6"  # opt-in only
     # an uncached row reports the DiT calls it made (a leap after 28 of 50 steps)
+    from vidcli.benchmark.caching_cost import CostMeter
+    from vidcli.models.mmdit.config import MMDiTConfig
+
+    meter = CostMeter(lambda *args: None, MMDiTConfig(), None, (2, 4, 4), "cpu")
+    for step in range(28):
+        meter.before_evaluation(flow.StepInfo(step, 50, 1.0, False, step, ("cond",), 1))
+        meter(torch.zeros(1), torch.zeros(1), torch.zeros(1, 5, 4))
     video = torch.zeros(1, 3, 2, 16, 16)
     timings = {"dit_cpu": 1.0, "dit_wall": 1.0, "cpu_total": 2.0, "device": "cpu",
                "dit_calls": 28}  # fmt: skip
-    row = caching._row(rows["lpl:0.47"], 50, video, video, timings, None, (2.0, 3.0, 2.0))
+    row = caching._row(rows["lpl:0.47"], 50, video, video, timings, meter, (2.0, 3.0, 2.0))
     assert (row.full_evals, row.blocks_computed) == (28, pytest.approx(0.56))
 
 

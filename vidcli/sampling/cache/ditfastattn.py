@@ -21,16 +21,7 @@ from collections.abc import Sequence
 import torch
 
 from vidcli.sampling.cache.base import CachePolicy
-from vidcli.sampling.cache.hooks import (
-    DOUBLE_ATTN_SHARE,
-    SINGLE_MERGE_SHARE,
-    SINGLE_MLP_IN_SHARE,
-    SINGLE_QKV_SHARE,
-    ComputeHook,
-    StepRun,
-    put_rows,
-    take_rows,
-)
+from vidcli.sampling.cache.hooks import ComputeHook, StepRun, put_rows, take_rows
 
 FULL, AST, ASC = "full", "ast", "asc"
 CANDIDATES = (AST, ASC)
@@ -84,26 +75,28 @@ class AttentionHook(ComputeHook):
         if self.technique == AST and cached is not None:
             return cached
         if self.technique == ASC and batch > n:
-            self.work += DOUBLE_ATTN_SHARE * n / batch
+            self.work += self.cost.double_attention * n / batch
             img, txt = block.attention(img_in[:n], txt_in[:n], cos[:n], sin[:n])
             out = (self._share(img, batch), self._share(txt, batch))
         else:
-            self.work += DOUBLE_ATTN_SHARE
+            self.work += self.cost.double_attention
             out = block.attention(img_in, txt_in, cos, sin)
         self._store(out)
         return out
 
     def single(self, block, x_mod, cos, sin):
-        self.work += SINGLE_MLP_IN_SHARE + SINGLE_MERGE_SHARE
+        self.work += self.cost.single_mlp_in + self.cost.single_merge
         batch, n = x_mod.shape[0], self.rows
         cached = self._cached(batch)
         if self.technique == AST and cached is not None:
             return block.merge(cached, block.mlp_input(x_mod))
         q, k, v, mlp = block.project(x_mod)
-        self.work += SINGLE_QKV_SHARE
+        self.work += self.cost.single_qkv
         if self.technique == ASC and batch > n:
+            self.work += self.cost.attention_core * n / batch
             attn = self._share(block.attend(q[:n], k[:n], v[:n], cos[:n], sin[:n]), batch)
         else:
+            self.work += self.cost.attention_core
             attn = block.attend(q, k, v, cos, sin)
         self._store(attn)
         return block.merge(attn, mlp)

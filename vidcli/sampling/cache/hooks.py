@@ -15,37 +15,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
 from vidcli.models.mmdit.hooks import BlockHook
 from vidcli.models.mmdit.model import Embedded
-
-# Share of a block's weight FLOPs per module, for the "blocks computed" count: a double-stream
-# stream spends 4·D² per token in q/k/v/proj and 8·D² in its MLP; a single block 7·D² in linear1
-# (q/k/v 3, MLP input 4) and 5·D² in linear2 (attention's own L² term left out).
-DOUBLE_ATTN_SHARE, DOUBLE_MLP_SHARE = 1 / 3, 1 / 3  # both streams' attention; one MLP
-SINGLE_QKV_SHARE, SINGLE_MLP_IN_SHARE, SINGLE_MERGE_SHARE = 3 / 12, 4 / 12, 5 / 12
+from vidcli.sampling.cache.cost import BlockCost
 
 
 class ComputeHook(BlockHook):
     """A block hook that computes everything, exactly as the block's forward would.
 
     Policies subclass it and override what they reuse; `work` accumulates the block-equivalents
-    actually computed (1.0 for a whole block).
+    actually computed (1.0 for a whole block), each part weighted by its FLOPs in `cost`.
     """
+
+    cost: BlockCost
+    """This call's FLOP shares, set by `StepRun.run_blocks` before the block runs."""
 
     def __init__(self) -> None:
         self.work = 0.0
 
     def attention(self, block, img_in, txt_in, cos, sin):
         """Double block: (img (B, L_img, D), txt (B, L_txt, D)) after `proj`, before the gate."""
-        self.work += DOUBLE_ATTN_SHARE
+        self.work += self.cost.double_attention
         return block.attention(img_in, txt_in, cos, sin)
 
     def mlp(self, block, stream: str, x: torch.Tensor) -> torch.Tensor:
         """Double block: the "img" or "txt" MLP of its modulated input, before the gate."""
-        self.work += DOUBLE_MLP_SHARE
+        self.work += getattr(self.cost, f"{stream}_mlp")
         return getattr(block, f"{stream}_mlp")(x)
 
     def single(self, block, x_mod, cos, sin) -> torch.Tensor:
@@ -106,6 +105,17 @@ class StepRun:
     """"full", "partial" or "skipped": set by the policy."""
     captured: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    @cached_property
+    def cost(self) -> BlockCost:
+        """The FLOP shares of one block's parts at this call's token counts."""
+        cfg = self.model.config
+        return BlockCost.of(
+            cfg.hidden_size,
+            cfg.mlp_hidden_dim,
+            self.embedded.ctx.shape[1],
+            self.embedded.x.shape[1],
+        )
+
     @property
     def num_blocks(self) -> int:
         return len(self.model.double_blocks) + len(self.model.single_blocks)
@@ -138,6 +148,8 @@ class StepRun:
         x, ctx, h = trunk.x, trunk.ctx, trunk.h
         for i in range(start, stop):
             hook = hook_for(i) if hook_for is not None else None
+            if hook is not None:
+                hook.cost = self.cost
             before = (x if h is None else h[:, ctx.shape[1] :]) if i in capture else None
             if i < depth:
                 x, ctx = m.double_blocks[i](x, ctx, e.vec, e.cos, e.sin, hook)

@@ -12,12 +12,8 @@ from collections.abc import Callable
 
 import torch
 
-from vidcli.sampling.cache.hooks import (
-    DOUBLE_ATTN_SHARE,
-    DOUBLE_MLP_SHARE,
-    ComputeHook,
-    single_output,
-)
+from vidcli.sampling.cache.cost import BlockCost
+from vidcli.sampling.cache.hooks import ComputeHook, single_output
 
 Value = torch.Tensor | tuple[torch.Tensor, ...]
 Key = tuple[int, str]
@@ -33,24 +29,28 @@ class ModuleHook(ComputeHook):
         super().__init__()
         self.index, self.provide = index, provide
 
-    def _counted(self, share: float, fn: Callable[[], Value]) -> Callable[[], Value]:
+    def _counted(
+        self, share: Callable[[BlockCost], float], fn: Callable[[], Value]
+    ) -> Callable[[], Value]:
         def compute() -> Value:
-            self.work += share
+            self.work += share(self.cost)
             return fn()
 
         return compute
 
     def attention(self, block, img_in, txt_in, cos, sin):
-        fn = self._counted(DOUBLE_ATTN_SHARE, lambda: block.attention(img_in, txt_in, cos, sin))
+        fn = self._counted(
+            lambda c: c.double_attention, lambda: block.attention(img_in, txt_in, cos, sin)
+        )
         return self.provide((self.index, "attn"), fn)
 
     def mlp(self, block, stream, x):
         module = getattr(block, f"{stream}_mlp")
-        fn = self._counted(DOUBLE_MLP_SHARE, lambda: module(x))
+        fn = self._counted(lambda c: getattr(c, f"{stream}_mlp"), lambda: module(x))
         return self.provide((self.index, f"{stream}_mlp"), fn)
 
     def single(self, block, x_mod, cos, sin):
-        fn = self._counted(1.0, lambda: single_output(block, x_mod, cos, sin))
+        fn = self._counted(lambda c: 1.0, lambda: single_output(block, x_mod, cos, sin))
         return self.provide((self.index, "out"), fn)
 
 

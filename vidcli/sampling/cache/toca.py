@@ -22,15 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from vidcli.sampling.cache.base import CachePolicy, periodic_full_step
-from vidcli.sampling.cache.hooks import (
-    DOUBLE_MLP_SHARE,
-    SINGLE_MERGE_SHARE,
-    SINGLE_MLP_IN_SHARE,
-    ComputeHook,
-    StepRun,
-    put_rows,
-    take_rows,
-)
+from vidcli.sampling.cache.hooks import ComputeHook, StepRun, put_rows, take_rows
 
 WARMUP_STEPS = 3
 BASE_RATIO = 0.1
@@ -104,7 +96,7 @@ class ToCaHook(ComputeHook):
             self.policy.store(key, out, x)
             return out
         idx = cache.select(x, self.ratio, self.policy.interval)
-        self.work += DOUBLE_MLP_SHARE * idx.shape[1] / x.shape[1]
+        self.work += getattr(self.cost, f"{stream}_mlp") * idx.shape[1] / x.shape[1]
         cache.refresh(idx, x, module(_gather(x, idx)))
         return cache.output[: x.shape[0]]
 
@@ -121,7 +113,8 @@ class ToCaHook(ComputeHook):
             self.policy.attn[attn_key] = put_rows(self.policy.attn.get(attn_key), attn)
             return out
         idx = cache.select(x_mod, self.ratio, self.policy.interval)
-        self.work += (SINGLE_MLP_IN_SHARE + SINGLE_MERGE_SHARE) * idx.shape[1] / x_mod.shape[1]
+        share = self.cost.single_mlp_in + self.cost.single_merge
+        self.work += share * idx.shape[1] / x_mod.shape[1]
         attn = _gather(self.policy.attn[(self.index, "attn")][: x_mod.shape[0]], idx)
         values = block.merge(attn, block.mlp_input(_gather(x_mod, idx)))
         cache.refresh(idx, x_mod, values)
