@@ -110,7 +110,7 @@ def test_decode_peak_is_linear_in_tile_volume():
 def test_decode_estimate_near_the_reference_tile_peak():
     """gpu-anchors.md: the reference decodes 768 px x 128 f in 256 px / 32 f tiles at 5.8 GB."""
     ae = sizes.meta_autoencoder(load_recipe(OPENSORA).ae)
-    per_voxel = gp._decode_bytes_per_voxel(ae, torch.bfloat16)
+    per_voxel = gp._coder_bytes_per_voxel(ae.to(torch.bfloat16), torch.bfloat16, decode=True)
     weights = meta.param_count(ae.decoder) * 2
     video = 3 * 128 * 768 * 768 * 2
     estimate = (per_voxel * 32 * 256 * 256 + weights + video) / 1e9

@@ -33,6 +33,7 @@ from vidcli.plans.sizes import (
     text_encoder_params,
     text_widths,
 )
+from vidcli.plans.state import refusal, run_state
 from vidcli.recipe import Recipe
 
 OFFLOAD_MODES = ("none", "model", "blocks")
@@ -64,6 +65,10 @@ class GeneratePlan:
     cfg_rows: int
     components: list[ComponentMemory]
     dit_activation_gb: float
+    cache_state_gb: float
+    """What `[sample] cache` keeps between denoiser calls, on the device (`plans.state`)."""
+    sparse_residual_gb: float
+    """Sparse attention's cached residuals (`[sample] sparse_residual`)."""
     decode_untiled_gb: float
     decode_gb: float
     decode_work: float
@@ -93,6 +98,8 @@ class GeneratePlan:
             else f"tiles {self.tiling['spatial_tile']} px / {self.tiling['temporal_tile']} f"
         )
         lines += [
+            f"run-time state: cache {self.cache_state_gb:.2f} GB, sparse residuals "
+            f"{self.sparse_residual_gb:.2f} GB",
             f"DiT activations {self.dit_activation_gb:.2f} GB; AE decode {self.decode_gb:.2f} GB "
             f"({tiles}, {self.decode_work:.2f}x the untiled work; untiled "
             f"{self.decode_untiled_gb:.2f} GB)",
@@ -116,9 +123,9 @@ def plan_generate(
     gpu_memory_gb None: no limit (CPU), so nothing is offloaded or tiled beyond the recipe.
     """
     sample = recipe.sample
-    ae = meta_autoencoder(recipe.ae)
+    ae = meta_autoencoder(recipe.ae).to(dtype)
     latent = ae.latent_shape(sample.frames, sample.height, sample.width)
-    dit = meta_dit(recipe.dit, latent[0], recipe.text)
+    dit = meta_dit(recipe.dit, latent[0], recipe.text).to(dtype)
     size = dtype_size(dtype)
     notes: list[str] = []
 
@@ -127,23 +134,29 @@ def plan_generate(
         for name, n in text_encoder_params(recipe.text).items()
     ]
     text_tokens, _, _ = text_widths(recipe.text)
-    t2i_components, t2i_act, t2i_dit = _t2i_stage(recipe, dtype, text_tokens)
+    t2i_components, t2i_act, t2i_dit = _t2i_stage(recipe, dtype, text_tokens, batch_size)
     components += t2i_components
     components.append(ComponentMemory("dit", param_count(dit), param_count(dit) * size / GB))
     components.append(ComponentMemory("ae", param_count(ae), param_count(ae) * size / GB))
 
-    # t2i2v conditions the video on its first frame: image CFG adds a third row.
-    cfg_rows = (3 if image_condition or t2i_dit is not None else 2) * batch_size
-    dit.to(dtype)
+    # A guidance-distilled DiT runs one row per prompt; CFG runs two, and the image condition
+    # of i2v / t2i2v adds a third.
+    branches = 3 if image_condition or t2i_dit is not None else 2
+    cfg_rows = (1 if dit.config.guidance_embed else branches) * batch_size
     dit_act = dit_inference_peak(dit, cfg_rows, latent, text_tokens, dtype) * ACTIVATION_MARGIN / GB
     p = dit.config.patch_size
     image_tokens = latent[1] * (latent[2] // p) * (latent[3] // p)
+    state = run_state(recipe, dit, cfg_rows, image_tokens, text_tokens, size)
 
     # Decoded video on the device: the decoder's output plus its fp32 copy before `.cpu()`.
     out_voxels = batch_size * 3 * sample.frames * sample.height * sample.width
     video_gb = out_voxels * (size + 4) / GB
-    decode_per_voxel = _decode_bytes_per_voxel(ae, dtype) * ACTIVATION_MARGIN
+    decode_per_voxel = _coder_bytes_per_voxel(ae, dtype, decode=True) * ACTIVATION_MARGIN
     untiled_gb = decode_per_voxel * out_voxels / 3 / GB + video_gb
+    # t2i2v encodes each first frame held still for the whole clip, one prompt at a time, in
+    # the decode's tiles (`t2i2v.condition_latent`); the expanded clip is copied to the device.
+    clip_voxels = sample.frames * sample.height * sample.width
+    encode_per_voxel = _coder_bytes_per_voxel(ae, dtype, decode=False) * ACTIVATION_MARGIN
 
     weights = {c.name: c.weight_gb for c in components}
     text_gb = sum(v for k, v in weights.items() if k.startswith("text:"))
@@ -158,17 +171,22 @@ def plan_generate(
     t2i_streamed = streamed(t2i_dit) + weights["t2i:ae"] if t2i_dit is not None else 0.0
     budget = None if gpu_memory_gb is None else gpu_memory_gb - RESERVED_GB
 
-    def phases(offload: str, decode_gb: float) -> dict[str, float]:
+    def phases(offload: str, coder: tuple[float, int]) -> dict[str, float]:
+        decode_gb, voxels = coder
+        encode_gb = (encode_per_voxel * voxels + clip_voxels * 3 * size) / GB
         if offload == "none":
             resident = sum(weights.values())
-            out = {"text": resident, "dit": resident + dit_act, "decode": resident + decode_gb}
+            out = {"text": resident, "dit": resident + dit_act + state["sampling"]}
             if t2i_dit is not None:
-                out["t2i"] = resident + t2i_act
-            return out
+                out |= {"t2i": resident + t2i_act, "encode": resident + encode_gb}
+            return out | {"decode": resident + decode_gb}
         out = {"text": text_gb}
         if t2i_dit is not None:
-            out["t2i"] = (t2i_streamed if offload == "blocks" else t2i_gb) + t2i_act
-        out["dit"] = (dit_streamed if offload == "blocks" else weights["dit"]) + dit_act
+            image_models = t2i_streamed if offload == "blocks" else t2i_gb
+            out["t2i"] = image_models + weights["ae"] + t2i_act
+            out["encode"] = image_models + weights["ae"] + encode_gb
+        dit_weights = dit_streamed if offload == "blocks" else weights["dit"]
+        out["dit"] = dit_weights + dit_act + state["sampling"]
         out["decode"] = weights["ae"] + decode_gb
         return out
 
@@ -182,25 +200,22 @@ def plan_generate(
     chosen = None
     for modes in (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:]):
         fitting = [
-            (work, OFFLOAD_MODES.index(offload), offload, tiling, decode_gb)
+            (work, OFFLOAD_MODES.index(offload), offload, tiling, coder)
             for offload in modes
-            for tiling, decode_gb, work in options
-            if budget is None or max(phases(offload, decode_gb).values()) <= budget
+            for tiling, coder, work in options
+            if budget is None or max(phases(offload, coder).values()) <= budget
         ]
         if fitting:
-            work, _, offload, tiling, decode_gb = min(fitting, key=lambda f: f[:2])
-            chosen = offload, tiling, decode_gb, work, phases(offload, decode_gb)
+            work, _, offload, tiling, coder = min(fitting, key=lambda f: f[:2])
+            chosen = offload, tiling, coder, work, phases(offload, coder)
             break
     least = min(options, key=lambda o: o[1])
     smallest = max(phases("blocks", least[1]).values()) + RESERVED_GB
     fits = chosen is not None
     if chosen is None:
         chosen = ("blocks", *least, phases("blocks", least[1]))
-        notes.append(
-            f"does not fit in {gpu_memory_gb:g} GB even with block offload and the smallest AE "
-            f"tiles; the smallest device that fits has {smallest:.1f} GB"
-        )
-    offload, tiling, decode_gb, work, ph = chosen
+        notes.append(refusal(recipe, state, smallest, gpu_memory_gb, batch_size))
+    offload, tiling, (decode_gb, _), work, ph = chosen
     if recipe.text.backend == "t5-clip" and not Path(recipe.text.t5_path, "config.json").is_file():
         notes.append("T5 / CLIP sizes from the released t5-v1_1-xxl / clip-vit-large-patch14")
     return GeneratePlan(
@@ -213,6 +228,8 @@ def plan_generate(
         cfg_rows=cfg_rows,
         components=components,
         dit_activation_gb=dit_act,
+        cache_state_gb=state["cache"],
+        sparse_residual_gb=state["sparse"],
         decode_untiled_gb=untiled_gb,
         decode_gb=decode_gb,
         decode_work=work,
@@ -226,11 +243,11 @@ def plan_generate(
     )
 
 
-def _t2i_stage(recipe: Recipe, dtype: torch.dtype, text_tokens: int):
+def _t2i_stage(recipe: Recipe, dtype: torch.dtype, text_tokens: int, batch: int):
     """(components, activation GB, its DiT) of the t2i2v image stage; ([], 0, None) when off.
 
-    The image DiT (Flux) is guidance-distilled: one row per prompt, at about `resolution`²
-    pixels; its AE decodes a single image.
+    The image DiT (Flux) is guidance-distilled: one row per prompt of the batch, at about
+    `resolution`² pixels; its AE decodes the batch's images at once.
     """
     t2i = getattr(recipe, "t2i", None)
     if t2i is None or not t2i.enabled:
@@ -248,8 +265,8 @@ def _t2i_stage(recipe: Recipe, dtype: torch.dtype, text_tokens: int):
         t2i.resolution // sc,
         t2i.resolution // sc,
     )
-    act = dit_inference_peak(dit, 1, latent, text_tokens, dtype)
-    z = torch.empty(1, ae.latent_channels, 1, *latent[2:], device="meta", dtype=dtype)
+    act = dit_inference_peak(dit, batch, latent, text_tokens, dtype)
+    z = torch.empty(batch, ae.latent_channels, 1, *latent[2:], device="meta", dtype=dtype)
     act = max(act, measure_peak(lambda: ae.decode(z)))
     components = [
         ComponentMemory(f"t2i:{name}", param_count(m), param_count(m) * size / GB)
@@ -258,30 +275,35 @@ def _t2i_stage(recipe: Recipe, dtype: torch.dtype, text_tokens: int):
     return components, act * ACTIVATION_MARGIN / GB, dit
 
 
-def _decode_bytes_per_voxel(ae: nn.Module, dtype: torch.dtype) -> float:
-    """Decoder activation peak per output voxel (all frames, pixels and colours / 3).
+def _coder_bytes_per_voxel(ae: nn.Module, dtype: torch.dtype, decode: bool) -> float:
+    """Decoder (or encoder) activation peak per video voxel (frames x pixels, colours / 3).
 
-    Measured on one reference tile on `meta`: the decoder is fully convolutional, so its peak
-    grows linearly with the tile volume (checked in tests/test_memory_plan.py).
+    Measured on one reference tile on `meta`: the AE is fully convolutional, so its peak grows
+    linearly with the tile volume (checked in tests/test_memory_plan.py).
     """
-    ae.to(dtype)
     t_lat, s_lat = 8, 8
     frames = ae.decoded_frames(t_lat)
     sc = ae.spatial_compression
-    z = torch.empty(1, ae.latent_channels, t_lat, s_lat, s_lat, device="meta", dtype=dtype)
-    peak = measure_peak(lambda: ae._decode_raw(z))
+    if decode:
+        z = torch.empty(1, ae.latent_channels, t_lat, s_lat, s_lat, device="meta", dtype=dtype)
+        peak = measure_peak(lambda: ae._decode_raw(z))
+    else:
+        ae.tiling = None  # this meta copy only: the reference tile runs untiled
+        x = torch.empty(1, 3, frames, s_lat * sc, s_lat * sc, device="meta", dtype=dtype)
+        peak = measure_peak(lambda: ae.encode(x))
     return peak / (frames * (s_lat * sc) ** 2)
 
 
 def _decode_options(ae, sample, untiled_gb: float, per_voxel: float, video_gb: float):
-    """(tiling or None, decode GB, work) from untiled to the smallest tile, least work first.
+    """(tiling or None, (decode GB, voxels per tile), work) from untiled to the smallest tile,
+    least work first.
 
     work = voxels decoded / voxels of the video (overlapping tiles decode some voxels twice), so
     the plan tiles only as much as memory requires: big devices decode at untiled speed.
     """
     from vidcli.models.dcae.tiling import tile_spans
 
-    yield None, untiled_gb, 1.0
+    yield None, (untiled_gb, sample.frames * sample.height * sample.width), 1.0
     sc, tc = ae.spatial_compression, ae.time_compression
     _, t_lat, h_lat, w_lat = ae.latent_shape(sample.frames, sample.height, sample.width)
     options = {}
@@ -305,7 +327,7 @@ def _decode_options(ae, sample, untiled_gb: float, per_voxel: float, video_gb: f
             options.setdefault(key, (spatial, temporal, tile_voxels, work))
     for _, (spatial, temporal, voxels, work) in sorted(options.items()):
         tiling = {"spatial_tile": spatial, "temporal_tile": temporal, "overlap": TILE_OVERLAP}
-        yield tiling, per_voxel * voxels / GB + video_gb, work
+        yield tiling, (per_voxel * voxels / GB + video_gb, voxels), work
 
 
 def generate_plan(

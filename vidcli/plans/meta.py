@@ -3,7 +3,8 @@
 `measure_peak` runs a callable under a dispatch mode that adds up the storage bytes of every
 tensor created inside it while that tensor is alive, and keeps the peak. `saved_for_backward`
 adds up what autograd keeps for the backward pass. Both treat SDPA as the fused CUDA kernels run
-it (flash / cuDNN keep O(L) memory), not as the CPU math kernel that materialises L x L scores.
+it (flash / cuDNN keep O(L) memory: q, k, v, the output and a row statistic for backward), not as
+the CPU math kernel that materialises L x L scores.
 """
 
 from __future__ import annotations
@@ -54,13 +55,33 @@ class _LiveBytes(TorchDispatchMode):
             del self._storages[key]
 
 
+class _FlashSaves(torch.autograd.Function):
+    """SDPA's autograd record as flash / cuDNN keep it: q, k, v, the output and the fp32
+    log-sum-exp per query row (B, H, L), no L x L scores."""
+
+    @staticmethod
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
 class _FusedAttention(TorchFunctionMode):
-    """SDPA as the fused CUDA kernels run it: only the output (and a row statistic) is stored."""
+    """SDPA as the fused CUDA kernels run it: only the output (and a row statistic) is stored;
+    under grad, what they save for backward (`_FlashSaves`)."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func is F.scaled_dot_product_attention:
-            q, v = args[0], args[2]
+            q, k, v = args[:3]
+            if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
+                return _FlashSaves.apply(q, k, v)
             return q.new_empty((*q.shape[:-1], v.shape[-1]))
         return func(*args, **kwargs)
 

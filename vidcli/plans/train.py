@@ -40,6 +40,10 @@ class TrainPlan:
     weights_gb: float
     grads_gb: float
     optimizer_gb: float
+    ema_gb: float
+    """The EMA shadow: fp32 copies of the trainable parameters on every rank (`train.ema`)."""
+    bucket: str | None
+    """The `[data] buckets` bucket planned for: the largest batch x tokens (None: no buckets)."""
     activations_gb: float
     activations_checkpointed_gb: float
     by_zero_stage_gb: dict[str, float]
@@ -55,9 +59,10 @@ class TrainPlan:
             f"train-dit plan per rank ({self.world} rank(s), ZeRO-{self.zero_stage}, "
             f"{self.precision}, {limit})",
             f"params {self.params / 1e9:.3f} B ({self.trainable_params / 1e9:.3f} B trainable), "
-            f"{self.tokens_per_sample} tokens/sample, batch {self.batch_size}",
+            f"{self.tokens_per_sample} tokens/sample, batch {self.batch_size}"
+            + (f" (largest bucket {self.bucket})" if self.bucket else ""),
             f"weights {self.weights_gb:.2f} GB, grads {self.grads_gb:.2f} GB, "
-            f"AdamW {self.optimizer_gb:.2f} GB",
+            f"AdamW {self.optimizer_gb:.2f} GB, EMA {self.ema_gb:.2f} GB",
             "model states by ZeRO stage: "
             + ", ".join(f"{k} {v:.2f} GB" for k, v in self.by_zero_stage_gb.items()),
             f"activations {self.activations_gb:.2f} GB, checkpointed "
@@ -97,8 +102,9 @@ def plan_train(
 ) -> TrainPlan:
     """The per-rank training plan for a DiT on latents (C, T, H, W).
 
-    trainable_params: parameters that get gradients and optimizer states (None = all; the
-    LoRA mode passes its adapter count here).
+    With `[data] buckets` the step planned for is the bucket with the most batch x tokens (only
+    C of `latent` is used). trainable_params: parameters that get gradients and optimizer states
+    (None = all; the LoRA mode passes its adapter count here).
     """
     launcher, train = recipe.launcher, recipe.train
     world = world or launcher.nproc
@@ -121,9 +127,12 @@ def plan_train(
         for s in range(4)
     }
 
+    # The EMA shadows every trainable parameter in fp32 on each rank, beside the model states.
+    ema_gb = trainable * 4 / GB if train.ema_decay > 0 else 0.0
+    bucket, latent, batch = largest_step(recipe, latent, text_tokens, dit.config.patch_size)
     act_dtype = torch.bfloat16 if launcher.precision == "bf16" else torch.float32
-    full, checkpointed = _train_activations(dit, train.batch_size, latent, text_tokens, act_dtype)
-    model_gb = sum(states.values()) / GB
+    full, checkpointed = _train_activations(dit, batch, latent, text_tokens, act_dtype)
+    model_gb = sum(states.values()) / GB + ema_gb
     budget = None if gpu_memory_gb is None else gpu_memory_gb - RESERVED_GB
     wants_ckpt = recipe.dit.grad_checkpointing
     if budget is not None and model_gb + full > budget:
@@ -132,6 +141,9 @@ def plan_train(
     notes = []
     if launcher.zero_stage == 3 and train.ema_decay > 0:
         notes.append("ZeRO-3 with EMA is refused: set [train] ema_decay = 0 or zero_stage <= 2")
+    fits = budget is None or peak <= budget
+    if not fits:
+        notes.insert(0, _refusal(recipe, gpu_memory_gb, peak - budget, ema_gb))
     if trainable_params is None:
         notes.append("all parameters trainable (LoRA counts come from the [lora] section)")
     p = dit.config.patch_size
@@ -142,19 +154,55 @@ def plan_train(
         params=params,
         trainable_params=trainable,
         tokens_per_sample=latent[1] * (latent[2] // p) * (latent[3] // p),
-        batch_size=train.batch_size,
+        batch_size=batch,
         weights_gb=states["weights"] / GB,
         grads_gb=states["grads"] / GB,
         optimizer_gb=states["optimizer"] / GB,
+        ema_gb=ema_gb,
+        bucket=bucket,
         activations_gb=full,
         activations_checkpointed_gb=checkpointed,
         by_zero_stage_gb=by_stage,
         grad_checkpointing=wants_ckpt,
         gpu_memory_gb=gpu_memory_gb,
         peak_gb=peak + RESERVED_GB,
-        fits=budget is None or peak <= budget,
+        fits=fits,
         notes=notes,
     )
+
+
+def largest_step(recipe: Recipe, latent, text_tokens: int, patch: int):
+    """(bucket id or None, latent (C, T, H, W), batch) of the step with the most activations.
+
+    Activations grow with batch x (image + text tokens), so that product picks the bucket;
+    without `[data] buckets` every step is `latent` at `[train] batch_size`.
+    """
+    from vidcli.data.section import bucket_config
+
+    buckets = bucket_config(recipe.data)
+    if buckets is None:
+        return None, tuple(latent), recipe.train.batch_size
+    ae = meta_autoencoder(recipe.ae)
+
+    def step(bucket: str):
+        shape = (latent[0], *ae.latent_shape(*buckets.shape(bucket))[1:])
+        tokens = shape[1] * (shape[2] // patch) * (shape[3] // patch)
+        return buckets.batch_size(bucket) * (tokens + text_tokens), bucket, shape
+
+    _, bucket, shape = max(step(b) for b in buckets.bucket_ids())
+    return bucket, shape, buckets.batch_size(bucket)
+
+
+def _refusal(recipe: Recipe, gpu_gb: float, over: float, ema_gb: float) -> str:
+    """The one line a training plan that does not fit leads its notes with."""
+    launcher = recipe.launcher
+    if ema_gb >= over:
+        fix = f"set [train] ema_decay = 0 (the EMA shadow takes {ema_gb:.1f} GB)"
+    elif not launcher.offload_optimizer:
+        fix = "set [launcher] offload_optimizer = true, or shard over more ranks"
+    else:
+        fix = "shard over more ranks (launcher.nproc) or train a smaller bucket / batch"
+    return f"does not fit in {gpu_gb:g} GB by {over:.2f} GB even with checkpointing: {fix}"
 
 
 def _train_activations(dit, batch: int, latent, text_tokens: int, dtype) -> tuple[float, float]:
