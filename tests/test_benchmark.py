@@ -262,3 +262,17 @@ def test_kernel_rows_say_when_the_work_differs():
     assert not low["equal_work"] and "not equal work" in low["differs"]
     assert same["dtype"] == "float32" and same["equal_work"] and same["differs"] is None
     assert low["max_abs_err"] < 0.05 and same["max_abs_err"] < 1e-5
+
+
+def test_settings_keep_the_device_index(monkeypatch):
+    """`--device cuda:1` runs on cuda:1: the index survives into the settings every row reads;
+    defaults and memory rules follow the device type."""
+    from vidcli.benchmark.options import DEFAULTS, BenchmarkOptions, resolve_settings
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    s = resolve_settings(BenchmarkOptions(device="cuda:1", dtype="bf16"), align=32)
+    assert (s.device, s.device_type, s.ae_timing) == ("cuda:1", "cuda", "full")
+    assert s.frames == DEFAULTS["cuda"].frames
+    with pytest.raises(UsageError, match="only 2 CUDA device"):
+        resolve_settings(BenchmarkOptions(device="cuda:2"), align=32)

@@ -67,7 +67,7 @@ def test_a_write_failing_after_calibration_is_the_same_usage_error(tmp_path, mon
     from vidcli.sampling.cache.calibration import CacheCalibration
 
     ae = SimpleNamespace(latent_shape=lambda *size: (4, 2, 8, 8))
-    monkeypatch.setattr(generate, "load_pipeline", lambda recipe: SimpleNamespace(ae=ae))
+    monkeypatch.setattr(generate, "load_pipeline", lambda recipe, place: SimpleNamespace(ae=ae))
     monkeypatch.setattr(generate, "_valid_size", lambda ae, t, h, w, fit: (t, h, w))
     monkeypatch.setattr(caching, "calibrate", lambda *args: CacheCalibration())
 

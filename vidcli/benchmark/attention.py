@@ -77,7 +77,7 @@ def attention_bench(s: Settings) -> list[dict[str, Any]]:
             row = {"backend": name, "tokens": tokens, "heads": heads, "head_dim": dim}
             row["default"] = name == chosen
             row.update(forward_s=None, fwd_bwd_s=None, forward_flops=None, fwd_bwd_flops=None)
-            if name == "reference" and heads * tokens**2 * 4 > _REFERENCE_SCORE_BYTES[s.device]:
+            if name == "reference" and heads * tokens**2 * 4 > _REFERENCE_SCORE_BYTES[device.type]:
                 rows.append({**row, "skipped": "scores too large for the reference"})
                 continue
             calls = (no_grad_call(fn, q, k, v), _fwd_bwd(fn, q, k, v, grad))

@@ -5,7 +5,10 @@ memory, FLOPs and speedups against the first row, as a table, JSON rows or CSV.
 Each row lives in a worker process of its own (`worker.RowProcess`: its peak memory is its own),
 and the rows are timed interleaved, A B A B ..., one call at a time: a speedup is the median over
 rounds of baseline time / row time, so a neighbouring job slows both sides of each ratio alike.
-Each row's DiT step checkpoints its blocks only when the memory plan says it must (`row_memory`;
+The DiT train step runs in train-dit's regime: fp32 master weights and AdamW state, the forward
+under `--dtype` autocast (train-dit's `[launcher] precision`); the denoising step, as generate,
+casts the weights to `--dtype`. Each row's DiT step checkpoints its blocks only when the memory
+plan says it must (`row_memory`;
 the table says when rows differ), and on CUDA rows that do not fit the device together take turns
 on it: the idle rows' DiT and AdamW state wait in CPU memory, moved outside the timed calls.
 On CPU the AE times come from a small probe clip scaled by voxel count (DC-AE is convolutions
@@ -29,6 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vidcli import devices
 from vidcli.benchmark import row_memory
 from vidcli.benchmark.options import DTYPES, SEED, WARMUP, Settings
 from vidcli.benchmark.worker import RowProcess
@@ -179,7 +183,7 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
     for spec in specs:
         row_tokens(spec, s)  # every shape error before the first long measurement
     peak = measure_matmul_peak(s.device, DTYPES[s.dtype])
-    if s.device == "cuda":
+    if s.device_type == "cuda":
         torch.cuda.empty_cache()  # the matmul's memory is the rows' now
     layout = plan_layout(specs, s)
     log.info("compare-ae: %s, timed interleaved", ", ".join(spec.label for spec in specs))
@@ -247,7 +251,7 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         "per-round ratios",
         "peak_mem": (
             "peak RSS of each row's own process after the DiT train steps"
-            if s.device == "cpu"
+            if s.device_type == "cpu"
             else "torch.cuda.max_memory_allocated of each row's own process over its train steps"
         ),
     }
@@ -263,7 +267,10 @@ def plan_layout(specs: list[AESpec], s: Settings) -> row_memory.RowLayout:
         row_memory.row_memory(spec.label, s.dit, depth, row_tokens(spec, s)[0], s) for spec in specs
     ]
     layout = row_memory.plan_rows(
-        needs, row_memory.free_memory_gb(torch.device(s.device)), s.grad_checkpointing, s.device
+        needs,
+        row_memory.free_memory_gb(torch.device(s.device)),
+        s.grad_checkpointing,
+        s.device_type,
     )
     for need, ckpt, est in zip(needs, layout.grad_checkpointing, layout.peaks_gb, strict=True):
         log.info(
@@ -335,6 +342,9 @@ class RowBench:
     `finish_train`, `infer` (denoising step), then `start_autoencoder`, `encode`, `decode`.
     Each timing method runs one call and returns its seconds.
 
+    `train` keeps fp32 master weights and runs the forward under `dtype` autocast, as train-dit
+    does; `finish_train` casts the DiT to `dtype` for `infer`, as generate samples.
+
     grad_checkpointing: checkpoint every DiT block in `train` (with settings 'auto', a step that
     runs out of CUDA memory also turns it on and is run again). swap (CUDA): the DiT and its
     AdamW state live in CPU memory except during this row's own train/infer calls, so the rows
@@ -362,19 +372,20 @@ class RowBench:
         depth = {}
         if s.dit_blocks:
             depth = dict(depth=s.dit_blocks[0], depth_single_blocks=s.dit_blocks[1])
+        # fp32 master weights and inputs, as train-dit's batches: autocast lowers the matmuls.
         model = build_dit(
-            s.dit, device=device, dtype=dtype, in_channels=c * p**2, patch_size=p, **depth
+            s.dit, device=device, dtype=torch.float32, in_channels=c * p**2, patch_size=p, **depth
         )
         cfg, b = model.config, s.batch_size
         ids = make_image_ids(b, t, h // p, w // p, device=device)
         self.inputs = dict(
-            img=torch.randn(b, ids.shape[1], cfg.in_channels, device=device, dtype=dtype),
+            img=torch.randn(b, ids.shape[1], cfg.in_channels, device=device),
             img_ids=ids,
-            txt=torch.randn(b, s.text_tokens, cfg.context_in_dim, device=device, dtype=dtype),
+            txt=torch.randn(b, s.text_tokens, cfg.context_in_dim, device=device),
             txt_ids=torch.zeros(b, s.text_tokens, 3, device=device),
-            timesteps=torch.rand(b, device=device, dtype=dtype),
-            y_vec=torch.randn(b, cfg.vec_in_dim, device=device, dtype=dtype),
-            guidance=torch.full((b,), 4.0, device=device, dtype=dtype),
+            timesteps=torch.rand(b, device=device),
+            y_vec=torch.randn(b, cfg.vec_in_dim, device=device),
+            guidance=torch.full((b,), 4.0, device=device),
         )
         self.target = torch.randn_like(self.inputs["img"])
         self.model = model
@@ -410,7 +421,8 @@ class RowBench:
                 self._park()
 
     def _step(self) -> None:
-        out = self.model(**self.inputs)
+        with devices.autocast(self.device, self.dtype):
+            out = self.model(**self.inputs)
         F.mse_loss(out.float(), self.target.float()).backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -442,9 +454,13 @@ class RowBench:
         else:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
         self.optimizer = None  # free the AdamW moments before the inference timings
-        self.model.requires_grad_(False)
-        # The sampler runs CFG_ROWS rows per video in one batch (flow.sample_i2v).
-        self.cfg_inputs = {k: torch.cat([v] * CFG_ROWS) for k, v in self.inputs.items()}
+        self.model.requires_grad_(False).to(self.dtype)  # generate samples with --dtype weights
+        # The sampler runs CFG_ROWS rows per video in one batch (flow.sample_i2v); the position
+        # ids stay fp32 as the model makes them.
+        self.cfg_inputs = {
+            k: torch.cat([v] * CFG_ROWS).to(torch.float32 if k.endswith("_ids") else self.dtype)
+            for k, v in self.inputs.items()
+        }
         flops = 3 * self.model.forward_flops(self.tokens, self.s.text_tokens) * self.s.batch_size
         return {
             "peak_mem_bytes": peak,

@@ -66,7 +66,7 @@ class BenchmarkOptions:
     steps: int = 30
     """Denoising steps counted in the full-video generation time."""
     device: str = "cpu"
-    """cpu or cuda."""
+    """cpu, cuda or cuda:N."""
     dtype: str = "fp32"
     """fp32 or bf16 (weights and activations)."""
     repeat: int = 3
@@ -101,6 +101,7 @@ class Settings:
     """Resolved sizes and method, shared by every row (picklable for the per-row process)."""
 
     device: str
+    """One device, index included when given (`cuda:1`); `device_type` for per-kind choices."""
     dtype: str
     height: int
     width: int
@@ -115,6 +116,11 @@ class Settings:
     threads: int
     grad_checkpointing: str = "auto"
     """'auto', 'on' or 'off' (see BenchmarkOptions); each row records what it used."""
+
+    @property
+    def device_type(self) -> str:
+        """'cpu' or 'cuda': what defaults and memory rules depend on (never where to compute)."""
+        return torch.device(self.device).type
 
 
 def parse_blocks(text: str | None) -> tuple[int, int] | None:
@@ -139,18 +145,17 @@ def resolve_settings(options: BenchmarkOptions, align: int = 1) -> Settings:
 
     `align`: the multiple of pixels every row needs in H and W (AE compression x DiT patch).
     """
+    from vidcli.devices import resolve_device
     from vidcli.models.mmdit import DIT_PRESETS
 
-    check_choice("--device", options.device, ("cpu", "cuda"))
+    where = resolve_device(options.device)  # cpu, cuda or cuda:N, and visible
     check_choice("--dtype", options.dtype, tuple(DTYPES))
     check_choice("--ae-timing", options.ae_timing, AE_TIMINGS)
     check_choice("--grad-checkpointing", options.grad_checkpointing, GRAD_CHECKPOINTING)
-    if options.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is visible", hint="use --device cpu")
     for name in ("batch_size", "steps", "repeat", "quality_clips"):
         if getattr(options, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
-    defaults = DEFAULTS[options.device]
+    defaults = DEFAULTS[where.type]
     dit = options.dit or defaults.dit
     check_choice("--dit", dit, list(DIT_PRESETS))
     blocks = options.dit_blocks if options.dit else (options.dit_blocks or defaults.dit_blocks)
@@ -162,9 +167,9 @@ def resolve_settings(options: BenchmarkOptions, align: int = 1) -> Settings:
         )
     ae_timing = options.ae_timing
     if ae_timing == "auto":
-        ae_timing = "full" if options.device == "cuda" else "probe"
+        ae_timing = "full" if where.type == "cuda" else "probe"
     return Settings(
-        device=options.device,
+        device=str(where),
         dtype=options.dtype,
         height=height,
         width=max(align, round(height * ASPECT / align) * align),
