@@ -3,14 +3,15 @@ uniform control (compute every K-th step, reuse the output otherwise).
 
 All rows sample the same prompts with the same seeds. Each row reports the DiT time (the
 sampling loop) and end-to-end time (text + sampling + decode) as speedups over uncached sampling,
-the evaluations it computed in full / in part / not at all, the block-equivalents it computed,
-and the PSNR / SSIM of its decoded videos against the uncached ones. `vs_uniform_db` compares a
-row with the control at the same cost (uniform PSNR interpolated at the row's block-equivalent
-evaluations). Uncached sampling is timed before the first row and again every few rows, and the
-median of those runs is the baseline, because a shared machine drifts. On CPU the speedups count
-process CPU seconds (`time.process_time`, all threads), which other processes on a shared
-machine barely disturb; wall-clock speedups are reported beside them. On CUDA both are wall
-clock (synchronised).
+the evaluations it computed in full / in part / not at all, the block-equivalents it computed
+(FLOP-weighted: linear layers per token, attention's core per token pair, so skipped attention and
+merged or sparse tokens are charged what they save), and the PSNR / SSIM of its decoded videos
+against the uncached ones. `vs_uniform_db` compares a row with the control at the same cost
+(uniform PSNR interpolated at the row's block-equivalent evaluations). Uncached sampling is timed
+before the first row and again every few rows, and the median of those runs is the baseline,
+because a shared machine drifts. On CPU the speedups count process CPU seconds
+(`time.process_time`, all threads), which other processes on a shared machine barely disturb;
+wall-clock speedups are reported beside them. On CUDA both are wall clock (synchronised).
 
 Rows are `SamplingVariant`s (a name, a plot family, a `--cache` spec and `[sample]` overrides),
 so other sampling accelerations (solvers, leaps, token merging) can join the same table and plot:
@@ -34,6 +35,7 @@ from typing import Any
 
 import torch
 
+from vidcli.benchmark.caching_cost import CostMeter
 from vidcli.benchmark.variants import SamplingVariant
 from vidcli.console import log
 from vidcli.errors import UsageError
@@ -136,7 +138,8 @@ class CachingRow:
     partial_evals: int
     skipped_evals: int
     blocks_computed: float
-    """Block-equivalents computed, as a fraction of uncached sampling's."""
+    """DiT FLOPs computed (linear per token + attention per token pair), as a fraction of
+    uncached sampling's: block-equivalents of the cached calls, dense-call equivalents otherwise."""
     psnr_mean: float
     psnr_min: float
     psnr_max: float
@@ -216,7 +219,9 @@ def run(options: CachingOptions) -> CachingResult:
     pipe = load_pipeline(recipe, Placement.resolve(options.device, options.dtype))
     sample = recipe.sample
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, False)
-    frames = pipe.ae.latent_shape(*size)[1]
+    _, frames, lat_h, lat_w = pipe.ae.latent_shape(*size)
+    patch = pipe.dit.config.patch_size
+    grid = (frames, lat_h // patch, lat_w // patch)
     seeds = [sample.seed + i for i in range(len(prompts))]
     if options.calibrate:
         calibration = calibrate(pipe, sample, size, options.steps)
@@ -237,23 +242,32 @@ def run(options: CachingOptions) -> CachingResult:
 
     def sample_with(variant: SamplingVariant | None):
         from vidcli.generate import sample_videos
+        from vidcli.sampling.acceleration import attention_config
 
         row_sample = dataclasses.replace(sample, **(variant.sample if variant else {}))
-        cached = None
+        counter: CachedDiT | CostMeter
         if variant is not None and parse_cache(variant.cache).method != "none":
             policy = build_policy(parse_cache(variant.cache), calibration, row_sample.steps, frames)
-            cached = CachedDiT(pipe.dit, policy, row_sample.steps)
+            counter = CachedDiT(pipe.dit, policy, row_sample.steps)
+        else:
+            counter = CostMeter(
+                pipe.dit.forward_video,
+                pipe.dit.config,
+                attention_config(row_sample),
+                grid,
+                pipe.device,
+            )
         timings: dict[str, float] = {}
-        timed = _Timed(cached or pipe.dit.forward_video, pipe.device)
+        timed = _Timed(counter, pipe.device)
         start = time.process_time()
         video = sample_videos(
-            pipe, row_sample, prompts, seeds, size, timings=timings, model_fn=timed, hooks=cached
+            pipe, row_sample, prompts, seeds, size, timings=timings, model_fn=timed, hooks=counter
         )
         timings["cpu_total"] = time.process_time() - start
         timings["dit_cpu"], timings["dit_wall"] = timed.cpu, timed.wall
         timings["dit_calls"] = timed.calls
         timings["device"] = pipe.device
-        return video, timings, cached
+        return video, timings, counter
 
     log.info("caching: uncached reference, %d prompts, %d steps", len(prompts), options.steps)
     reference, ref_timings, _ = sample_with(None)
@@ -263,16 +277,18 @@ def run(options: CachingOptions) -> CachingResult:
         if i and i % BASELINE_EVERY == 0:
             baseline.append(sample_with(None)[1])
         log.info("caching: %s (%d/%d)", variant.name, i + 1, len(variants))
-        video, timings, cached = sample_with(variant)
-        measured.append((variant, video, timings, cached))
+        video, timings, counter = sample_with(variant)
+        measured.append((variant, video, timings, counter))
     baseline.append(sample_with(None)[1])
 
     dit_base = statistics.median(_dit(t) for t in baseline)
     total_base = statistics.median(_total(t) for t in baseline)
     wall_base = statistics.median(t["dit_wall"] for t in baseline)
     rows = [
-        _row(v, options.steps, video, reference, timings, cached, (dit_base, total_base, wall_base))
-        for v, video, timings, cached in measured
+        _row(
+            v, options.steps, video, reference, timings, counter, (dit_base, total_base, wall_base)
+        )
+        for v, video, timings, counter in measured
     ]
     _compare_with_uniform(rows)
     env = {
@@ -360,13 +376,13 @@ def _total(timings: dict[str, float]) -> float:
     return timings["text"] + timings["sample"] + timings["decode"]
 
 
-def _row(variant, steps, video, reference, timings, cached, bases):
+def _row(variant, steps, video, reference, timings, counter, bases):
     dit_base, total_base, wall_base = bases
     # Videos in [-1, 1]: PSNR/SSIM on [0, 1].
     a, b = (video + 1) / 2, (reference + 1) / 2
     psnrs = [psnr(a[i], b[i]) for i in range(len(a))]
     ssims = [ssim(a[i], b[i]) for i in range(len(a))]
-    stats = cached.stats if cached is not None else None
+    stats = counter.stats if isinstance(counter, CachedDiT) else None
     return CachingRow(
         variant=variant.name,
         family=variant.family,
@@ -380,8 +396,10 @@ def _row(variant, steps, video, reference, timings, cached, bases):
         full_evals=stats.full_evals if stats else timings["dit_calls"],
         partial_evals=stats.partial_evals if stats else 0,
         skipped_evals=stats.skipped_evals if stats else 0,
+        # Uncached rows: dense-call equivalents per step of the grid (rf2 evaluates twice per
+        # step, a leap stops early, merged or sparse attention costs less per call).
         blocks_computed=(
-            stats.blocks_computed / stats.blocks_total if stats else timings["dit_calls"] / steps
+            stats.blocks_computed / stats.blocks_total if stats else counter.evaluations / steps
         ),
         psnr_mean=statistics.fmean(psnrs),
         psnr_min=min(psnrs),
