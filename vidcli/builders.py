@@ -26,7 +26,8 @@ def autoencoder_from_section(ae: AESection, device: str | None = None):
     if ae.scaling_factor is not None:
         overrides["scaling_factor"] = ae.scaling_factor
     if ae.path:
-        preset = ae.preset if Path(ae.path).suffix == ".safetensors" else None
+        # A bare weights file (.safetensors, or the Reducio-VAE's released .ckpt) needs a preset.
+        preset = ae.preset if Path(ae.path).suffix in (".safetensors", ".ckpt") else None
         model = load_autoencoder(ae.path, preset=preset, **overrides)
     else:
         model = build_autoencoder(ae.preset, device=device, **overrides)

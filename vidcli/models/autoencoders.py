@@ -4,10 +4,13 @@ Families and their presets:
 - DC-AE (`vidcli.models.dcae`, our code): dc-ae-f32t4c128 (Open-Sora 2.0 Video DC-AE), MIT's
   image DC-AEs, the f8t4c16 baseline, the demo and tiny ones;
 - HunyuanVideo VAE (`vidcli.models.hunyuan_vae`, diffusers): hunyuan-video-vae (+ -tiny);
-- Flux AE (`vidcli.models.flux_ae`, diffusers): flux-ae (+ -tiny).
+- Flux AE (`vidcli.models.flux_ae`, diffusers): flux-ae (+ -tiny);
+- Reducio-VAE (`vidcli.models.reducio`, our code; decode needs `content=`): reducio-ft4,
+  reducio-ft2, reducio-tiny.
 
-Folders are recognised by their config.json (`_class_name` of diffusers' classes, else a DC-AE
-folder); bare .safetensors files need a preset, which also picks the family.
+Folders are recognised by their config.json (`_class_name` of diffusers' classes or ReducioVAE,
+else a DC-AE folder); bare .safetensors files need a preset, which also picks the family. The
+Reducio-VAE also loads its released .ckpt files (weights_only, converted once to .safetensors).
 """
 
 from __future__ import annotations
@@ -19,17 +22,19 @@ from typing import Any
 import torch
 
 from vidcli.errors import UsageError
-from vidcli.models import dcae, flux_ae, hunyuan_vae
+from vidcli.models import dcae, flux_ae, hunyuan_vae, reducio
 
 FAMILIES: dict[str, tuple[str, ...]] = {
     "dc-ae": tuple(dcae.AE_PRESETS),
     "hunyuan-video-vae": tuple(hunyuan_vae.HUNYUAN_PRESETS),
     "flux-ae": tuple(flux_ae.FLUX_AE_PRESETS),
+    "reducio-vae": tuple(reducio.REDUCIO_PRESETS),
 }
 
 _FOLDER_CLASSES = {
     hunyuan_vae.DIFFUSERS_CLASS: "hunyuan-video-vae",
     flux_ae.DIFFUSERS_CLASS: "flux-ae",
+    reducio.CLASS_NAME: "reducio-vae",
 }
 
 
@@ -53,6 +58,8 @@ def build_autoencoder(preset: str, device: torch.device | str | None = None, **o
         return hunyuan_vae.build_hunyuan_vae(preset, device=device, **overrides)
     if family == "flux-ae":
         return flux_ae.build_flux_ae(preset, device=device, **overrides)
+    if family == "reducio-vae":
+        return reducio.build_reducio(preset, device=device, **overrides)
     with torch.device(device or "cpu"):
         return dcae.build_autoencoder(preset, **overrides)
 
@@ -71,17 +78,20 @@ def load_autoencoder(path: str | Path, preset: str | None = None, **overrides: A
     Accepts: a .safetensors file plus a preset (the released `hunyuan_vae.safetensors`,
     `flux1-dev-ae.safetensors`, `F32T4C128_AE.safetensors`, ...), a diffusers folder
     (AutoencoderKLHunyuanVideo, AutoencoderKL in diffusers' or BFL's key layout, AutoencoderDC),
-    or a DC-AE folder (vidcli's or Open-Sora's).
+    a DC-AE folder (vidcli's or Open-Sora's), a released Reducio-VAE .ckpt plus a preset, or a
+    folder from `reducio.save_reducio`.
     """
     path = Path(path)
     if path.is_file():
-        if path.suffix != ".safetensors":
-            raise UsageError(f"{path}: autoencoder weights must be a .safetensors file")
         if preset is None:
             raise UsageError(
                 f"{path}: a bare weights file needs a preset; presets: {', '.join(all_presets())}"
             )
         family = preset_family(preset)
+        # Only the Reducio-VAE was released as a pickle; it is read with weights_only=True.
+        pickles = reducio.PICKLE_SUFFIXES if family == "reducio-vae" else ()
+        if path.suffix != ".safetensors" and path.suffix not in pickles:
+            raise UsageError(f"{path}: autoencoder weights must be a .safetensors file")
     elif path.is_dir():
         family = _folder_family(path)
     else:
@@ -90,4 +100,6 @@ def load_autoencoder(path: str | Path, preset: str | None = None, **overrides: A
         return hunyuan_vae.load_hunyuan_vae(path, preset if path.is_file() else None, **overrides)
     if family == "flux-ae":
         return flux_ae.load_flux_ae(path, preset if path.is_file() else None, **overrides)
+    if family == "reducio-vae":
+        return reducio.load_reducio(path, preset if path.is_file() else None, **overrides)
     return dcae.load_autoencoder(path, preset=preset, **overrides)
