@@ -92,6 +92,21 @@ ALIASES: dict[str, ModelAlias] = {
             "ae:dc-ae-f32c32",
         ),
         ModelAlias(
+            "reducio-ft4",
+            "microsoft/Reducio-VAE",
+            # A weights_only pickle (1.75 GB); loading converts it once to .safetensors beside it.
+            ("reducio-ft4-fs32-attn23.ckpt",),
+            "Reducio-VAE, 16 frames -> 16 x 4 x H/32 x W/32, decoded with the centre frame (MIT)",
+            "ae:reducio-ft4",
+        ),
+        ModelAlias(
+            "reducio-ft2",
+            "microsoft/Reducio-VAE",
+            ("reducio-ft2-fs32-attn23.ckpt",),
+            "Reducio-VAE, 16 frames -> 16 x 8 x H/32 x W/32, decoded with the centre frame (MIT)",
+            "ae:reducio-ft2",
+        ),
+        ModelAlias(
             "t5-v1_1-xxl",
             "google/t5-v1_1-xxl",
             ("config.json", "*.safetensors", "*.safetensors.index.json", *_TOKENIZER),
