@@ -528,16 +528,32 @@ def sample_distilled(
     y_vec: torch.Tensor,
     guidance: float = 4.0,
     callback: StepCallback | None = None,
+    solver: str = "euler",
+    leap: LeapConfig | None = None,
+    hooks: SamplingHooks | None = None,
 ) -> torch.Tensor:
     """Guidance-distilled sampling (Flux-dev): no CFG batch, the scale enters `guidance_in`.
 
+    `solver`, `leap` and `hooks` as in `sample_i2v` (one "cond" branch per evaluation).
     noise: (N, C, T, H, W) -> (N, C, T, H, W)
     """
     N = noise.shape[0]
     g_vec = torch.full((N,), guidance, dtype=noise.dtype, device=noise.device)
+    num_steps = len(schedule) - 1
+    evaluations = 0
 
     def velocity(x: torch.Tensor, t: float, step: int) -> torch.Tensor:
+        nonlocal evaluations
+        if hooks is not None:
+            midpoint = t != schedule[step]
+            hooks.before_evaluation(
+                StepInfo(step, num_steps, t, midpoint, evaluations, ("cond",), N)
+            )
+        evaluations += 1
         t_vec = torch.full((N,), t, dtype=x.dtype, device=x.device)
         return model_fn(x, t_vec, txt, y_vec, None, None, g_vec)
 
-    return sample_euler(velocity, noise, schedule, callback)
+    x = sample_ode(velocity, noise, schedule, solver, callback, leap)
+    if hooks is not None:
+        hooks.end_run()
+    return x

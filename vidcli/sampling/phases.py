@@ -129,9 +129,10 @@ def sample_latents(
         image_osci=sample.image_osci,
         scale_temporal_osci=sample.scale_temporal_osci,
     )
-    with place.on_device(dit=dit):
+    grid = (t_lat, h_lat // p, w_lat // p)
+    with place.on_device(dit=dit), sampling_acceleration(sample, grid, hooks) as accel:
         if dit.config.guidance_embed:  # distilled (Flux-dev): the scale enters the model, no CFG
-            return flow.sample_distilled(
+            latents = flow.sample_distilled(
                 model_fn or dit.forward_video,
                 noise,
                 schedule,
@@ -139,9 +140,11 @@ def sample_latents(
                 place.to_device(emb.pooled),
                 guidance=sample.guidance,
                 callback=on_step,
+                solver=accel.solver,
+                leap=accel.leap,
+                hooks=accel.hooks,
             )
-        grid = (t_lat, h_lat // p, w_lat // p)
-        with sampling_acceleration(sample, grid, hooks) as accel:
+        else:
             latents = flow.sample_i2v(
                 model_fn or dit.forward_video,
                 noise,
@@ -158,9 +161,9 @@ def sample_latents(
                 leap=accel.leap,
                 hooks=accel.hooks,
             )
-        if accel.plan is not None:
-            log.info("attention paths: %s", accel.plan.choices)
-        return latents
+    if accel.plan is not None:
+        log.info("attention paths: %s", accel.plan.choices)
+    return latents
 
 
 def decode_videos(pipe: Pipeline, latents: torch.Tensor, frames: int) -> torch.Tensor:

@@ -11,8 +11,9 @@ temporal-attention residual; our blocks attend jointly). Codebook: the 30-step "
 thresholds θ·(1, 2, 3, 4, 5) with rates (6, 5, 4, 3, 2), else 1, rates scaled by N/30. Always
 computed: steps 0, 1, N-2, N-1. MoReg as in the authors' code (stride-1 frame differences, score
 normalised then raised to the 8th power, plus |10·gradient|, applied between 10 % and 90 % of the
-steps), except that the normaliser is the first score measured in that window instead of
-Open-Sora's constant 0.385, which does not transfer to another model.
+steps; off for a single latent frame, which has no motion to measure), except that the
+normaliser is the first score measured in that window instead of Open-Sora's constant 0.385,
+which does not transfer to another model.
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class AdaCache(CachePolicy):
 
     def __init__(self, threshold: float, num_steps: int, frames: int = 1, moreg: bool = True):
         self.threshold = threshold
-        self.frames, self.moreg = frames, moreg
+        # MoReg measures motion between latent frames: one frame has none, its score is 0 and
+        # would scale every distance to 0 (the longest reuse whatever the threshold).
+        self.frames, self.moreg = frames, moreg and frames >= 2
         scale = num_steps / 30
         self.rates = tuple(max(1, round(r * scale)) for r in RATES_30_STEPS)
         self.reset()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from vidcli.sampling.cache.hooks import StepRun
@@ -18,6 +20,13 @@ class CachePolicy:
 
     def reset(self) -> None:
         """Forget everything cached (a new video starts)."""
+
+    def fork(self) -> CachePolicy:
+        """A policy with the same settings and its own state, for another evaluation stream of
+        the run (rf2's midpoints): each stream sees steps 0..N-1 once, at its own times."""
+        twin = copy.deepcopy(self)
+        twin.reset()
+        return twin
 
     def __call__(self, run: StepRun) -> torch.Tensor:
         return run.head(run.compute())

@@ -156,6 +156,11 @@ class Recorder(CachePolicy):
         self.depth = 0
         self.step = 0
 
+    def fork(self) -> CachePolicy:
+        """rf2's midpoints compute plainly and record nothing: the tables are indexed by step, and
+        the steps' own evaluations (at the schedule's times, as an Euler run's) fill them."""
+        return CachePolicy()
+
     def keep_attention(self, index: int, value: Value) -> None:
         """This step's attention output of a layer, over the rows of the last full layout."""
         self.attention[index] = put_rows(self.previous_attention.get(index), value)

@@ -38,10 +38,17 @@ class CacheStats:
 
 
 class CachedDiT(SamplingHooks):
-    """Wraps an MMDiT and a policy: pass it as the loop's `model_fn` and as its `hooks`."""
+    """Wraps an MMDiT and a policy: pass it as the loop's `model_fn` and as its `hooks`.
+
+    A solver with several evaluations per step (rf2) makes several evaluation streams: one at the
+    schedule's times, one at the midpoints. Each stream has its own copy of the policy
+    (`CachePolicy.fork`), so a cache never mixes a midpoint with its step's first evaluation
+    (a step gap of 0) and step-indexed tables see each step once per stream.
+    """
 
     def __init__(self, model: torch.nn.Module, policy: CachePolicy, num_steps: int):
         self.model, self.policy, self.num_steps = model, policy, num_steps
+        self.midpoint_policy = policy.fork()
         self.stats = CacheStats()
         self._info: StepInfo | None = None
         self._calls = 0
@@ -51,6 +58,7 @@ class CachedDiT(SamplingHooks):
 
     def end_run(self) -> None:
         self.policy.reset()
+        self.midpoint_policy.reset()
 
     def __call__(
         self,
@@ -70,10 +78,11 @@ class CachedDiT(SamplingHooks):
         self._calls += 1
         if info.evaluation == 0:
             self.policy.reset()
+            self.midpoint_policy.reset()
         m = self.model
         img, img_ids, txt_ids, cond = m.pack_video(latents, txt, cond_latent, cond_mask)
         embedded = m.embed(img, img_ids, txt, txt_ids, timesteps, y_vec, cond, guidance)
         run = StepRun(m, embedded, info.step, info.num_steps, info.batch, info.branches)
-        out = self.policy(run)
+        out = (self.midpoint_policy if info.midpoint else self.policy)(run)
         self.stats.add(run)
         return unpack_latents(out, m.config.patch_size, *latents.shape[2:])

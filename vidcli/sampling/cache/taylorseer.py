@@ -11,14 +11,71 @@ MLPs, each single block's linear2 output. Schedule: the first 3 steps full, then
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 from vidcli.sampling.cache.base import CachePolicy, periodic_full_step
-from vidcli.sampling.cache.hooks import StepRun, put_rows, take_rows
+from vidcli.sampling.cache.hooks import StepRun
 from vidcli.sampling.cache.modules import Key, ModuleHook, Value, map_value
 
 WARMUP_STEPS = 3
+
+
+def branch_rows(value: Value, index: int, rows: int) -> Value:
+    """The rows of CFG branch `index` (N = `rows` per branch) of a tensor or tuple of tensors."""
+    return map_value(lambda t: t[index * rows : (index + 1) * rows], value)
+
+
+def cat_rows(values: Sequence[Value]) -> Value:
+    """Branch values stacked back along the batch, in the call's branch order."""
+    return map_value(lambda *parts: torch.cat(parts), *values)
+
+
+def taylor_weights(offset: int, terms: int) -> list[float]:
+    """k^i / i! for i < terms: the Taylor series' weights `offset` steps past the last full step."""
+    return [offset**i / math.factorial(i) for i in range(terms)]
+
+
+class BranchClocks:
+    """The last two full steps of each CFG branch.
+
+    Under guidance oscillation a scale-1 step evaluates the conditional rows only, so the
+    negative-prompt rows are refreshed at other steps than the conditional ones: every branch
+    counts its own steps since its last full step and its own gap between full steps.
+    """
+
+    def __init__(self) -> None:
+        self.steps: dict[str, tuple[int, int]] = {}
+
+    def knows(self, branches: Sequence[str]) -> bool:
+        return all(b in self.steps for b in branches)
+
+    def tick(self, branches: Sequence[str], step: int) -> None:
+        for b in branches:
+            self.steps[b] = (step, self.steps.get(b, (-1, -1))[0])
+
+    def since_full(self, branch: str, step: int) -> int:
+        return step - self.steps[branch][0]
+
+    def gap(self, branch: str) -> int:
+        """Steps between the branch's last two full steps (-1 after its first)."""
+        last, previous = self.steps[branch]
+        return last - previous if previous >= 0 else -1
+
+
+def updated_factors(old: list[Value] | None, value: Value, gap: int, order: int) -> list[Value]:
+    """Δ⁰ = value and the divided differences Δ^i = (Δ^(i-1) - old Δ^(i-1)) / gap."""
+    new = [value]
+    if old is not None and gap > 0:
+        for i in range(min(order, len(old))):
+            new.append(map_value(lambda a, b: (a - b) / gap, new[i], old[i]))
+    return new
+
+
+def forecast(factors: list[Value], offset: int) -> Value:
+    weights = taylor_weights(offset, len(factors))
+    return map_value(lambda *ds: sum(w * d for w, d in zip(weights, ds, strict=True)), *factors)
 
 
 class TaylorSeer(CachePolicy):
@@ -29,49 +86,41 @@ class TaylorSeer(CachePolicy):
         self.reset()
 
     def reset(self) -> None:
-        self.factors: dict[Key, list[Value]] = {}
-        self.last_full = -1
-        self.previous_full = -1
+        self.factors: dict[str, dict[Key, list[Value]]] = {}
+        """Per CFG branch, per module: [Δ⁰, Δ¹, ...] over that branch's N rows."""
+        self.clocks = BranchClocks()
 
     def __call__(self, run: StepRun) -> torch.Tensor:
-        full = not self.factors or periodic_full_step(run.step, self.interval, WARMUP_STEPS)
+        branches, n = run.branches, run.rows
+        full = not self.clocks.knows(branches) or periodic_full_step(
+            run.step, self.interval, WARMUP_STEPS
+        )
         if full:
-            self.previous_full, self.last_full = self.last_full, run.step
-            provide = self._record
-        else:
-            run.kind = "skipped"
-            offset = run.step - self.last_full
-            weights = [offset**i / math.factorial(i) for i in range(self.order + 1)]
+            self.clocks.tick(branches, run.step)
 
             def provide(key: Key, compute) -> Value:
-                terms = take_rows(self.factors[key], run.batch)
-                return map_value(
-                    lambda *ds: sum(w * d for w, d in zip(weights, ds, strict=False)), *terms
+                value = compute()
+                for i, b in enumerate(branches):
+                    table = self.factors.setdefault(b, {})
+                    chunk = branch_rows(value, i, n)
+                    table[key] = updated_factors(
+                        table.get(key), chunk, self.clocks.gap(b), self.order
+                    )
+                return value
+
+        else:
+            run.kind = "skipped"
+
+            def provide(key: Key, compute) -> Value:
+                return cat_rows(
+                    [
+                        forecast(self.factors[b][key], self.clocks.since_full(b, run.step))
+                        for b in branches
+                    ]
                 )
 
         image = run.compute(lambda i: ModuleHook(i, provide))
         return run.head(image)
-
-    def _record(self, key: Key, compute) -> Value:
-        """Compute the module and update its divided differences."""
-        value = compute()
-        stored = self.factors.get(key)
-        new = [value]
-        if stored is not None and self.previous_full >= 0:
-            old = take_rows(stored, _rows(value))
-            gap = self.last_full - self.previous_full
-            for i in range(min(self.order, len(old))):
-                new.append(map_value(lambda a, b: (a - b) / gap, new[i], old[i]))
-        # Rows of CFG branches absent from this step keep their older factors.
-        stored = stored or []
-        self.factors[key] = [
-            put_rows(stored[i] if i < len(stored) else None, d) for i, d in enumerate(new)
-        ]
-        return value
-
-
-def _rows(value: Value) -> int:
-    return (value[0] if isinstance(value, tuple) else value).shape[0]
 
 
 class TaylorSeerLite(CachePolicy):
@@ -87,28 +136,26 @@ class TaylorSeerLite(CachePolicy):
         self.reset()
 
     def reset(self) -> None:
-        self.factors: list[torch.Tensor] = []
-        self.last_full = self.previous_full = -1
+        self.factors: dict[str, list[Value]] = {}
+        """Per CFG branch: [Δ⁰, Δ¹, ...] of the stack residual over that branch's N rows."""
+        self.clocks = BranchClocks()
 
     def __call__(self, run: StepRun) -> torch.Tensor:
-        x = run.embedded.x
-        if self.factors and not periodic_full_step(run.step, self.interval, WARMUP_STEPS):
+        x, branches, n = run.embedded.x, run.branches, run.rows
+        if self.clocks.knows(branches) and not periodic_full_step(
+            run.step, self.interval, WARMUP_STEPS
+        ):
             run.kind = "skipped"
-            k = run.step - self.last_full
-            terms = take_rows(self.factors, run.batch)
-            residual = sum(d * k**i / math.factorial(i) for i, d in enumerate(terms))
+            residual = cat_rows(
+                [forecast(self.factors[b], self.clocks.since_full(b, run.step)) for b in branches]
+            )
             return run.head(x + residual)
-        self.previous_full, self.last_full = self.last_full, run.step
+        self.clocks.tick(branches, run.step)
         image = run.compute()
         residual = image - x
-        new = [residual]
-        if self.factors:
-            old = take_rows(self.factors, run.batch)
-            gap = self.last_full - self.previous_full
-            for i in range(min(self.order, len(old))):
-                new.append((new[i] - old[i]) / gap)
-        stored = self.factors
-        self.factors = [
-            put_rows(stored[i] if i < len(stored) else None, d) for i, d in enumerate(new)
-        ]
+        for i, b in enumerate(branches):
+            chunk = branch_rows(residual, i, n)
+            self.factors[b] = updated_factors(
+                self.factors.get(b), chunk, self.clocks.gap(b), self.order
+            )
         return run.head(image)

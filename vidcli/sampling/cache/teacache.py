@@ -11,7 +11,8 @@ computes every step whatever the fit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 
 import torch
 
@@ -30,14 +31,35 @@ def rescale(coefficients: Sequence[float], x: float) -> float:
     return max(y, 0.0)
 
 
+@contextmanager
+def on_device(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
+    """`module`'s weights on `device` inside the block, back where they were after it.
+
+    Block streaming (offload "blocks") keeps blocks on the CPU and moves each onto the device
+    only inside its own forward; the indicator reads block 0's modulation outside that forward.
+    """
+    home = next(module.parameters()).device
+    if home == device:
+        yield
+        return
+    module.to(device)
+    try:
+        yield
+    finally:
+        module.to(home)
+
+
 def indicator(run: StepRun) -> torch.Tensor:
     """Block 0's modulated image input m_n (B, L_img, D); for a model without double-stream
     blocks, the first single block's modulated sequence."""
     e, m = run.embedded, run.model
     if len(m.double_blocks):
-        return m.double_blocks[0].modulated_image(e.x, e.vec)
+        block = m.double_blocks[0]
+        with on_device(block, e.x.device):
+            return block.modulated_image(e.x, e.vec)
     block = m.single_blocks[0]
-    shift, scale = block.modulation(e.vec)[:2]
+    with on_device(block, e.x.device):
+        shift, scale = block.modulation(e.vec)[:2]
     seq = torch.cat((e.ctx, e.x), dim=1)
     return (1 + scale) * torch.nn.functional.layer_norm(seq, seq.shape[-1:], eps=1e-6) + shift
 
