@@ -26,6 +26,7 @@ from vidcli.placement import Placement
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
 from vidcli.sampling.acceleration import attention_config
 from vidcli.sampling.cache import cache_for_sample, cache_report
+from vidcli.sampling.compatibility import check_run
 from vidcli.sampling.phases import first_frames, image_condition, sample_videos
 from vidcli.sampling.pipeline import load_pipeline
 
@@ -153,6 +154,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     started = time.perf_counter()
     # Every device, dtype and offload decision of the run, taken once: the phases only ask it.
     placement, plan = _placement(recipe, options)
+    check_run(recipe, placement, image=options.image is not None, lora=bool(options.loras))
     pipe = load_pipeline(recipe, placement, ema=not options.raw_weights)
     if plan is not None and plan.tiling is not None:
         from vidcli.models.dcae import TilingConfig

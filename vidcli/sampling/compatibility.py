@@ -1,0 +1,202 @@
+"""Which sampling options combine: the one table `vidcli generate` checks before loading models.
+
+A run is described by one value per option (`Setting`): the `[sample]` solver, cache method, LPL,
+token merging (TDTM), sparse attention and its residual; the offload mode and compute dtype of the
+run's placement; the path (t2v, i2v from `--image`, t2i2v from `[t2i] enabled`, or a
+guidance-distilled DiT such as flux-dev t2i); and whether LoRAs are merged. Every pair of values
+not in `REFUSED` works (tests/sampling/test_compatibility.py runs each allowed pair); a refused
+pair is a `UsageError` (exit 2) naming both options and why.
+
+How the options stay composable: caches keep their state per layer and per CFG branch, and a
+solver with several evaluations per step gives each evaluation stream its own cache
+(`CachedDiT`); the distilled path runs the same sampling hooks (solver, LPL, attention plan,
+cache) as the CFG path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from vidcli.errors import UsageError
+from vidcli.placement import Placement
+from vidcli.recipe import Recipe, SampleSection
+from vidcli.sampling.cache import METHODS, parse_cache
+
+SPARSE_KINDS = ("window", "sta", "frame_tile")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One value per option; the defaults are the plain run."""
+
+    solver: str = "euler"
+    cache: str = "none"
+    lpl: str = "off"
+    tdtm: str = "off"
+    sparse_attention: str = "off"
+    sparse_residual: str = "on"
+    offload: str = "none"
+    dtype: str = "fp32"
+    path: str = "t2v"
+    lora: str = "off"
+
+
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "solver": ("euler", "rf2"),
+    "cache": tuple(METHODS),
+    "lpl": ("off", "on"),
+    "tdtm": ("off", "on"),
+    "sparse_attention": ("off", *SPARSE_KINDS),
+    "sparse_residual": ("on", "off"),
+    "offload": ("none", "model", "blocks"),
+    "dtype": ("fp32", "bf16", "fp16"),
+    "path": ("t2v", "i2v", "t2i2v", "distilled"),
+    "lora": ("off", "on"),
+}
+"""Every option and its values, the default first."""
+
+FLAGS = {
+    "solver": "--solver",
+    "cache": "--cache",
+    "lpl": "--lpl",
+    "tdtm": "--tdtm-steps",
+    "sparse_attention": "--sparse-attention",
+    "sparse_residual": "sample.sparse_residual",
+    "offload": "offload",
+    "dtype": "--dtype",
+    "path": "path",
+    "lora": "--lora",
+}
+"""How a user sets each option, for the refusal's message."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A pair of option values that does not combine (unless `unless` holds)."""
+
+    first: str
+    first_values: tuple[str, ...]
+    second: str
+    second_values: tuple[str, ...]
+    why: str
+    unless: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Other options' values under which the pair works."""
+
+    def applies(self, setting: Setting) -> bool:
+        if any(getattr(setting, key) in values for key, values in self.unless.items()):
+            return False
+        return (
+            getattr(setting, self.first) in self.first_values
+            and getattr(setting, self.second) in self.second_values
+        )
+
+    def message(self, setting: Setting) -> str:
+        a, b = getattr(setting, self.first), getattr(setting, self.second)
+        return (
+            f"{FLAGS[self.first]} {a} and {FLAGS[self.second]} {b} cannot be combined: {self.why}"
+        )
+
+
+REFUSED: tuple[Refusal, ...] = (
+    Refusal(
+        "sparse_attention",
+        SPARSE_KINDS,
+        "cache",
+        ("smoothcache", "ditfastattn"),
+        "the sparse-attention residual is kept per attention call in call order, and this cache "
+        "skips some layers' attention, so later layers would add other layers' residuals "
+        "(set sample.sparse_residual=false to combine them)",
+        unless={"sparse_residual": ("off",)},
+    ),
+    Refusal(
+        "path",
+        ("distilled",),
+        "tdtm",
+        ("on",),
+        "token merging averages pairs of latent frames and a distilled image model samples one",
+    ),
+)
+"""Every pair that does not combine; everything else does."""
+
+
+def refusals(setting: Setting) -> list[str]:
+    """The one-line messages of every refused pair in `setting` (empty: it runs)."""
+    return [r.message(setting) for r in REFUSED if r.applies(setting)]
+
+
+def check(setting: Setting) -> None:
+    """UsageError (exit 2) with the first refused pair of `setting`."""
+    found = refusals(setting)
+    if found:
+        raise UsageError(found[0])
+
+
+def sample_setting(sample: SampleSection, **run: str) -> Setting:
+    """The `[sample]` options as a Setting; `run` gives the others (offload, dtype, path, lora)."""
+    return replace(
+        Setting(),
+        solver=sample.solver,
+        cache=parse_cache(sample.cache, "[sample] cache").method,
+        lpl="on" if sample.lpl else "off",
+        tdtm="on" if sample.tdtm_steps > 0 else "off",
+        sparse_attention=sample.sparse_attention,
+        sparse_residual="on" if sample.sparse_residual else "off",
+        **run,
+    )
+
+
+def run_setting(recipe: Recipe, placement: Placement, image: bool, lora: bool) -> Setting:
+    """The Setting of a `vidcli generate` run, from what is known before any model loads."""
+    import torch
+
+    dtypes = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+    if distilled_dit(recipe):
+        path = "distilled"
+    elif recipe.t2i.enabled:
+        path = "t2i2v"
+    else:
+        path = "i2v" if image else "t2v"
+    return sample_setting(
+        recipe.sample,
+        offload=placement.offload,
+        dtype=dtypes[placement.dtype],
+        path=path,
+        lora="on" if lora else "off",
+    )
+
+
+def check_run(recipe: Recipe, placement: Placement, image: bool, lora: bool) -> None:
+    """Refuse a generate run whose options do not combine, before its models load."""
+    check(run_setting(recipe, placement, image, lora))
+
+
+def distilled_dit(recipe: Recipe) -> bool:
+    """True when `[dit]` is a guidance-distilled model (flux-dev: `guidance_embed`), read from
+    the checkpoint folder's config.json or the preset, without loading weights."""
+    from vidcli.models.mmdit import resolve_config
+
+    dit = recipe.dit
+    if dit.path and not dit.path.endswith(".safetensors"):
+        config = Path(dit.path) / "config.json"
+        if config.is_file():
+            return bool(json.loads(config.read_text()).get("guidance_embed", False))
+    overrides = {k: v for k, v in dit.overrides.items() if k == "guidance_embed"}
+    try:
+        return resolve_config(dit.preset, **overrides).guidance_embed
+    except UsageError:  # no usable preset: the loader reads the weights' own config and says so
+        return False
+
+
+__all__ = [
+    "OPTIONS",
+    "REFUSED",
+    "Refusal",
+    "Setting",
+    "check",
+    "check_run",
+    "refusals",
+    "run_setting",
+    "sample_setting",
+]
