@@ -242,6 +242,8 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         "memory_gb": layout.memory_gb,
         "estimated_train_peak_gb": list(layout.peaks_gb),
         "mfu_against": f"measured {s.dtype} matmul peak on this device",
+        "train_precision": f"fp32 master weights and AdamW state, {s.dtype} autocast (train-dit's "
+        f"[launcher] precision = {s.dtype}); denoising step with {s.dtype} weights",
         "ae_timing": (
             f"extrapolated: probe {', '.join(sorted(probe))}, scaled by voxels"
             if probe
@@ -366,7 +368,7 @@ class RowBench:
         torch.set_num_threads(s.threads)
         torch.manual_seed(SEED)
         self.device, self.dtype = torch.device(s.device), DTYPES[s.dtype]
-        device, dtype = self.device, self.dtype
+        device = self.device
         (c, t, h, w), self.tokens = row_tokens(self.spec, s)
         p = self.spec.patch
         depth = {}

@@ -69,6 +69,7 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
         f"{env['device_name']} {env['dtype']}",
         caption=f"median of {env['repeat']} rounds, rows interleaved, after {WARMUP} warm-up; "
         f"MFU against the measured matmul peak {env['matmul_peak_flops'] / 1e12:.3g} TFLOP/s"
+        f"\ntrain step: {env['train_precision']}"
         + (f"\n{note}" if (note := extrapolation_note(rows)) else "")
         + (f"\n{ckpt_note}" if (ckpt_note := checkpointing_note(rows)) else ""),
     )

@@ -104,10 +104,9 @@ def row_memory(label: str, dit: str, depth: dict[str, int], latent, s) -> RowMem
     """A row's needs from `plan_train`: the DiT preset `dit` with `depth` overrides on latents
     (C, T', H', W') at the patch of `label` ('PRESET:PATCH'), `s` the benchmark Settings.
 
-    plan_train counts model states for the launcher (fp32 master weights); the benchmark keeps
-    weights, gradients and AdamW moments in its own dtype, so those are counted here.
+    The row trains as train-dit does (fp32 master weights, gradients and AdamW moments; `--dtype`
+    autocast, which the plan's activations follow), without ZeRO: its states are counted here.
     """
-    from vidcli.benchmark.options import DTYPES
     from vidcli.models.mmdit import resolve_config
     from vidcli.plans import plan_train
     from vidcli.recipe import DiTSection, LauncherSection, Recipe, TextSection, TrainSection
@@ -127,7 +126,7 @@ def row_memory(label: str, dit: str, depth: dict[str, int], latent, s) -> RowMem
         launcher=LauncherSection(zero_stage=0, precision="bf16" if s.dtype == "bf16" else "fp32"),
     )
     plan = plan_train(recipe, tuple(latent), None, world=1)
-    size = torch.empty((), dtype=DTYPES[s.dtype]).element_size()
+    size = torch.float32.itemsize
     states = plan.params * size * (2 + ADAMW_STATES)  # weights, gradients, moments
     return RowMemory(label, states / GB, plan.activations_gb, plan.activations_checkpointed_gb)
 
