@@ -48,6 +48,11 @@ AE_PRESETS: dict[str, DCAEConfig] = {
     # MIT dc-ae-f64c128-mix-1.0 (scaling from diffusers' convert_dcae_to_diffusers.py),
     # 676,896,140 parameters.
     "dc-ae-f64c128": _mit_in_mix(7, 128, 0.4538),
+    # MIT dc-ae-f32c32-in-1.0 / dc-ae-f64c128-in-1.0: the "in" autoencoders of the
+    # DC-AE-Diffusion checkpoints (same layouts as mix, ImageNet-trained; scalings from MIT's
+    # diffusion configs), 323,356,460 and 676,896,140 parameters.
+    "dc-ae-f32c32-in-1.0": _mit_in_mix(6, 32, 0.3189),
+    "dc-ae-f64c128-in-1.0": _mit_in_mix(7, 128, 0.2889),
     # MIT dc-ae-f128c512-mix-1.0 (same sources), 1,120,682,252 parameters.
     "dc-ae-f128c512": _mit_in_mix(8, 512, 0.3620),
     # vidcli baseline: the same family at the usual video-VAE compression 4x8x8, 16 channels.
