@@ -35,6 +35,18 @@ class ModelAlias:
     """Where vidcli uses the files: `family:preset` names or a recipe key."""
 
 
+def _dc_ae_diffusion(alias: str, model: str, what: str) -> ModelAlias:
+    """MIT's class-conditional ImageNet 512px models: config.json names the model, one fp32
+    model.safetensors holds the DC-AE (`autoencoder.*`) and the network (`diffusion_model.*`)."""
+    return ModelAlias(
+        alias,
+        f"mit-han-lab/{model}",
+        ("config.json", "model.safetensors"),
+        f"DC-AE-Diffusion {what}, ImageNet 512px class-conditional, DC-AE included",
+        f"class-conditional:{model}",
+    )
+
+
 ALIASES: dict[str, ModelAlias] = {
     alias.name: alias
     for alias in (
@@ -105,6 +117,29 @@ ALIASES: dict[str, ModelAlias] = {
             ("reducio-ft2-fs32-attn23.ckpt",),
             "Reducio-VAE, 16 frames -> 16 x 8 x H/32 x W/32, decoded with the centre frame (MIT)",
             "ae:reducio-ft2",
+        ),
+        _dc_ae_diffusion("dc-ae-f32-uvit-s", "dc-ae-f32c32-in-1.0-uvit-s-in-512px", "UViT-S"),
+        _dc_ae_diffusion("dc-ae-f32-uvit-h", "dc-ae-f32c32-in-1.0-uvit-h-in-512px", "UViT-H"),
+        _dc_ae_diffusion("dc-ae-f32-uvit-2b", "dc-ae-f32c32-in-1.0-uvit-2b-in-512px", "UViT-2B"),
+        _dc_ae_diffusion("dc-ae-f32-usit-h", "dc-ae-f32c32-in-1.0-usit-h-in-512px", "USiT-H"),
+        _dc_ae_diffusion("dc-ae-f32-usit-2b", "dc-ae-f32c32-in-1.0-usit-2b-in-512px", "USiT-2B"),
+        _dc_ae_diffusion("dc-ae-f32-dit-xl", "dc-ae-f32c32-in-1.0-dit-xl-in-512px", "DiT-XL"),
+        _dc_ae_diffusion(
+            "dc-ae-f32-dit-xl-bs1024",
+            "dc-ae-f32c32-in-1.0-dit-xl-in-512px-trainbs1024",
+            "DiT-XL (batch 1024)",
+        ),
+        _dc_ae_diffusion("dc-ae-f64-uvit-h", "dc-ae-f64c128-in-1.0-uvit-h-in-512px", "UViT-H"),
+        _dc_ae_diffusion(
+            "dc-ae-f64-uvit-h-2000k",
+            "dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k",
+            "UViT-H (2000k steps)",
+        ),
+        _dc_ae_diffusion("dc-ae-f64-uvit-2b", "dc-ae-f64c128-in-1.0-uvit-2b-in-512px", "UViT-2B"),
+        _dc_ae_diffusion(
+            "dc-ae-f64-uvit-2b-2000k",
+            "dc-ae-f64c128-in-1.0-uvit-2b-in-512px-train2000k",
+            "UViT-2B (2000k steps)",
         ),
         ModelAlias(
             "t5-v1_1-xxl",

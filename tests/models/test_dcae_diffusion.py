@@ -399,3 +399,17 @@ def test_generate_decodes_deterministic_images(tiny_release: str):
     assert not torch.equal(images, generate(model, labels, seed=6))
     with pytest.raises(UsageError, match="dpm-solver sampler, not ddpm"):
         generate(model, labels, sampler="ddpm")
+
+
+def test_download_aliases_cover_every_release():
+    from vidcli.hub import ALIASES, resolve
+
+    repos = {
+        alias.repo_id.removeprefix("mit-han-lab/")
+        for alias in ALIASES.values()
+        if alias.feeds.startswith("class-conditional:")
+    }
+    assert repos == set(RELEASED)
+    repo, include = resolve("dc-ae-f64-uvit-h-2000k")
+    assert repo == "mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k"
+    assert set(include) == {"config.json", "model.safetensors"}
