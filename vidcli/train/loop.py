@@ -11,8 +11,10 @@ import contextlib
 import json
 import math
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,18 @@ from torch import nn
 
 from vidcli import devices
 from vidcli.console import log, progress_bar
-from vidcli.errors import StageFailed
+from vidcli.errors import StageFailed, UsageError
 from vidcli.fileio import atomic_write_text
-from vidcli.recipe import LauncherSection, Recipe, TrainSection, write_resolved_recipe
+from vidcli.recipe import LauncherSection, Recipe, TrainSection, dump_recipe, write_resolved_recipe
 from vidcli.train import checkpoint as ckpt
 from vidcli.train import seeds
 from vidcli.train.ema import EMA
 
 LossFn = Callable[[nn.Module, Any, int], tuple[torch.Tensor, dict[str, float]]]
+
+CHECKPOINT_TIMEOUT = timedelta(hours=2)
+"""How long ranks wait for one another around checkpoint I/O: rank 0 writing (or, on resume,
+hashing) hundreds of GB takes far longer than NCCL's watchdog allows a collective."""
 
 
 @dataclass
@@ -70,6 +76,21 @@ class TrainResult:
         return [self.checkpoint]
 
 
+@dataclass
+class CheckpointRun:
+    """What every checkpoint of one run shares."""
+
+    checkpoints: Path
+    rank: int
+    run_id: str
+    """Unique to this launch (the same on every rank): checkpoint ids are `<run_id>-<step>`."""
+    resumed_from: Path | None
+    """The checkpoint this run started from: pruning never removes it."""
+    group: Any = None
+    """A gloo process group with `CHECKPOINT_TIMEOUT` for the waits around checkpoint I/O
+    (None: a single rank)."""
+
+
 def lr_multiplier(train: TrainSection) -> Callable[[int], float]:
     """Linear warm-up to 1, then constant or cosine decay to 0 at `max_steps`."""
 
@@ -107,7 +128,8 @@ def train(
     output = Path(train_cfg.output)
     checkpoints = output / "checkpoints"
     ema = EMA(spec.model, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
-    state, resumed_from = _resume(spec, engine, ema, resume, checkpoints, rank)
+    run = CheckpointRun(checkpoints, rank, "", None, _checkpoint_group())
+    state = _resume(spec, engine, ema, resume, run)
     metrics_file = output / "metrics.jsonl"
     if rank == 0:
         output.mkdir(parents=True, exist_ok=True)
@@ -138,9 +160,9 @@ def train(
                     _append_line(metrics_file, json.dumps(record))
                 bar.update(task, status=f"loss {record['loss']:.4f} lr {record['lr']:.2e}")
             if state.step % train_cfg.ckpt_every == 0 or at_end:
-                save_checkpoint(spec, recipe, engine, ema, state, checkpoints, rank)
+                save_checkpoint(spec, recipe, engine, ema, state, run)
             bar.update(task, completed=state.step)
-    return meter.result(state, start_step, output, checkpoints, resumed_from)
+    return meter.result(state, start_step, output, checkpoints, run.resumed_from)
 
 
 def _resume(
@@ -148,22 +170,52 @@ def _resume(
     engine: Any,
     ema: EMA | None,
     resume: str | None,
-    checkpoints: Path,
-    rank: int,
-) -> tuple[ckpt.TrainerState, Path | None]:
-    """Engine (weights, optimizer, LR schedule), EMA and counters from one checkpoint folder."""
-    resumed_from = ckpt.resolve_resume(resume, checkpoints)
-    if resumed_from is None:
-        return ckpt.TrainerState(step=0, samples_seen=0), None
-    engine.load_checkpoint(str(resumed_from), tag="deepspeed")
+    run: CheckpointRun,
+) -> ckpt.TrainerState:
+    """Engine (weights, optimizer, LR schedule), EMA and counters from one checkpoint folder.
+
+    Sets `run.resumed_from` and `run.run_id` (the same on every rank).
+    """
+    run.resumed_from, run.run_id = _resolve_on_rank_0(resume, run)
+    if run.resumed_from is None:
+        return ckpt.TrainerState(step=0, samples_seen=0)
+    engine.load_checkpoint(str(run.resumed_from), tag="deepspeed")
     for name, extra in spec.extra_engines.items():
-        extra.load_checkpoint(str(resumed_from), tag=name)
-    state = ckpt.read_state(resumed_from)
+        extra.load_checkpoint(str(run.resumed_from), tag=name)
+    state = ckpt.read_state(run.resumed_from)
     if ema is not None:
-        ema.load_file(resumed_from / "ema.safetensors")
-    if rank == 0:
-        log.info("resumed from %s at step %d", resumed_from, state.step)
-    return state, resumed_from
+        ema.load_file(run.resumed_from / "ema.safetensors")
+    if run.rank == 0:
+        log.info("resumed from %s at step %d", run.resumed_from, state.step)
+    return state
+
+
+def _resolve_on_rank_0(resume: str | None, run: CheckpointRun) -> tuple[Path | None, str]:
+    """(checkpoint to resume from or None, this run's id), decided by rank 0 for every rank.
+
+    Verifying a checkpoint hashes all of it: one rank does it, not each. When it fails, every
+    rank raises the same error (a UsageError stays one, with its message and hint).
+    """
+    outcome: tuple[str | None, str, tuple[str, str | None, bool] | None] = (None, "", None)
+    failure: Exception | None = None
+    if run.rank == 0:
+        try:
+            folder = ckpt.resolve_resume(resume, run.checkpoints)
+            outcome = (str(folder) if folder else None, uuid.uuid4().hex, None)
+        except Exception as err:  # the other ranks must hear of it, not wait for it
+            failure = err
+            outcome = (
+                None,
+                "",
+                (str(err), getattr(err, "hint", None), isinstance(err, UsageError)),
+            )
+    folder, run_id, error = _broadcast(outcome, run.group)
+    if failure is not None:
+        raise failure
+    if error is not None:
+        message, hint, usage = error
+        raise UsageError(message, hint=hint) if usage else StageFailed(message, hint=hint)
+    return (Path(folder) if folder else None), run_id
 
 
 def _train_step(
@@ -334,41 +386,60 @@ def save_checkpoint(
     engine: Any,
     ema: EMA | None,
     state: ckpt.TrainerState,
-    checkpoints: Path,
-    rank: int,
+    run: CheckpointRun,
 ) -> Path:
-    """Write every rank's shards into a staging folder, then publish it atomically (rank 0)."""
-    staging = ckpt.staging_dir(checkpoints, state.step)
+    """Write every rank's shards into a staging folder, then publish it atomically (rank 0).
+
+    Each rank hashes its shards as it writes them and hands rank 0 the digests; rank 0 alone
+    builds the full weights, writes the rest and the manifest, and prunes this run's lineage.
+    """
+    rank = run.rank
+    staging = ckpt.staging_dir(run.checkpoints, state.step)
     if rank == 0:
         staging.mkdir(parents=True, exist_ok=True)
-    _barrier()
-    engine.save_checkpoint(str(staging), tag="deepspeed")
+    _barrier(run.group)
+    written: ckpt.Digests = {}
+    with ckpt.hashing_saves(engine, staging, written):
+        engine.save_checkpoint(str(staging), tag="deepspeed")
     for name, extra in spec.extra_engines.items():
-        extra.save_checkpoint(str(staging), tag=name)
-    weights = full_state_dict(spec.model, recipe.launcher)
+        with ckpt.hashing_saves(extra, staging, written):
+            extra.save_checkpoint(str(staging), tag=name)
+    weights = full_state_dict(spec.model, recipe.launcher, rank)
+    state.lineage.append(f"{run.run_id}-{state.step:07d}")
+    for shards in _gather(written, run.group):
+        written |= shards
     if rank == 0:
         spec.save_weights(weights, staging, "model")
+        del weights  # the model's size in host memory: free it before the EMA's copy
         if ema is not None:
             spec.save_weights(ema.state_dict(), staging, "ema")
-        write_resolved_recipe(recipe, staging)
-        ckpt.write_state(staging, state)
-    _barrier()
-    final = ckpt.step_dir(checkpoints, state.step)
-    if rank == 0:
-        ckpt.write_manifest(staging)  # every rank's shards are in place: hash them all
-        ckpt.publish(checkpoints, state.step, recipe.train.keep_last)
-    _barrier()
-    return final
+        ckpt.write_text_hashed(staging / "recipe.toml", staging, dump_recipe(recipe), written)
+        ckpt.write_state(staging, state, written)
+        ckpt.write_manifest(staging, written)
+        ckpt.publish(
+            run.checkpoints, state.step, recipe.train.keep_last, state.lineage, run.resumed_from
+        )
+    _barrier(run.group)
+    return ckpt.step_dir(run.checkpoints, state.step)
 
 
-def full_state_dict(model: nn.Module, launcher: LauncherSection) -> dict[str, torch.Tensor]:
-    """The whole model's fp32 weights on CPU (gathered from all ranks under ZeRO-3)."""
+def full_state_dict(
+    model: nn.Module, launcher: LauncherSection, rank: int
+) -> dict[str, torch.Tensor] | None:
+    """The whole model's fp32 weights on CPU for rank 0; None on the other ranks.
+
+    Under ZeRO-3 gathering the shards is collective, so every rank takes part; only rank 0 copies.
+    """
     if launcher.zero_stage == 3:
         import deepspeed
 
         params = list(model.parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            if rank != 0:
+                return None
             return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
+    if rank != 0:
+        return None
     return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
 
 
@@ -429,9 +500,35 @@ def _finite_everywhere(loss: torch.Tensor) -> bool:
     return flag.item() == 0.0
 
 
-def _barrier() -> None:
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.barrier()
+def _checkpoint_group() -> Any:
+    """A gloo group with `CHECKPOINT_TIMEOUT` (every rank calls this once); None on one rank."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    return dist.new_group(backend="gloo", timeout=CHECKPOINT_TIMEOUT)
+
+
+def _barrier(group: Any) -> None:
+    if group is not None:
+        dist.barrier(group=group)
+
+
+def _broadcast(value: Any, group: Any) -> Any:
+    """Rank 0's `value` on every rank (over the checkpoint group)."""
+    if group is None:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, group=group)
+    return box[0]
+
+
+def _gather(value: Any, group: Any) -> list[Any]:
+    """Every rank's `value` on rank 0 (rank order); [] on the other ranks."""
+    if group is None:
+        return [value]
+    rank = dist.get_rank()
+    parts: list[Any] = [None] * dist.get_world_size() if rank == 0 else []
+    dist.gather_object(value, parts if rank == 0 else None, dst=0, group=group)
+    return parts
 
 
 def _append_line(path: Path, line: str) -> None:

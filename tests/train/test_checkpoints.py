@@ -1,0 +1,285 @@
+"""Checkpoints that scale: hashed while written, built and verified on one rank, and a lineage.
+
+The unit tests drive `vidcli.train.checkpoint` directly; the slow one trains a 3-weight linear
+model over 2 gloo ranks (DeepSpeed ZeRO 2, torchrun) through a resume from an earlier step.
+"""
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+from safetensors.torch import save_file
+from tiny_runs import subprocess_env
+
+from vidcli.errors import UsageError
+from vidcli.train import checkpoint as ckpt
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def staged(checkpoints: Path, step: int, lineage: list[str]) -> None:
+    """A staged checkpoint whose trainer_state.json records `lineage`."""
+    folder = ckpt.staging_dir(checkpoints, step)
+    folder.mkdir(parents=True)
+    ckpt.write_state(folder, ckpt.TrainerState(step=step, samples_seen=step, lineage=lineage))
+
+
+def steps(checkpoints: Path) -> list[int]:
+    return [int(p.name[5:]) for p in ckpt.complete_checkpoints(checkpoints)]
+
+
+@pytest.mark.parametrize("zipfile", [False, True])
+def test_the_recorded_sha256_is_that_of_the_final_file(tmp_path, monkeypatch, zipfile):
+    folder = tmp_path / "step"
+    (folder / "deepspeed").mkdir(parents=True)
+    written: ckpt.Digests = {}
+    engine = TorchCheckpointEngine()
+    engine.zipfile_serialization = zipfile
+    shard = folder / "deepspeed" / "mp_rank_00_model_states.pt"
+    state = {"w": torch.randn(1000), "view": torch.arange(10)[2:7], "step": 3}
+    ckpt.HashingCheckpointEngine(engine, folder, written).save(state, str(shard))
+    ckpt.write_state(folder, ckpt.TrainerState(step=3, samples_seen=6), written)
+    save_file({"w": torch.ones(2)}, str(folder / "model.safetensors"))  # a stage's own writer
+
+    assert sorted(written) == ["deepspeed/mp_rank_00_model_states.pt", "trainer_state.json"]
+    for name, entry in written.items():
+        assert entry == {"bytes": (folder / name).stat().st_size, "sha256": sha256(folder / name)}
+    torch.testing.assert_close(torch.load(shard, weights_only=False)["view"], state["view"])
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "deepspeed",
+        "model.safetensors",
+        "trainer_state.json",
+    ]  # the temp files were renamed into place
+
+    # The manifest takes those digests as they are: only the file hashed by no writer is read.
+    read = []
+    real_sha256 = ckpt._sha256
+    monkeypatch.setattr(ckpt, "_sha256", lambda path: read.append(path.name) or real_sha256(path))
+    ckpt.write_manifest(folder, written)
+    assert read == ["model.safetensors"]
+    ckpt.verify_manifest(folder)
+
+
+def test_a_failed_write_records_nothing_and_leaves_no_file(tmp_path):
+    written: ckpt.Digests = {}
+    with pytest.raises(OSError), ckpt.hashed_file(tmp_path / "a.bin", tmp_path, written) as f:
+        f.write(b"half")
+        raise OSError("disk full")
+    assert written == {} and list(tmp_path.iterdir()) == []
+
+
+def test_bare_resume_follows_latest_not_the_highest_step(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for step, lineage in ((4, ["a4"]), (6, ["a4", "a6"]), (5, ["a4", "b5"])):
+        staged(checkpoints, step, lineage)
+        ckpt.write_manifest(ckpt.staging_dir(checkpoints, step))
+        ckpt.publish(checkpoints, step, keep_last=3, lineage=lineage)
+    assert ckpt.resolve_resume("latest", checkpoints) == ckpt.step_dir(checkpoints, 5)
+
+    (checkpoints / "latest").unlink()
+    os.symlink("../elsewhere", checkpoints / "latest")
+    with pytest.raises(UsageError, match="not a checkpoint in"):
+        ckpt.resolve_resume("latest", checkpoints)
+
+
+def test_pruning_follows_the_lineage_not_the_names(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    a: list[str] = []
+    for step in (2, 4, 6):  # run a: a checkpoint every 2 steps, keep 3
+        a.append(f"a{step}")
+        staged(checkpoints, step, list(a))
+        ckpt.publish(checkpoints, step, keep_last=3, lineage=list(a))
+    assert steps(checkpoints) == [2, 4, 6]
+
+    # Run b resumed from a's step 4 and keeps 1: a's step 2 (an ancestor) goes, step 4 (where
+    # b started) stays, step 6 (a's branch, abandoned) is not b's to remove.
+    resumed = ckpt.step_dir(checkpoints, 4)
+    b = ["a2", "a4", "b5"]
+    staged(checkpoints, 5, b)
+    ckpt.publish(checkpoints, 5, keep_last=1, lineage=b, resumed_from=resumed)
+    assert steps(checkpoints) == [4, 5, 6]
+
+    # Run c resumed from b's step 5 and keeps 2: b's older ancestor (a's step 4) goes now.
+    c = [*b, "c7"]
+    staged(checkpoints, 7, c)
+    ckpt.publish(checkpoints, 7, 2, c, resumed_from=ckpt.step_dir(checkpoints, 5))
+    assert steps(checkpoints) == [5, 6, 7]
+    assert os.readlink(checkpoints / "latest") == "step-0000007"
+
+
+SCRIPT = r"""
+import json, sys
+from pathlib import Path
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from vidcli.errors import UsageError
+from vidcli.recipe import Recipe, LauncherSection, TrainSection
+from vidcli.train import checkpoint as ckpt, loop
+from vidcli.train.launcher import init_process_group, make_engine
+
+out, resume, cfg = Path(sys.argv[1]), sys.argv[2] or None, json.loads(sys.argv[3])
+rank, world = init_process_group()
+counts = {"state_dicts": 0, "verified": 0}
+
+full_state_dict = loop.full_state_dict
+def counting_full_state_dict(*args, **kwargs):
+    weights = full_state_dict(*args, **kwargs)
+    counts["state_dicts"] += weights is not None
+    return weights
+loop.full_state_dict = counting_full_state_dict
+
+verify_manifest = ckpt.verify_manifest
+def counting_verify(folder):
+    counts["verified"] += 1
+    verify_manifest(folder)
+ckpt.verify_manifest = counting_verify
+
+torch.manual_seed(0)
+model = nn.Linear(3, 1, bias=False)
+recipe = Recipe(
+    train=TrainSection(output=str(out / "run"), max_steps=cfg["max_steps"], batch_size=2,
+                       lr=0.1, warmup_steps=0, ema_decay=0.9, log_every=1,
+                       ckpt_every=cfg["ckpt_every"], keep_last=cfg["keep_last"]),
+    launcher=LauncherSection(zero_stage=2),
+)
+
+def batch_at(index):
+    x = torch.randn(2, 3, generator=torch.Generator().manual_seed(index))
+    return x, x.sum(dim=1)
+
+def loss(engine, batch, step):
+    x, y = batch
+    return (engine(x)[:, 0] - y).pow(2).mean(), {}
+
+engine = make_engine(model, recipe.train, recipe.launcher, loop.lr_multiplier(recipe.train))
+def save_weights(state, folder, stem):
+    save_file(state, str(folder / f"{stem}.safetensors"))
+
+spec = loop.StageSpec("toy", model, batch_at, loss, save_weights)
+try:
+    result = loop.train(spec, recipe, engine, rank, world, resume)
+    counts["resumed_from"] = result.resumed_from
+except UsageError as err:
+    counts["error"] = str(err)
+(out / f"rank{rank}.json").write_text(json.dumps(counts))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def on_two_ranks(script: str, tmp_path: Path, *args: str) -> list[dict]:
+    """Run `script` on 2 gloo ranks (torchrun) with `tmp_path` and `args`; what each rank wrote
+    to `tmp_path/rank<r>.json`."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    for old in tmp_path.glob("rank*.json"):
+        old.unlink()
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-port", str(free_port()), str(path), str(tmp_path), *args]
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+
+
+def two_ranks(tmp_path: Path, resume: str, **cfg: int) -> list[dict]:
+    """One toy run on 2 ranks; what each rank counted (state dicts, verifications, ...)."""
+    return on_two_ranks(SCRIPT, tmp_path, resume, json.dumps(cfg))
+
+
+RESOLVE = r"""
+import json, sys
+from pathlib import Path
+import torch.distributed as dist
+from vidcli.errors import UsageError
+from vidcli.train import checkpoint as ckpt, loop
+
+out, checkpoints = Path(sys.argv[1]), Path(sys.argv[2])
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+seen = {"verified": 0}
+
+verify_manifest = ckpt.verify_manifest
+def counting_verify(folder):
+    seen["verified"] += 1
+    verify_manifest(folder)
+ckpt.verify_manifest = counting_verify
+
+run = loop.CheckpointRun(checkpoints, rank, "", None, loop._checkpoint_group())
+try:
+    folder, run_id = loop._resolve_on_rank_0("latest", run)
+    seen |= {"folder": str(folder), "run_id": run_id}
+except UsageError as err:
+    seen |= {"error": str(err), "hint": err.hint}
+(out / f"rank{rank}.json").write_text(json.dumps(seen))
+"""
+
+
+def test_one_rank_verifies_and_every_rank_gets_its_verdict(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    staged(checkpoints, 3, ["a3"])
+    shard = ckpt.staging_dir(checkpoints, 3) / "deepspeed" / "optim_states.pt"
+    shard.parent.mkdir()
+    torch.save({"exp_avg": torch.randn(8)}, shard)
+    ckpt.write_manifest(ckpt.staging_dir(checkpoints, 3))
+    ckpt.publish(checkpoints, 3, keep_last=1, lineage=["a3"])
+
+    good = on_two_ranks(RESOLVE, tmp_path, str(checkpoints))
+    assert [r["verified"] for r in good] == [1, 0]  # one rank hashes the checkpoint
+    assert good[0]["folder"] == good[1]["folder"] == str(ckpt.step_dir(checkpoints, 3))
+    assert good[0]["run_id"] == good[1]["run_id"] != ""
+
+    # A checkpoint changed since it was written stops both ranks with the same error.
+    shard = ckpt.step_dir(checkpoints, 3) / "deepspeed" / "optim_states.pt"
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    bad = on_two_ranks(RESOLVE, tmp_path, str(checkpoints))
+    assert [r["verified"] for r in bad] == [1, 0]
+    assert "optim_states.pt changed since the checkpoint was written" in bad[0]["error"]
+    assert (bad[0]["error"], bad[0]["hint"]) == (bad[1]["error"], bad[1]["hint"])
+
+
+@pytest.mark.slow  # three 2-rank DeepSpeed launches (about 20 s each on 2 busy cores)
+def test_two_ranks_build_once_verify_once_and_resume_along_the_lineage(tmp_path):
+    checkpoints = tmp_path / "run" / "checkpoints"
+    first = two_ranks(tmp_path, "", max_steps=6, ckpt_every=2, keep_last=2)
+    assert [r["state_dicts"] for r in first] == [3, 0]  # rank 0 alone, at steps 2, 4 and 6
+    assert steps(checkpoints) == [4, 6]
+    for folder in ckpt.complete_checkpoints(checkpoints):
+        listed = json.loads((folder / ckpt.MANIFEST).read_text())["files"]
+        shards = [name for name in listed if name.startswith("deepspeed/")]
+        assert len(shards) == 3  # the model states and each rank's optimizer shard
+        for name, entry in listed.items():
+            assert entry["sha256"] == sha256(folder / name), name
+
+    # Back to step 4: the new branch saves step 5; a's step 6 stays (it is not this lineage's).
+    second = two_ranks(
+        tmp_path, str(ckpt.step_dir(checkpoints, 4)), max_steps=5, ckpt_every=1, keep_last=2
+    )
+    assert [r["verified"] for r in second] == [1, 0]  # one rank hashes the checkpoint
+    assert [r["state_dicts"] for r in second] == [1, 0]
+    assert [r["resumed_from"].endswith("step-0000004") for r in second] == [True, True]
+    assert steps(checkpoints) == [4, 5, 6]
+
+    # A bare --resume continues the newest branch (step 5), not the highest step (6); pruning
+    # drops this lineage's step 4 and leaves the abandoned step 6 alone.
+    third = two_ranks(tmp_path, "latest", max_steps=7, ckpt_every=4, keep_last=2)
+    assert [r["resumed_from"].endswith("step-0000005") for r in third] == [True, True]
+    assert [r["state_dicts"] for r in third] == [1, 0]
+    assert steps(checkpoints) == [5, 6, 7]
+    state = json.loads((checkpoints / "step-0000007" / "trainer_state.json").read_text())
+    assert len(state["lineage"]) == 4  # a's steps 2 and 4, step 5, step 7
