@@ -63,7 +63,7 @@ sys.path.insert(0, sys.argv[1])
 from fake_device import FAKE_DEVICE, assert_inputs_on, fake_device
 from vidcli import devices
 from vidcli.recipe import load_recipe
-from vidcli.train import ae as ae_stage, dit as dit_stage, launcher
+from vidcli.train import ae as ae_stage, dit as dit_stage, dit_loss, launcher
 
 overrides, sabotage, stage = json.loads(sys.argv[2]), sys.argv[3], sys.argv[5]
 stage_module = {"dit": dit_stage, "ae": ae_stage}[stage]
@@ -81,8 +81,8 @@ stage_module.make_engine = make_engine
 if sabotage == "batch":  # the loop forgets to move the batch
     devices.move_to = lambda obj, device, dtype=None: obj
 if sabotage == "ids":  # position ids created without device=
-    real_ids = dit_stage.make_image_ids
-    dit_stage.make_image_ids = lambda *shape, device=None: real_ids(*shape)
+    real_ids = dit_loss.make_image_ids
+    dit_loss.make_image_ids = lambda *shape, device=None: real_ids(*shape)
 recipe = load_recipe(sys.argv[4], overrides)
 with fake_device():
     result = launcher.run_worker(stage, recipe, None)

@@ -38,6 +38,7 @@ from vidcli.errors import ShapeError, UsageError
 from vidcli.models.mmdit import MMDiT, load_dit, pack_latents
 from vidcli.recipe import Recipe
 from vidcli.train import data as train_data
+from vidcli.train.dit_loss import flow_loss
 
 NEW_LAYERS = ("img_in", "cond_in", "final_layer.linear")
 """The layers whose shape depends on the AE (latent channels x patch size)."""
@@ -91,7 +92,6 @@ def setup(
 ) -> tuple[MMDiT, Callable[[int], dict[str, Any]], Callable | None]:
     """train-dit in adapt mode -> (model, batch_at, loss); loss None = the usual flow loss."""
     from vidcli import flow
-    from vidcli.train.dit import flow_loss
 
     check_recipe(recipe)
     source = load_source(recipe.adapt.source)
