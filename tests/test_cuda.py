@@ -43,7 +43,7 @@ def make_engine(model, *args, **kwargs):
 
 dit_stage.make_engine = make_engine
 recipe = load_recipe(sys.argv[1], json.loads(sys.argv[2]))
-result = launcher.run_worker("dit", recipe, None)
+result = launcher.run_worker(dit_stage.run, recipe, None)
 print(json.dumps({"loss": result.final_loss, "devices": sorted(seen),
                   "peak_gb": torch.cuda.max_memory_allocated() / 1e9,
                   "logged_peak_gb": result.metrics.get("peak_memory_gb")}))

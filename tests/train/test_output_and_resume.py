@@ -20,6 +20,7 @@ from vidcli.recipe import load_recipe
 from vidcli.train import checkpoint as ckpt
 from vidcli.train import launcher
 from vidcli.train.loop import truncate_metrics
+from vidcli.train.stages import STAGES
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_DIT = str(REPO / "recipes" / "demo-dit.toml")
@@ -42,8 +43,8 @@ def launched(monkeypatch):
     """Runs that get past `launcher.launch`'s checks, recorded instead of trained."""
     calls: list[dict] = []
 
-    def record(stage, recipe, resume):
-        calls.append({"stage": stage, "resume": resume})
+    def record(run, recipe, resume):
+        calls.append({"resume": resume})
         return {"ok": True}
 
     monkeypatch.setattr(launcher, "run_worker", record)
@@ -156,7 +157,7 @@ def test_nproc_with_hostfile_is_an_error(tmp_path, monkeypatch):
         [f'train.output="{tmp_path}"', 'launcher.hostfile="hosts.txt"', "launcher.nproc=4"],
     )
     with pytest.raises(UsageError, match=re.escape("--nproc 4 with --hostfile hosts.txt")):
-        launcher.launch("dit", recipe, Path(DEMO_DIT))
+        launcher.launch("dit", STAGES["dit"], recipe, Path(DEMO_DIT))
 
 
 def test_hostfile_ranks_read_and_write_in_the_output_folder(tmp_path, monkeypatch):
@@ -177,7 +178,7 @@ def test_hostfile_ranks_read_and_write_in_the_output_folder(tmp_path, monkeypatc
     monkeypatch.setattr(launcher.subprocess, "run", fake_deepspeed)
     output = tmp_path / "run"
     recipe = load_recipe(DEMO_DIT, [f'train.output="{output}"', 'launcher.hostfile="hosts.txt"'])
-    result = launcher.launch("dit", recipe, Path(DEMO_DIT))
+    result = launcher.launch("dit", STAGES["dit"], recipe, Path(DEMO_DIT))
     assert result.steps == 1
     command = seen["command"]
     assert command[:3] == ["deepspeed", "--hostfile", "hosts.txt"]

@@ -104,9 +104,15 @@ def _train(
 
         return memory_plan.train_plan(recipe, gpu_memory)
     from vidcli.train import launcher
+    from vidcli.train.stages import STAGES
 
     return launcher.launch(
-        stage_name, recipe, recipe_path=recipe_path, resume=resume, overwrite=overwrite
+        stage_name,
+        STAGES[stage_name],
+        recipe,
+        recipe_path=recipe_path,
+        resume=resume,
+        overwrite=overwrite,
     )
 
 

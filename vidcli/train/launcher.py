@@ -12,7 +12,8 @@ Before any of this, `prepare_output` protects the output folder: a fresh run nev
 another run's metrics and checkpoints unless asked to (`--overwrite`) or told to continue it
 (`--resume`).
 
-The launcher only launches; the step loop (`loop.py`) receives a ready engine.
+The launcher only launches: it is handed the stage's function and name (`stages.py` maps names
+to functions), and the step loop (`loop.py`) receives a ready engine.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +33,25 @@ import torch
 
 from vidcli.console import DEBUG_ENV, log
 from vidcli.errors import StageFailed, UsageError
-from vidcli.recipe import LauncherSection, Recipe, TrainSection, load_recipe, write_resolved_recipe
+from vidcli.recipe import LauncherSection, Recipe, TrainSection, write_resolved_recipe
 from vidcli.train import checkpoint as ckpt
 
-STAGES = ("ae", "dit")
+StageRun = Callable[..., Any]
+"""A stage's entry point: run(recipe, resume=...) -> its TrainResult, on every rank."""
 
 
 def launch(
     stage: str,
+    run: StageRun,
     recipe: Recipe,
     recipe_path: Path,
     resume: str | None = None,
     overwrite: bool = False,
 ) -> Any:
-    """Run `stage` ('ae' or 'dit') with a validated recipe; returns the stage's TrainResult."""
+    """Run stage `stage` with a validated recipe; returns the stage's TrainResult.
+
+    `run` runs it in this process; spawned ranks look the stage up by its name (`stages.py`).
+    """
     launcher = recipe.launcher
     if launcher.zero_stage == 3 and recipe.train.ema_decay > 0:
         # ZeRO-3 leaves each rank a shard of every weight: an EMA of those would be garbage.
@@ -59,7 +66,7 @@ def launch(
         )
     prepare_output(Path(recipe.train.output), resume, overwrite)
     if _inside_distributed_job() or (launcher.nproc == 1 and not launcher.hostfile):
-        return run_worker(stage, recipe, resume)
+        return run_worker(run, recipe, resume)
     return _spawn(stage, recipe, resume)
 
 
@@ -89,13 +96,10 @@ def prepare_output(output: Path, resume: str | None, overwrite: bool) -> None:
         shutil.rmtree(checkpoints, ignore_errors=True)
 
 
-def run_worker(stage: str, recipe: Recipe, resume: str | None) -> Any:
+def run_worker(run: StageRun, recipe: Recipe, resume: str | None) -> Any:
     """This process is one rank: set up the process group and run the stage's loop."""
     _default_single_rank_env()
-    from vidcli.train import ae, dit
-
-    runner = {"ae": ae.run, "dit": dit.run}[stage]
-    return runner(recipe, resume=resume)
+    return run(recipe, resume=resume)
 
 
 def make_engine(
@@ -237,29 +241,3 @@ def _result_from_json(stage: str, payload: dict[str, Any]) -> Any:
     from vidcli.train.loop import TrainResult
 
     return TrainResult(**payload)
-
-
-def worker_main(argv: list[str] | None = None) -> int:
-    """Entry point of a spawned rank (`python -m vidcli.train.worker`)."""
-    import argparse
-
-    from vidcli.console import configure, explain_error, report_error, to_jsonable
-
-    parser = argparse.ArgumentParser(prog="vidcli.train.worker")
-    parser.add_argument("--stage", choices=STAGES, required=True)
-    parser.add_argument("--recipe", type=Path, required=True)
-    parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--resume", default=None)
-    args = parser.parse_args(argv)
-    configure()
-    try:
-        result = run_worker(args.stage, load_recipe(args.recipe), args.resume)
-    except Exception as err:  # every rank reports; rank 0 leaves the message for the parent
-        code = report_error(err)
-        if int(os.environ.get("RANK", "0")) == 0:
-            message, _, exit_code = explain_error(err)
-            args.result.write_text(json.dumps({"error": message, "exit_code": exit_code}))
-        return code
-    if int(os.environ.get("RANK", "0")) == 0:
-        args.result.write_text(json.dumps(to_jsonable(result)))
-    return 0
