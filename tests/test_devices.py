@@ -1,6 +1,6 @@
 """Device and dtype: `vidcli.devices`, and train-dit feeding its DiT on the engine's device only.
 
-The train-dit test needs no GPU: `fake_device.FAKE_DEVICE` is a second device on the CPU, the
+The train-dit test needs no GPU: `device_check.FAKE_DEVICE` is a second device on the CPU, the
 DeepSpeed engine is told it lives there (as it would on CUDA), and a forward pre-hook on the DiT
 fails the run if any input tensor is elsewhere. The sabotaged runs show the test catches a
 forgotten batch move and a freshly created tensor without `device=`.
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from fake_device import FAKE_DEVICE, fake_device
+from device_check import FAKE_DEVICE, fake_device, strict_devices
 from tiny_runs import subprocess_env, tiny_ae_values, tiny_dit_values
 
 from vidcli import devices
@@ -60,7 +60,7 @@ def test_noise_is_drawn_on_the_cpu_then_moved():
 SCRIPT = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from fake_device import FAKE_DEVICE, assert_inputs_on, fake_device
+from device_check import FAKE_DEVICE, assert_inputs_on, fake_device
 from vidcli import devices
 from vidcli.recipe import load_recipe
 from vidcli.train import ae as ae_stage, dit as dit_stage, dit_loss, launcher
@@ -85,7 +85,7 @@ if sabotage == "ids":  # position ids created without device=
     dit_loss.make_image_ids = lambda *shape, device=None: real_ids(*shape)
 recipe = load_recipe(sys.argv[4], overrides)
 with fake_device():
-    result = launcher.run_worker(stage_module.run, recipe, None)
+    result = launcher.run_worker(stage, recipe, None)
 print(json.dumps({"steps": result.steps, "loss": result.final_loss}))
 """
 
@@ -133,7 +133,8 @@ def test_the_device_check_catches_a_missing_move(tmp_path, sabotage):
 
 def test_generate_in_bf16_on_the_cpu_matches_fp32(tmp_path):
     """The bf16 path (DiT weights in bf16, sampling and decode under autocast) runs end to end
-    and stays close to fp32: a dtype mismatch anywhere would raise."""
+    and stays close to fp32: a dtype mismatch anywhere would raise (`strict_devices` also where
+    the CPU kernels would promote)."""
     from vidcli import generate
 
     recipe = generate.load_generate_recipe(None, None, ["sample.steps=2", "sample.frames=4"])
@@ -148,7 +149,8 @@ def test_generate_in_bf16_on_the_cpu_matches_fp32(tmp_path):
         pipe = generate.load_pipeline(recipe, Placement.resolve("cpu", dtype))
         assert next(pipe.dit.parameters()).dtype == devices.DTYPES[dtype]
         size = (4, recipe.sample.height, recipe.sample.width)
-        videos[dtype] = generate.sample_videos(pipe, recipe.sample, options.prompts, [0], size)
+        with strict_devices():
+            videos[dtype] = generate.sample_videos(pipe, recipe.sample, options.prompts, [0], size)
     assert videos["bf16"].dtype == torch.float32
     error = (videos["bf16"] - videos["fp32"]).abs().mean().item()
     assert error < 0.05, error
