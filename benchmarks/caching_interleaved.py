@@ -14,9 +14,11 @@ import time
 import torch
 
 from vidcli.benchmark.caching import DEFAULT_PROMPTS
-from vidcli.generate import _valid_size, load_generate_recipe, load_pipeline, sample_videos
+from vidcli.generate import _valid_size, load_generate_recipe
 from vidcli.sampling.cache import build_policy, find_calibration, parse_cache
 from vidcli.sampling.cache.runner import CachedDiT
+from vidcli.sampling.phases import sample_videos
+from vidcli.sampling.pipeline import load_pipeline
 
 
 def main() -> None:

@@ -20,8 +20,10 @@ from pathlib import Path
 import torch
 
 from vidcli.data.synthetic import COLOURS, DIRECTIONS, SHAPES, measure_shapes_clip, shapes_caption
-from vidcli.generate import load_generate_recipe, load_pipeline, sample_videos
+from vidcli.generate import load_generate_recipe
 from vidcli.media import to_uint8_frames
+from vidcli.sampling.phases import sample_videos
+from vidcli.sampling.pipeline import load_pipeline
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,8 +24,10 @@ import time
 
 import torch
 
-from vidcli.generate import _valid_size, load_generate_recipe, load_pipeline, sample_videos
+from vidcli.generate import _valid_size, load_generate_recipe
 from vidcli.metrics import psnr
+from vidcli.sampling.phases import sample_videos
+from vidcli.sampling.pipeline import load_pipeline
 
 PROMPTS = (
     "a red circle moving right",
