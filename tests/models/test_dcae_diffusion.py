@@ -24,6 +24,9 @@ from vidcli.models.dcae_diffusion import (
     UViT,
     UViTConfig,
     build_released,
+    class_id,
+    class_name,
+    class_names,
     load_released,
 )
 from vidcli.sampling.class_conditional import (
@@ -413,3 +416,23 @@ def test_download_aliases_cover_every_release():
     repo, include = resolve("dc-ae-f64-uvit-h-2000k")
     assert repo == "mit-han-lab/dc-ae-f64c128-in-1.0-uvit-h-in-512px-train2000k"
     assert set(include) == {"config.json", "model.safetensors"}
+
+
+def test_imagenet_class_names():
+    names = class_names()
+    assert len(names) == 1000
+    # upstream's demo labels
+    assert [class_name(i) for i in (279, 333, 979, 388)] == [
+        "Arctic fox",
+        "hamster",
+        "valley",
+        "giant panda",
+    ]
+    assert class_id("Arctic fox") == class_id("arctic_fox") == class_id(" 279 ") == 279
+    assert class_id(0) == 0 and class_id("toilet tissue") == 999
+    with pytest.raises(UsageError, match="ambiguous: ids 134, 517"):
+        class_id("crane")
+    with pytest.raises(UsageError, match="closest: golden retriever"):
+        class_id("golden retreiver")
+    with pytest.raises(UsageError, match="out of range"):
+        class_id(1000)

@@ -11,6 +11,8 @@ architecture: `RELEASED` maps the name to network, autoencoder, latent scale and
 
 Latents: the networks work on `latent_scale · raw encoder output` (MIT's convention);
 `DCAEDiffusion.decode` divides by it before the decoder.
+
+Labels: ImageNet-1k ids 0..999 (1000 = null for CFG); `class_id` reads ids or class names.
 """
 
 from vidcli.models.dcae_diffusion.config import (
@@ -23,6 +25,7 @@ from vidcli.models.dcae_diffusion.config import (
     UViTConfig,
     released_model,
 )
+from vidcli.models.dcae_diffusion.labels import class_id, class_name, class_names
 from vidcli.models.dcae_diffusion.loading import (
     DCAEDiffusion,
     build_network,
@@ -44,6 +47,9 @@ __all__ = [
     "UViTConfig",
     "build_network",
     "build_released",
+    "class_id",
+    "class_name",
+    "class_names",
     "forward_with_cfg",
     "load_released",
     "released_model",
