@@ -141,3 +141,39 @@ def test_memory_plan_bounds_the_measured_denoiser_peak():
         dit(**inputs)
     measured = torch.cuda.max_memory_allocated() - base
     assert 0.5 * estimate <= measured <= 1.2 * estimate, (measured, estimate)
+
+
+def test_t2i2v_runs_every_model_on_the_gpu_without_offload():
+    """Offload `none`: every model, the t2i AE included, sits on the GPU, and the t2i and video
+    phases mix no devices or product dtypes (`strict_devices`)."""
+    from device_check import module_devices, strict_devices
+    from test_placement import models, t2i2v_recipe
+
+    from vidcli.placement import Placement
+    from vidcli.sampling.phases import first_frames, sample_videos
+    from vidcli.sampling.pipeline import load_pipeline
+
+    recipe = t2i2v_recipe()
+    gpu = torch.device("cuda", 0)
+    pipe = load_pipeline(recipe, Placement.resolve(str(gpu)))
+    for role, module in models(pipe).items():
+        assert module_devices(module) == {gpu}, role
+    size = (4, recipe.sample.height, recipe.sample.width)
+    with strict_devices():
+        refs = first_frames(pipe, recipe.sample, ["a kite"], [0], size)
+        video = sample_videos(pipe, recipe.sample, ["a kite"], [0], size, reference=refs)
+    assert video.shape[:3] == (1, 3, 4) and torch.isfinite(video).all()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_cuda_1_is_honoured_by_generate_and_benchmark(tmp_path):
+    """`--device cuda:1` computes on cuda:1 only: cuda:0 allocates nothing."""
+    import vidcli.benchmark as bench
+    from vidcli import generate
+
+    torch.cuda.reset_peak_memory_stats(0)
+    recipe = generate.load_generate_recipe(None, None, ["sample.steps=2", "sample.frames=4"])
+    options = generate.GenerateOptions(["a red circle"], out=tmp_path / "a.mp4", device="cuda:1")
+    assert generate.run(recipe, options).device == "cuda:1"
+    bench.run(bench.BenchmarkOptions(kernels=True, device="cuda:1", repeat=1))
+    assert torch.cuda.max_memory_allocated(0) == 0
