@@ -79,6 +79,23 @@ def test_atomic_symlink_repoints_in_one_step(tmp_path):
     ]
 
 
+def test_the_file_stdout_is_redirected_to_is_never_replaced(tmp_path):
+    # `--json > out.json` with a writer of out.json: a rename over it would lose stdout.
+    target = tmp_path / "out.json"
+    saved = os.dup(1)
+    try:
+        with target.open("w") as redirected:
+            os.dup2(redirected.fileno(), 1)
+            with pytest.raises(UsageError, match="stdout is redirected"):
+                atomic_write_text(target, "{}")
+            atomic_write_text(tmp_path / "other.json", "{}")  # any other file is fine
+            os.write(1, b"stdout\n")
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    assert target.read_text() == "stdout\n"
+
+
 def test_save_autoencoder_publishes_config_and_weights_together(tmp_path, monkeypatch):
     old = build_autoencoder("dc-ae-tiny")
     folder = save_autoencoder(old, tmp_path / "ae")

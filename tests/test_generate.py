@@ -181,3 +181,32 @@ def test_opensora_v2_hcae_recipe_runs_with_tiny_weights_and_tiles(
     assert result.exit_code == 0, result.output
     assert decode(out)[0].shape == (16, 64, 128, 3)
     assert len(tiled_calls) == 1 and tiled_calls[0].spatial_tile == 64
+
+
+def test_json_redirected_to_the_sidecar_name_is_refused(tmp_path, tiny_weights):
+    """`--out clip.mp4 --json > clip.mp4.json`: the shell opens the sidecar's name for stdout
+    first; writing the sidecar would replace it and lose the JSON, so generate refuses, even
+    with --overwrite, before sampling."""
+    import os
+    import subprocess
+    import sys
+
+    recipe = recipe_file(tmp_path, tiny_weights)
+    out = tmp_path / "clip.mp4"
+    command = [sys.executable, "-m", "vidcli", "generate", "a red circle moving right",
+               "--recipe", str(recipe), "--out", str(out), "--json", "--overwrite"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with out.with_name("clip.mp4.json").open("w") as stdout:
+        run = subprocess.run(command, stdout=stdout, stderr=subprocess.PIPE, text=True, env=env)
+    assert run.returncode == 2, run.stderr
+    assert "clip.mp4.json is the file stdout is redirected to" in run.stderr
+    assert not out.exists()
+
+
+def test_an_existing_sidecar_needs_overwrite(tmp_path, tiny_weights):
+    recipe = recipe_file(tmp_path, tiny_weights)
+    out = tmp_path / "clip.mp4"
+    out.with_name("clip.mp4.json").write_text("notes\n")
+    result = generate("a red circle", "--recipe", str(recipe), "--out", str(out))
+    assert result.exit_code == 2 and "clip.mp4.json already exists" in result.stderr
+    assert out.with_name("clip.mp4.json").read_text() == "notes\n" and not out.exists()

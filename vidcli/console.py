@@ -32,6 +32,7 @@ from rich.progress import (
 )
 
 from vidcli.errors import VidcliError
+from vidcli.fileio import saved_stdout
 
 DEBUG_ENV = "VIDCLI_DEBUG"
 QUIET_ENV = "VIDCLI_QUIET"
@@ -95,6 +96,8 @@ def stdout_to_stderr() -> Iterator[None]:
     except (AttributeError, OSError, ValueError):
         fd = None  # a captured stream (tests): the Python-level redirect is enough
     saved = os.dup(fd) if fd is not None else None
+    if saved is not None:
+        saved_stdout.append(saved)  # writers still refuse to replace the file it points to
     try:
         if fd is not None:
             os.dup2(sys.stderr.fileno(), fd)
@@ -103,6 +106,7 @@ def stdout_to_stderr() -> Iterator[None]:
     finally:
         sys.stderr.flush()
         if saved is not None:
+            saved_stdout.remove(saved)
             os.dup2(saved, fd)
             os.close(saved)
 

@@ -12,6 +12,8 @@ Every writer in vidcli goes through these helpers:
 
 Temp names are unique (mkstemp / mkdtemp in the target's folder, so the final rename never
 crosses file systems): two writers of one target, or a leftover from a killed run, never collide.
+A file that is this process's stdout (`--json > out.json`) is never renamed over: `atomic_path`
+refuses it, since everything printed after would go to the unlinked old file.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from vidcli.errors import UsageError
 
 
 def _umask() -> int:
@@ -41,12 +45,42 @@ def temp_path_beside(path: Path) -> Path:
     return Path(tmp)
 
 
+saved_stdout: list[int] = []
+"""Descriptors of the real stdout while `console.stdout_to_stderr` points fd 1 at stderr."""
+
+
+def is_stdout(path: str | Path) -> bool:
+    """Whether `path` is the file this process's stdout writes to, e.g. `> path`."""
+    try:
+        target = os.stat(path)
+    except OSError:  # no such file: nothing to replace
+        return False
+    for fd in (1, *saved_stdout):
+        try:
+            out = os.fstat(fd)
+        except OSError:  # no stdout at all
+            continue
+        if (out.st_dev, out.st_ino) == (target.st_dev, target.st_ino):
+            return True
+    return False
+
+
+def refuse_stdout(path: str | Path) -> None:
+    """UsageError when writing `path` would replace the file stdout is redirected to."""
+    if is_stdout(path):
+        raise UsageError(
+            f"{path} is the file stdout is redirected to; writing it would replace that output",
+            hint="redirect stdout to another file name",
+        )
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temp file beside `path`; it replaces `path` if the block completes.
 
     On an exception the temp file is removed and `path` keeps its old content (or stays absent).
     """
+    refuse_stdout(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path_beside(path)

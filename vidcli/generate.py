@@ -22,6 +22,7 @@ from vidcli import devices
 from vidcli.console import log, progress_bar
 from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
+from vidcli.fileio import refuse_stdout
 from vidcli.placement import Placement
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
 from vidcli.sampling.acceleration import attention_config
@@ -294,9 +295,16 @@ def _output_paths(options: GenerateOptions) -> list[Path]:
         folder = out or Path("outputs")
         paths = [folder / f"{i:03d}-{_slug(p)}{suffix}" for i, p in enumerate(prompts)]
     for path in paths:
-        if path.exists() and not options.overwrite:
-            raise UsageError(f"{path} already exists; pass --overwrite to replace it")
+        for target in (path, sidecar_path(path)):
+            refuse_stdout(target)  # even with --overwrite: stdout would be lost
+            if target.exists() and not options.overwrite:
+                raise UsageError(f"{target} already exists; pass --overwrite to replace it")
     return paths
+
+
+def sidecar_path(path: Path) -> Path:
+    """The JSON written beside a video (`clip.mp4` -> `clip.mp4.json`)."""
+    return path.with_name(path.name + ".json")
 
 
 def _slug(prompt: str) -> str:
@@ -329,7 +337,7 @@ def _write_sidecar(
 ) -> None:
     from vidcli.fileio import atomic_write_text
 
-    sidecar = path.with_name(path.name + ".json")
+    sidecar = sidecar_path(path)
     payload = {
         "prompt": prompt,
         "seed": seed,

@@ -39,6 +39,7 @@ from vidcli.benchmark.caching_cost import CostMeter
 from vidcli.benchmark.variants import SamplingVariant
 from vidcli.console import log
 from vidcli.errors import UsageError
+from vidcli.fileio import atomic_path, atomic_write_text
 from vidcli.metrics import psnr, ssim
 from vidcli.sampling.cache import (
     METHODS,
@@ -423,8 +424,6 @@ def _compare_with_uniform(rows: list[CachingRow]) -> None:
 
 
 def _write_json(result: CachingResult, path: Path) -> Path:
-    from vidcli.fileio import atomic_write_text
-
     # PSNR is inf for a row identical to uncached sampling: null in strict JSON.
     rows = [
         {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
@@ -437,8 +436,7 @@ def _write_json(result: CachingResult, path: Path) -> Path:
 
 def write_csv(rows: list[CachingRow], path: Path) -> Path:
     """One line per row, the CachingRow fields as columns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv_module.DictWriter(
             f, fieldnames=[fl.name for fl in dataclasses.fields(CachingRow)]
         )
@@ -489,6 +487,6 @@ def write_plot(rows: list[CachingRow], env: dict[str, Any], path: Path) -> Path:
         f"{env['model']}: {env['steps']} steps, {len(env['prompts'])} prompts, {env['device']}",
         fontsize=10,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

@@ -10,6 +10,7 @@ from typing import Any
 
 from vidcli.benchmark.compare_ae import AERow
 from vidcli.benchmark.options import WARMUP
+from vidcli.fileio import atomic_path
 
 
 def checkpointing_note(rows: list[AERow]) -> str | None:
@@ -40,8 +41,7 @@ CSV_FIELDS = [f.name for f in dataclasses.fields(AERow)]
 def write_csv(rows: list[AERow], path: Path) -> Path:
     """One line per row, the AERow fields as columns (latent shape as CxTxHxW, other lists
     space-separated: `extrapolated` names the columns scaled from a probe clip)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as f:
         writer = csv_module.DictWriter(f, fieldnames=CSV_FIELDS)
         writer.writeheader()
         for row in rows:

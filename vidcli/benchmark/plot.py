@@ -8,6 +8,7 @@ from typing import Any
 from vidcli.benchmark.compare_ae import EXTRAPOLATED_FIELDS, AERow
 from vidcli.benchmark.compare_ae_report import extrapolation_note
 from vidcli.errors import UsageError
+from vidcli.fileio import atomic_path
 
 
 def write_plot(rows: list[AERow], env: dict[str, Any], path: Path) -> Path:
@@ -46,7 +47,7 @@ def write_plot(rows: list[AERow], env: dict[str, Any], path: Path) -> Path:
         fig.get_layout_engine().set(rect=(0, 0.08, 1, 0.92))
     ax.margins(y=0.15)
     ax.legend(loc="upper left", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # The footnote also travels as PNG text, so tools can tell a measured chart from this one.
-    fig.savefig(path, format="png", metadata={"Description": note or "all times measured"})
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", metadata={"Description": note or "all times measured"})
     return path
