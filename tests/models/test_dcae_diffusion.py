@@ -436,3 +436,20 @@ def test_imagenet_class_names():
         class_id("golden retreiver")
     with pytest.raises(UsageError, match="out of range"):
         class_id(1000)
+
+
+@pytest.mark.parametrize(
+    "recipe", sorted((Path(__file__).parents[2] / "recipes").glob("dc-ae-*-in-512px.toml"))
+)
+def test_recipes_agree_with_the_released_table(recipe: Path):
+    from vidcli.hub import resolve
+    from vidcli.recipe import load_recipe
+
+    r = load_recipe(recipe)
+    spec = RELEASED[r.dit.preset]
+    model = build_released(r.dit.preset, device="meta")
+    size = spec.network.input_size * model.autoencoder.spatial_compression
+    assert (r.sample.height, r.sample.width, r.sample.frames) == (size, size, 1) == (512, 512, 1)
+    assert r.sample.steps == spec.steps and r.sample.guidance >= 1
+    repo, _ = resolve(Path(r.dit.path).name)  # the folder is named after its download alias
+    assert repo == f"mit-han-lab/{r.dit.preset}"
