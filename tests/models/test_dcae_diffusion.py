@@ -29,6 +29,7 @@ from vidcli.models.dcae_diffusion import (
     class_names,
     load_released,
 )
+from vidcli.models.dcae_diffusion.networks import sincos_pos_embed_2d, sinusoid
 from vidcli.sampling.class_conditional import (
     RespacedDDPM,
     VPSchedule,
@@ -204,6 +205,34 @@ def test_dit_time_and_condition_embeddings(vectors_dir: Path):
         c = t_emb + net.y_embedder(tensors["in.y"])
     assert_rel_l2(t_emb, tensors["out.t_emb"])
     assert_rel_l2(c, tensors["out.c"])
+
+
+def test_uvit_time_token_and_dit_position_table(vectors_dir: Path):
+    meta, tensors = _vectors(vectors_dir, "uvit")
+    token = sinusoid(tensors["in.t"], meta["config"]["hidden_size"])
+    assert_rel_l2(token, tensors["out.time_token"], 1e-6)
+    meta, tensors = _vectors(vectors_dir, "dit")
+    cfg = meta["config"]
+    table = sincos_pos_embed_2d(cfg["hidden_size"], cfg["input_size"] // cfg["patch_size"])
+    torch.testing.assert_close(table[None], tensors["model.pos_embed"], rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["uvit", "dit"])
+def test_token_stream_after_every_block(vectors_dir: Path, family: str):
+    net, _, tensors = _tiny(vectors_dir, family)
+    if family == "uvit":
+        blocks = {f"in.{i}": b for i, b in enumerate(net.in_blocks)}
+        blocks |= {"mid": net.mid_block} | {f"out.{i}": b for i, b in enumerate(net.out_blocks)}
+    else:
+        blocks = {str(i): b for i, b in enumerate(net.blocks)}
+    seen: dict[str, torch.Tensor] = {}
+    for name, block in blocks.items():
+        block.register_forward_hook(lambda m, args, out, name=name: seen.__setitem__(name, out))
+    with torch.no_grad():
+        net(tensors["in.x"], tensors["in.t"], tensors["in.y"])
+    assert len(seen) == len(blocks) == len([k for k in tensors if k.startswith("out.block.")])
+    for name, got in seen.items():
+        assert_rel_l2(got, tensors[f"out.block.{name}"])
 
 
 def test_guidance_scale_one_is_the_conditional_model(vectors_dir: Path):
@@ -400,6 +429,10 @@ def test_generate_decodes_deterministic_images(tiny_release: str):
     assert images.abs().max() <= 1
     assert torch.equal(images, generate(model, labels, seed=5))
     assert not torch.equal(images, generate(model, labels, seed=6))
+    with torch.no_grad():  # encode maps images back into the networks' scaled latent space
+        latents = model.encode(images)
+        assert torch.equal(latents, model.autoencoder.encode(images) * 0.5)
+    assert latents.shape == (2, 8, 2, 2)
     with pytest.raises(UsageError, match="dpm-solver sampler, not ddpm"):
         generate(model, labels, sampler="ddpm")
 

@@ -143,7 +143,10 @@ def dopri5(
         while target > t_end:
             steps += 1
             if steps > _MAX_STEPS or t_end + dt <= t_end:
-                raise RuntimeError(f"dopri5: step size underflow at t={t_end.item():.6g}")
+                raise RuntimeError(
+                    f"dopri5: no progress at t={t_end.item():.6g} after {steps - 1} steps "
+                    f"(step size {dt.item():.3g})"
+                )
             t1 = t_end + dt
             t0_s, dt_s, t1_s = t_end.to(dtype), dt.to(dtype), t1.to(dtype)
             k = fy[..., None]
