@@ -143,9 +143,9 @@ def generate(
         if print_recipe:
             return ResolvedRecipe(dump_recipe(loaded))
         if plan:
-            from vidcli import memory_plan
+            from vidcli import plans
 
-            return memory_plan.generate_plan(
+            return plans.generate_plan(
                 loaded, device, dtype, gpu_memory, batch_size, image is not None
             )
         options = pipeline.GenerateOptions(

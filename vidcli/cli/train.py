@@ -100,9 +100,9 @@ def _train(
     if plan:
         if stage_name != "dit":
             raise UsageError("--plan is available for train-dit")
-        from vidcli import memory_plan
+        from vidcli import plans
 
-        return memory_plan.train_plan(recipe, gpu_memory)
+        return plans.train_plan(recipe, gpu_memory)
     from vidcli.train import launcher
     from vidcli.train.stages import STAGES
 
