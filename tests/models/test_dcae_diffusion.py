@@ -36,7 +36,7 @@ from vidcli.sampling.class_conditional import (
     ddpm,
     dpm_orders,
     dpm_solver,
-    generate,
+    generate_images,
     sit_ode,
 )
 
@@ -424,17 +424,17 @@ def test_generate_decodes_deterministic_images(tiny_release: str):
     torch.manual_seed(0)
     model = build_released(tiny_release).eval()
     labels = torch.tensor([3, 999])
-    images = generate(model, labels, seed=5)
+    images = generate_images(model, labels, seed=5)
     assert images.shape == (2, 3, 64, 64)
     assert images.abs().max() <= 1
-    assert torch.equal(images, generate(model, labels, seed=5))
-    assert not torch.equal(images, generate(model, labels, seed=6))
+    assert torch.equal(images, generate_images(model, labels, seed=5))
+    assert not torch.equal(images, generate_images(model, labels, seed=6))
     with torch.no_grad():  # encode maps images back into the networks' scaled latent space
         latents = model.encode(images)
         assert torch.equal(latents, model.autoencoder.encode(images) * 0.5)
     assert latents.shape == (2, 8, 2, 2)
     with pytest.raises(UsageError, match="dpm-solver sampler, not ddpm"):
-        generate(model, labels, sampler="ddpm")
+        generate_images(model, labels, sampler="ddpm")
 
 
 def test_download_aliases_cover_every_release():

@@ -13,16 +13,28 @@ Shapes: noise and results (B, C, S, S) in the networks' scaled latent space; lab
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
 from vidcli.errors import UsageError
-from vidcli.models.dcae_diffusion import DCAEDiffusion, Sampler, forward_with_cfg
+from vidcli.models.dcae_diffusion import (
+    DCAEDiffusion,
+    DiTConfig,
+    Sampler,
+    UViTConfig,
+    forward_with_cfg,
+)
 from vidcli.sampling.ode import dopri5, heun2
 
-Network = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+class Network(Protocol):
+    """A UViT or DiT (or a wrapper with its `config`): net(x, t, y) -> output."""
+
+    config: UViTConfig | DiTConfig
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
 
 
 def _null_labels(net: Network, labels: torch.Tensor) -> torch.Tensor:
@@ -300,7 +312,7 @@ _OBJECTIVES: tuple[tuple[str, ...], ...] = (("dpm-solver",), ("sit-dopri5", "sit
 
 
 @torch.no_grad()
-def generate(
+def generate_images(
     model: DCAEDiffusion,
     labels: torch.Tensor,
     seed: int = 0,
