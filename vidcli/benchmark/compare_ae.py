@@ -185,7 +185,7 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
     peak = measure_matmul_peak(s.device, DTYPES[s.dtype])
     if s.device_type == "cuda":
         torch.cuda.empty_cache()  # the matmul's memory is the rows' now
-    layout = plan_layout(specs, s)
+    layout = row_memory.plan_layout([(spec.label, row_tokens(spec, s)[0]) for spec in specs], s)
     log.info("compare-ae: %s, timed interleaved", ", ".join(spec.label for spec in specs))
     with ExitStack() as stack:
         workers = [
@@ -258,36 +258,6 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         ),
     }
     return rows, env
-
-
-def plan_layout(specs: list[AESpec], s: Settings) -> row_memory.RowLayout:
-    """Checkpointing per row and their placement, from the memory plan of each row's DiT step."""
-    depth = {}
-    if s.dit_blocks:
-        depth = dict(depth=s.dit_blocks[0], depth_single_blocks=s.dit_blocks[1])
-    needs = [
-        row_memory.row_memory(spec.label, s.dit, depth, row_tokens(spec, s)[0], s) for spec in specs
-    ]
-    layout = row_memory.plan_rows(
-        needs,
-        row_memory.free_memory_gb(torch.device(s.device)),
-        s.grad_checkpointing,
-        s.device_type,
-    )
-    for need, ckpt, est in zip(needs, layout.grad_checkpointing, layout.peaks_gb, strict=True):
-        log.info(
-            "compare-ae row %s: train step about %.2f GB (states %.2f, activations %.2f, "
-            "checkpointed %.2f): checkpointing %s",
-            need.label,
-            est,
-            need.states_gb,
-            need.activations_gb,
-            need.checkpointed_gb,
-            "on" if ckpt else "off",
-        )
-    if layout.swap:
-        log.info("compare-ae: the rows do not fit the device together; they take turns on it")
-    return layout
 
 
 def _row(

@@ -2,8 +2,9 @@
 the rows can all stay on the device while they are timed interleaved.
 
 Each row's needs come from the training memory plan (`vidcli.plans.plan_train`: activations
-measured on `meta` with and without per-block checkpointing) and its model states in the
-benchmark's own dtype. The decision is pure (`plan_rows`), so it is tested with fake memory sizes.
+measured on `meta` with and without per-block checkpointing) and its model states (fp32 master
+weights, gradients and AdamW moments, as train-dit keeps them). The decision is pure
+(`plan_rows`), so it is tested with fake memory sizes.
 
 On CUDA every row is a process of its own, and a process keeps what its step allocated in its
 caching allocator: two resident rows need the sum of their peaks. When that does not fit, the
@@ -15,6 +16,7 @@ activations are returned to the system when it ends.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +25,8 @@ import torch
 from vidcli.benchmark.options import GRAD_CHECKPOINTING
 from vidcli.errors import UsageError
 from vidcli.plans import GB, RESERVED_GB
+
+log = logging.getLogger("vidcli")
 
 ADAMW_STATES = 2
 """AdamW moments per parameter, kept in the parameter's dtype by torch.optim.AdamW."""
@@ -129,6 +133,37 @@ def row_memory(label: str, dit: str, depth: dict[str, int], latent, s) -> RowMem
     size = torch.float32.itemsize
     states = plan.params * size * (2 + ADAMW_STATES)  # weights, gradients, moments
     return RowMemory(label, states / GB, plan.activations_gb, plan.activations_checkpointed_gb)
+
+
+def plan_layout(rows: list[tuple[str, tuple[int, ...]]], s) -> RowLayout:
+    """Checkpointing per row and their placement, from the memory plan of each row's DiT step.
+
+    rows: ('PRESET:PATCH', latent (C, T', H', W')) per row; `s` the benchmark Settings.
+    """
+    depth = {}
+    if s.dit_blocks:
+        depth = dict(depth=s.dit_blocks[0], depth_single_blocks=s.dit_blocks[1])
+    needs = [row_memory(label, s.dit, depth, latent, s) for label, latent in rows]
+    layout = plan_rows(
+        needs,
+        free_memory_gb(torch.device(s.device)),
+        s.grad_checkpointing,
+        s.device_type,
+    )
+    for need, ckpt, est in zip(needs, layout.grad_checkpointing, layout.peaks_gb, strict=True):
+        log.info(
+            "compare-ae row %s: train step about %.2f GB (states %.2f, activations %.2f, "
+            "checkpointed %.2f): checkpointing %s",
+            need.label,
+            est,
+            need.states_gb,
+            need.activations_gb,
+            need.checkpointed_gb,
+            "on" if ckpt else "off",
+        )
+    if layout.swap:
+        log.info("compare-ae: the rows do not fit the device together; they take turns on it")
+    return layout
 
 
 def free_memory_gb(device: torch.device) -> float | None:
