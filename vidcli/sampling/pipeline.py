@@ -23,7 +23,11 @@ EMA_FILE = "ema.safetensors"
 
 @dataclass
 class Pipeline:
-    """The models of a generation run, loaded once, and where they live."""
+    """The models of a generation run, loaded once, and where they live.
+
+    Between phases every model is at `placement.home(role)`; a phase moves its models with
+    `placement.on_device` and nothing else moves them.
+    """
 
     ae: Any
     text: Any
