@@ -4,6 +4,10 @@ The pipeline reads only the recipe's `[ae]`, `[dit]`, `[text]` and `[sample]` se
 autoencoder decides which sizes are valid and how latents are scaled. Each prompt's noise comes
 from its own generator seeded with `seed + index`, so a video depends on its prompt and seed,
 not on the batch it was sampled in.
+
+`run` reads as the run's phases: placement (device, dtype and offload, with the memory plan on
+CUDA, decided once in `_placement`) -> load (`vidcli.sampling.pipeline`) -> per batch of prompts
+t2i -> text -> sample -> decode (`vidcli.sampling.phases`) -> write.
 """
 
 from __future__ import annotations
