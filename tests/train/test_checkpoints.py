@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tiny_runs import subprocess_env
 
 from vidcli.errors import UsageError
@@ -119,17 +119,18 @@ def test_pruning_follows_the_lineage_not_the_names(tmp_path):
 SCRIPT = r"""
 import json, sys
 from pathlib import Path
+import deepspeed
 import torch
 from safetensors.torch import save_file
 from torch import nn
-from vidcli.errors import UsageError
 from vidcli.recipe import Recipe, LauncherSection, TrainSection
 from vidcli.train import checkpoint as ckpt, loop
 from vidcli.train.launcher import init_process_group, make_engine
 
 out, resume, cfg = Path(sys.argv[1]), sys.argv[2] or None, json.loads(sys.argv[3])
+zero_stage = cfg.get("zero_stage", 2)
 rank, world = init_process_group()
-counts = {"state_dicts": 0, "verified": 0}
+counts = {"state_dicts": 0, "verified": 0, "largest_gather": 0}
 
 full_state_dict = loop.full_state_dict
 def counting_full_state_dict(*args, **kwargs):
@@ -145,12 +146,13 @@ def counting_verify(folder):
 ckpt.verify_manifest = counting_verify
 
 torch.manual_seed(0)
-model = nn.Linear(3, 1, bias=False)
+model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
 recipe = Recipe(
+    # The EMA does not gather ZeRO-3 partitions: it is left out there.
     train=TrainSection(output=str(out / "run"), max_steps=cfg["max_steps"], batch_size=2,
-                       lr=0.1, warmup_steps=0, ema_decay=0.9, log_every=1,
-                       ckpt_every=cfg["ckpt_every"], keep_last=cfg["keep_last"]),
-    launcher=LauncherSection(zero_stage=2),
+                       lr=0.1, warmup_steps=0, ema_decay=0.9 if zero_stage < 3 else 0.0,
+                       log_every=1, ckpt_every=cfg["ckpt_every"], keep_last=cfg["keep_last"]),
+    launcher=LauncherSection(zero_stage=zero_stage),
 )
 
 def batch_at(index):
@@ -162,15 +164,22 @@ def loss(engine, batch, step):
     return (engine(x)[:, 0] - y).pow(2).mean(), {}
 
 engine = make_engine(model, recipe.train, recipe.launcher, loop.lr_multiplier(recipe.train))
+
+gather = deepspeed.zero.GatheredParameters
+def counting_gather(params, *args, **kwargs):
+    params = list(params)
+    counts["largest_gather"] = max(counts["largest_gather"], len(params))
+    return gather(params, *args, **kwargs)
+deepspeed.zero.GatheredParameters = counting_gather
+
 def save_weights(state, folder, stem):
     save_file(state, str(folder / f"{stem}.safetensors"))
 
 spec = loop.StageSpec("toy", model, batch_at, loss, save_weights)
-try:
-    result = loop.train(spec, recipe, engine, rank, world, resume)
-    counts["resumed_from"] = result.resumed_from
-except UsageError as err:
-    counts["error"] = str(err)
+result = loop.train(spec, recipe, engine, rank, world, resume)
+counts["resumed_from"] = result.resumed_from
+with gather(list(model.parameters()), enabled=zero_stage == 3):
+    counts["weights"] = {k: v.flatten().tolist() for k, v in model.state_dict().items()}
 (out / f"rank{rank}.json").write_text(json.dumps(counts))
 """
 
@@ -283,3 +292,14 @@ def test_two_ranks_build_once_verify_once_and_resume_along_the_lineage(tmp_path)
     assert steps(checkpoints) == [5, 6, 7]
     state = json.loads((checkpoints / "step-0000007" / "trainer_state.json").read_text())
     assert len(state["lineage"]) == 4  # a's steps 2 and 4, step 5, step 7
+
+
+@pytest.mark.slow  # one 2-rank DeepSpeed launch
+def test_zero3_gathers_one_module_at_a_time_and_only_rank_0_keeps_the_weights(tmp_path):
+    ranks = two_ranks(tmp_path, "", max_steps=2, ckpt_every=1, keep_last=2, zero_stage=3)
+    assert [r["state_dicts"] for r in ranks] == [2, 0]
+    assert ranks[0]["largest_gather"] == 2  # one Linear's weight and bias, never all 4
+    saved = load_file(str(tmp_path / "run" / "checkpoints" / "step-0000002" / "model.safetensors"))
+    assert sorted(saved) == sorted(ranks[0]["weights"])
+    for name, values in ranks[0]["weights"].items():
+        assert saved[name].flatten().tolist() == pytest.approx(values), name

@@ -428,19 +428,26 @@ def full_state_dict(
 ) -> dict[str, torch.Tensor] | None:
     """The whole model's fp32 weights on CPU for rank 0; None on the other ranks.
 
-    Under ZeRO-3 gathering the shards is collective, so every rank takes part; only rank 0 copies.
+    Under ZeRO-3 gathering the shards is collective, so every rank takes part, one module's own
+    parameters at a time (as DeepSpeed's consolidated 16-bit save does): gathering the whole
+    model at once would hold all of it on every device. Only rank 0 copies.
     """
-    if launcher.zero_stage == 3:
-        import deepspeed
+    if launcher.zero_stage != 3:
+        if rank != 0:
+            return None
+        return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    import deepspeed
 
-        params = list(model.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            if rank != 0:
-                return None
-            return {k: v.detach().float().cpu().clone() for k, v in model.state_dict().items()}
-    if rank != 0:
-        return None
-    return {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    weights: dict[str, torch.Tensor] = {}
+    # Every path to a module, as `state_dict` walks them (a shared module under each name).
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        own = list(module.parameters(recurse=False))
+        with deepspeed.zero.GatheredParameters(own, modifier_rank=None):
+            if rank == 0:
+                part: dict[str, torch.Tensor] = {}
+                module._save_to_state_dict(part, f"{prefix}." if prefix else "", keep_vars=False)
+                weights |= {k: v.detach().float().cpu().clone() for k, v in part.items()}
+    return weights if rank == 0 else None
 
 
 def _log_record(
