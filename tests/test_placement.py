@@ -15,13 +15,12 @@ from device_check import MixedDevicesError, module_devices, strict_devices
 
 from vidcli.generate import load_generate_recipe
 from vidcli.models.text import TextEmbeddings
-from vidcli.placement import HOST, Placement
+from vidcli.placement import HOST, ROLES, Placement
 from vidcli.sampling import phases
 from vidcli.sampling.pipeline import load_pipeline
 
 META = torch.device("meta")
 CUDA1 = torch.device("cuda", 1)
-ROLES = ("text", "t2i_dit", "t2i_ae", "dit", "ae")
 TINY_FLUX = {"hidden_size": 32, "num_heads": 2, "depth": 1, "depth_single_blocks": 1}
 TINY_FLUX["axes_dim"] = [4, 6, 6]
 
@@ -69,6 +68,8 @@ def test_placement_decisions_keep_the_device_index():
     assert {model.home(role) for role in ROLES} == {HOST} and not model.streamed("dit")
     blocks = Placement(CUDA1, torch.bfloat16, "blocks")
     assert [blocks.streamed(role) for role in ROLES] == [False, True, False, True, False]
+    with pytest.raises(ValueError, match="no placement role"), blocks.on_device(vae=None):
+        pass
 
 
 def test_resolve_keeps_cuda_n(monkeypatch):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -33,6 +33,7 @@ from vidcli.errors import UsageError
 
 Role = Literal["text", "t2i_dit", "t2i_ae", "dit", "ae"]
 """The models of a run: text encoder, t2i2v image DiT and its AE, video DiT, video AE."""
+ROLES: tuple[str, ...] = get_args(Role)
 OFFLOAD_MODES = ("none", "model", "blocks")
 HOST = torch.device("cpu")
 _AUTOENCODERS = ("ae", "t2i_ae")
@@ -113,6 +114,9 @@ class Placement:
     @contextlib.contextmanager
     def on_device(self, **models: nn.Module) -> Iterator[None]:
         """One phase: the models (keyword = role) on the device inside, each home again after."""
+        unknown = set(models) - set(ROLES)
+        if unknown:
+            raise ValueError(f"no placement role {sorted(unknown)}; roles: {', '.join(ROLES)}")
         for role, module in models.items():
             self.enter(module, role)  # type: ignore[arg-type]
         try:
