@@ -285,12 +285,12 @@ class HashingCheckpointEngine:
 def hashing_saves(engine: Any, folder: Path, written: Digests) -> Iterator[None]:
     """Inside, `engine.save_checkpoint` records the digest of every file it saves in `written`.
 
-    Only DeepSpeed's default (torch) checkpoint engine is wrapped: another engine writes on its
-    own terms, and `write_manifest` hashes its files afterwards.
+    Only DeepSpeed's default (torch) checkpoint engine is wrapped: another engine (or an engine
+    object without one) writes on its own terms, and `write_manifest` hashes its files afterwards.
     """
     from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 
-    inner = engine.checkpoint_engine
+    inner = getattr(engine, "checkpoint_engine", None)
     if not isinstance(inner, TorchCheckpointEngine):
         yield
         return
