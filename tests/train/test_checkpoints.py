@@ -1,7 +1,8 @@
 """Checkpoints that scale: hashed while written, built and verified on one rank, and a lineage.
 
-The unit tests drive `vidcli.train.checkpoint` directly; the slow one trains a 3-weight linear
-model over 2 gloo ranks (DeepSpeed ZeRO 2, torchrun) through a resume from an earlier step.
+The unit tests drive `vidcli.train.checkpoint` directly (and, on 2 gloo ranks, the loop's
+resume decision); the slow ones train a tiny two-layer model on 2 gloo ranks (torchrun): under
+ZeRO 2 through a resume from an earlier step, and under ZeRO 3.
 """
 
 import hashlib
