@@ -145,6 +145,22 @@ def test_t2i_stage_is_planned_for_the_whole_batch():
     assert four.cfg_rows == 12 and "encode" in four.phases_gb
 
 
+def test_image_condition_encode_has_its_own_phase():
+    """`--image` encodes the still clip on the device before sampling: the AE and its encoder
+    activations, which grow with the clip (16 -> 32 frames: about twice)."""
+    device, dtype = torch.device("cuda"), torch.bfloat16
+    recipe = load_recipe(None, ["sample.frames=16"])
+    longer = load_recipe(None, ["sample.frames=32"])
+    plan = plan_generate(recipe, device, dtype, 1000, image_condition=True)
+    assert (
+        plan.cfg_rows == 3 and "encode" not in plan_generate(recipe, device, dtype, 1000).phases_gb
+    )
+    weights = sum(c.weight_gb for c in plan.components)
+    first = plan.phases_gb["encode"] - weights
+    second = plan_generate(longer, device, dtype, 1000, image_condition=True).phases_gb["encode"]
+    assert second - weights == pytest.approx(2 * first, rel=0.1)
+
+
 def test_training_plan_counts_the_ema_shadow():
     latent = (128, 4, 8, 8)
     with_ema = plan_train(load_recipe(None, ["dit.preset='mmdit-s'"]), latent, 80)

@@ -19,6 +19,7 @@ from vidcli.cli.common import (
     SetOpt,
     run_action,
 )
+from vidcli.errors import UsageError
 from vidcli.recipe import dump_recipe
 
 EXAMPLES = """
@@ -29,11 +30,17 @@ Examples:
     vidcli generate "a blue square moving up" "a white triangle moving left" --seed 3 --out clips/
 
     vidcli generate --prompts-file prompts.txt --recipe recipes/opensora-v2-hcae.toml --json
+
+    vidcli generate "golden retriever" --class 279 --cfg 1.5 \\
+        --recipe recipes/dc-ae-uvit-h-in-512px.toml
 """
 
 
 def generate(
-    prompts: Annotated[list[str] | None, typer.Argument(help="Text prompts.")] = None,
+    prompts: Annotated[
+        list[str] | None,
+        typer.Argument(help="Text prompts (ImageNet class names for a class-conditional recipe)."),
+    ] = None,
     prompts_file: Annotated[
         Path | None, typer.Option("--prompts-file", help="One prompt per line.")
     ] = None,
@@ -48,7 +55,19 @@ def generate(
     width: Annotated[int | None, typer.Option(help="Width in pixels.")] = None,
     fps: Annotated[int | None, typer.Option(help="Frames per second of the output.")] = None,
     steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
-    guidance: Annotated[float | None, typer.Option(help="Text guidance scale.")] = None,
+    guidance: Annotated[
+        float | None,
+        typer.Option(
+            "--guidance", "--cfg", help="Guidance scale (text, or class: DC-AE-Diffusion)."
+        ),
+    ] = None,
+    class_labels: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--class",
+            help="ImageNet class id or name, one image each (repeatable; DC-AE-Diffusion).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Noise seed (same seed, same video).")] = None,
     cache: Annotated[
         str | None,
@@ -76,8 +95,8 @@ def generate(
         Path | None, typer.Option(help="Output file, or a folder for several prompts.")
     ] = None,
     output_format: Annotated[
-        str, typer.Option("--format", help="mp4, gif or png (a folder of frames).")
-    ] = "mp4",
+        str | None, typer.Option("--format", help="mp4 (default), gif or png (a folder of frames).")
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Prompts sampled together.")] = 1,
     overwrite: Annotated[bool, typer.Option(help="Replace existing output files.")] = False,
     snap: Annotated[
@@ -142,6 +161,35 @@ def generate(
         loaded = pipeline.load_generate_recipe(recipe, checkpoint, overrides)
         if print_recipe:
             return ResolvedRecipe(dump_recipe(loaded))
+        from vidcli import class_generate
+
+        if class_generate.is_class_conditional(loaded):
+            video_only = {
+                "--image": image is not None,
+                "--lora": bool(lora),
+                "--format": output_format not in (None, "png"),
+                "--fps": fps is not None,
+                "--snap": snap,
+                "--offload": offload,
+                "--raw-weights": raw_weights,
+            }
+            options = class_generate.ClassGenerateOptions(
+                classes=[*(prompts or []), *_file_lines(prompts_file), *(class_labels or [])],
+                out=out,
+                batch_size=batch_size,
+                overwrite=overwrite,
+                device=device,
+                dtype=dtype,
+                unsupported=[flag for flag, used in video_only.items() if used],
+            )
+            if plan:
+                return class_generate.plan(loaded, options, gpu_memory)
+            return class_generate.run(loaded, options)
+        if class_labels:
+            raise UsageError(
+                f"--class: {loaded.dit.preset} is not class-conditional; use a DC-AE-Diffusion "
+                "recipe (recipes/dc-ae-*-in-512px.toml)"
+            )
         if plan:
             from vidcli import plans
 
@@ -151,7 +199,7 @@ def generate(
         options = pipeline.GenerateOptions(
             prompts=pipeline.collect_prompts(prompts or [], prompts_file),
             out=out,
-            output_format=output_format,
+            output_format=output_format or "mp4",
             image=image,
             batch_size=batch_size,
             overwrite=overwrite,
@@ -165,3 +213,12 @@ def generate(
         return pipeline.run(loaded, options)
 
     run_action(action, as_json=json_output, quiet=quiet, debug=debug)
+
+
+def _file_lines(path: Path | None) -> list[str]:
+    """Non-empty lines of `--prompts-file` (none without one)."""
+    if path is None:
+        return []
+    if not path.is_file():
+        raise UsageError(f"--prompts-file {path}: file not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]

@@ -34,7 +34,7 @@ from vidcli.plans.sizes import (
     text_widths,
 )
 from vidcli.plans.state import refusal, run_state
-from vidcli.recipe import Recipe
+from vidcli.recipe import Recipe, SampleSection
 
 OFFLOAD_MODES = ("none", "model", "blocks")
 # Tile sizes tried for the AE decode, as (spatial px, temporal frames), largest first.
@@ -149,12 +149,10 @@ def plan_generate(
     state = run_state(recipe, dit, cfg_rows, image_tokens, text_tokens, size)
 
     # Decoded video on the device: the decoder's output plus its fp32 copy before `.cpu()`.
-    out_voxels = batch_size * 3 * sample.frames * sample.height * sample.width
-    video_gb = out_voxels * (size + 4) / GB
-    decode_per_voxel = _coder_bytes_per_voxel(ae, dtype, decode=True) * ACTIVATION_MARGIN
-    untiled_gb = decode_per_voxel * out_voxels / 3 / GB + video_gb
-    # t2i2v encodes each first frame held still for the whole clip, one prompt at a time, in
-    # the decode's tiles (`t2i2v.condition_latent`); the expanded clip is copied to the device.
+    options = decode_options(ae, sample, dtype, batch_size)
+    untiled_gb = options[0][1][0]
+    # i2v and t2i2v encode each first frame held still for the whole clip, one image at a time,
+    # in the decode's tiles (`t2i2v.condition_latent`); the expanded clip is copied to the device.
     clip_voxels = sample.frames * sample.height * sample.width
     encode_per_voxel = _coder_bytes_per_voxel(ae, dtype, decode=False) * ACTIVATION_MARGIN
 
@@ -178,10 +176,14 @@ def plan_generate(
             resident = sum(weights.values())
             out = {"text": resident, "dit": resident + dit_act + state["sampling"]}
             if t2i_dit is not None:
-                out |= {"t2i": resident + t2i_act, "encode": resident + encode_gb}
+                out["t2i"] = resident + t2i_act
+            if image_condition or t2i_dit is not None:
+                out["encode"] = resident + encode_gb
             return out | {"decode": resident + decode_gb}
         out = {"text": text_gb}
-        if t2i_dit is not None:
+        if image_condition:  # `--image`: the video AE alone encodes it before sampling
+            out["encode"] = weights["ae"] + encode_gb
+        if t2i_dit is not None:  # the image models stay on the device while the AE encodes
             image_models = t2i_streamed if offload == "blocks" else t2i_gb
             out["t2i"] = image_models + weights["ae"] + t2i_act
             out["encode"] = image_models + weights["ae"] + encode_gb
@@ -190,7 +192,6 @@ def plan_generate(
         out["decode"] = weights["ae"] + decode_gb
         return out
 
-    options = list(_decode_options(ae, sample, untiled_gb, decode_per_voxel, video_gb))
     if not recipe.ae.tiling and budget is None:
         options = options[:1]
     # Moving whole models on and off the device costs a few seconds per prompt, decoding
@@ -294,16 +295,22 @@ def _coder_bytes_per_voxel(ae: nn.Module, dtype: torch.dtype, decode: bool) -> f
     return peak / (frames * (s_lat * sc) ** 2)
 
 
-def _decode_options(ae, sample, untiled_gb: float, per_voxel: float, video_gb: float):
-    """(tiling or None, (decode GB, voxels per tile), work) from untiled to the smallest tile,
-    least work first.
+def decode_options(
+    ae: nn.Module, sample: SampleSection, dtype: torch.dtype, batch: int = 1
+) -> list[tuple[dict[str, Any] | None, tuple[float, int], float]]:
+    """[(tiling or None, (decode GB, video voxels per tile), work)] from untiled to the smallest
+    tile, least work first, for `batch` videos of `sample`'s size decoded at once.
 
     work = voxels decoded / voxels of the video (overlapping tiles decode some voxels twice), so
-    the plan tiles only as much as memory requires: big devices decode at untiled speed.
+    the plan tiles only as much as memory requires: big devices decode at untiled speed. The
+    decoded video stays on the device with its fp32 copy made before `.cpu()`.
     """
     from vidcli.models.dcae.tiling import tile_spans
 
-    yield None, (untiled_gb, sample.frames * sample.height * sample.width), 1.0
+    per_voxel = _coder_bytes_per_voxel(ae, dtype, decode=True) * ACTIVATION_MARGIN
+    clip = sample.frames * sample.height * sample.width
+    video_gb = batch * 3 * clip * (dtype_size(dtype) + 4) / GB
+    found = [(None, (per_voxel * batch * clip / GB + video_gb, clip), 1.0)]
     sc, tc = ae.spatial_compression, ae.time_compression
     _, t_lat, h_lat, w_lat = ae.latent_shape(sample.frames, sample.height, sample.width)
     options = {}
@@ -327,7 +334,8 @@ def _decode_options(ae, sample, untiled_gb: float, per_voxel: float, video_gb: f
             options.setdefault(key, (spatial, temporal, tile_voxels, work))
     for _, (spatial, temporal, voxels, work) in sorted(options.items()):
         tiling = {"spatial_tile": spatial, "temporal_tile": temporal, "overlap": TILE_OVERLAP}
-        yield tiling, (per_voxel * voxels / GB + video_gb, voxels), work
+        found.append((tiling, (per_voxel * batch * voxels / GB + video_gb, voxels), work))
+    return found
 
 
 def generate_plan(

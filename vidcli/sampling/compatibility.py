@@ -133,6 +133,30 @@ def check(setting: Setting) -> None:
         raise UsageError(found[0])
 
 
+CLASS_CONDITIONAL: dict[str, tuple[str, ...]] = {
+    "solver": ("euler",),
+    "cache": ("none",),
+    "lpl": ("off",),
+    "tdtm": ("off",),
+    "sparse_attention": ("off",),
+    "lora": ("off",),
+}
+"""The values a class-conditional run (DC-AE-Diffusion, `sampling.class_conditional`) takes: its
+released sampler drives a UViT/DiT without the video DiT's hooks, so only the defaults."""
+
+
+def check_class_conditional(setting: Setting, sampler: str) -> None:
+    """UsageError (exit 2) naming the first option a class-conditional run cannot take."""
+    for key, values in CLASS_CONDITIONAL.items():
+        value = getattr(setting, key)
+        if value not in values:
+            shown = FLAGS[key] if value == "on" else f"{FLAGS[key]} {value}"
+            raise UsageError(
+                f"{shown}: class-conditional models sample with their own {sampler} sampler, "
+                "which takes no such option; drop it"
+            )
+
+
 def sample_setting(sample: SampleSection, **run: str) -> Setting:
     """The `[sample]` options as a Setting; `run` gives the others (offload, dtype, path, lora)."""
     return replace(
@@ -190,11 +214,13 @@ def distilled_dit(recipe: Recipe) -> bool:
 
 
 __all__ = [
+    "CLASS_CONDITIONAL",
     "OPTIONS",
     "REFUSED",
     "Refusal",
     "Setting",
     "check",
+    "check_class_conditional",
     "check_run",
     "refusals",
     "run_setting",
