@@ -46,7 +46,7 @@ def benchmark(
         ),
     ] = None,
     device: Annotated[
-        str | None, typer.Option(help="cpu or cuda (default: cuda when available).")
+        str | None, typer.Option(help="cpu, cuda or cuda:N (default: cuda when available).")
     ] = None,
     dtype: Annotated[
         str | None, typer.Option(help="fp32 or bf16 (default: bf16 on CUDA, fp32 on CPU).")
@@ -137,6 +137,8 @@ def benchmark(
                     csv=csv,
                     plot=plot,
                     output=output,
+                    device=device,
+                    dtype=dtype,
                 )
             )
         if not (compare_ae or attention or kernels):
@@ -152,7 +154,7 @@ def benchmark(
             frames=frames,
             batch_size=batch_size,
             steps=steps or 30,
-            device=where.type,
+            device=str(where),
             dtype=dtype or dtype_name(resolve_dtype(None, where)),
             repeat=repeat,
             csv=csv,
