@@ -59,7 +59,9 @@ class MotionConfig:
     fp32_attention: bool = True
     """Read by nothing upstream; kept for round trips."""
     window_size: int = 128
-    """Cross-attention window (w×w content positions) for large content maps."""
+    """Cross-attention window (w×w content positions) for large content maps. Upstream also
+    windows the 3-D mid self-attention beyond w×w latent positions, but that path fails there;
+    vidcli attends globally."""
     dropout: float = 0.0
     """Residual-block dropout (0 as released)."""
 
@@ -97,6 +99,8 @@ class ContentConfig:
     """Training-only switch; kept for round trips."""
     fp32_attention: bool = True
     """Read by nothing upstream; kept for round trips."""
+    window_size: int = 256
+    """Mid self-attention window (w×w positions) for large content maps (upstream's default)."""
 
     @property
     def f_s(self) -> int:

@@ -67,22 +67,39 @@ class SelfAttention(nn.Module):
     """Mid-block attention: GN, 1×1 q/k/v, 8 heads over all positions, 1×1 `proj_out`, residual.
 
     Channel c belongs to head ⌊c / (C/8)⌋; positions are flattened (t, h, w) with t slowest.
+    2-D maps with more than w0·w1 positions attend within (w0, w1) windows of the normalised map,
+    zero-padded at the bottom/right (padded positions still get the q/k/v biases, as upstream).
     """
 
-    def __init__(self, dims: int, channels: int):
+    def __init__(self, dims: int, channels: int, window: tuple[int, int] | None = None):
         super().__init__()
+        self.window = window
         self.norm = group_norm(channels)
         self.q, self.k, self.v, self.proj_out = (conv(dims, channels, channels, 1) for _ in "qkvo")
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C, *S) -> (B, C, *S)
         y = self.norm(x)
+        windowed = (
+            self.window and y.ndim == 4 and y.shape[-2] * y.shape[-1] > math.prod(self.window)
+        )
+        return x + self.proj_out(self._windowed(y) if windowed else self._attend(y))
+
+    def _attend(self, y: Tensor) -> Tensor:
         q, k, v = (
             rearrange(f(y), "b (n d) ... -> b n (...) d", n=SELF_ATTENTION_HEADS)
             for f in (self.q, self.k, self.v)
         )
         out = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, C/heads)
-        out = rearrange(out, "b n s d -> b (n d) s").reshape(x.shape)
-        return x + self.proj_out(out)
+        return rearrange(out, "b n s d -> b (n d) s").reshape(y.shape)
+
+    def _windowed(self, y: Tensor) -> Tensor:  # (B, C, H, W), attention per window
+        h, w = y.shape[-2:]
+        w0, w1 = self.window
+        y = F.pad(y, (0, -w % w1, 0, -h % w0))
+        grid = {"i": y.shape[-2] // w0, "j": y.shape[-1] // w1}
+        windows = rearrange(y, "b c (i w0) (j w1) -> (b i j) c w0 w1", w0=w0, w1=w1)
+        out = rearrange(self._attend(windows), "(b i j) c w0 w1 -> b c (i w0) (j w1)", **grid)
+        return out[..., :h, :w]
 
 
 class Downsample(nn.Module):

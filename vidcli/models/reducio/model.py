@@ -94,6 +94,7 @@ class Encoder(nn.Module):
         dropout: float,
         downsample: list[str | None],
         out_channels: int | None,
+        attention_window: tuple[int, int] | None = None,
     ):
         super().__init__()
         self.gradient_checkpointing = False
@@ -110,7 +111,7 @@ class Encoder(nn.Module):
             self.down.append(level)
         self.mid = nn.Module()
         self.mid.block_1 = ResBlock(dims, c, c, dropout)
-        self.mid.attn_1 = SelfAttention(dims, c)
+        self.mid.attn_1 = SelfAttention(dims, c, attention_window)
         self.mid.block_2 = ResBlock(dims, c, c, dropout)
         self.norm_out = group_norm(c)
         self.conv_out = conv(dims, c, out_channels, 3, padding=1) if out_channels else None
@@ -251,6 +252,7 @@ class ReducioVAE(nn.Module):
             d2.dropout,
             ["2d"] * (n2 - 1) + [None],
             None,
+            (d2.window_size, d2.window_size),
         )
         self.decoder = FusionDecoder(config)
         self.quant_conv = conv(3, 2 * dd.z_channels, 2 * config.embed_dim, 1)
