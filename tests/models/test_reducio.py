@@ -27,6 +27,7 @@ from vidcli.models.reducio import (
     save_reducio,
     sinusoid_table,
 )
+from vidcli.models.reducio.layers import SelfAttention
 
 VECTORS = Path(__file__).resolve().parents[1] / "fixtures" / "vectors"
 META = json.loads((VECTORS / "reducio_vae_a.json").read_text())
@@ -219,3 +220,38 @@ def test_gradient_checkpointing_gives_the_same_gradients(model_a, tensors):
     assert len(plain) == len(checkpointed) > 0
     for a, b in zip(plain, checkpointed, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 7)])
+def test_windowed_content_attention_attends_within_zero_padded_windows(size):
+    """The content encoder's mid attention on a map larger than its window equals attention run
+    on each window of the zero-padded normalised map separately, stitched and cropped."""
+    torch.manual_seed(0)
+    window = (2, 3)
+    block = SelfAttention(2, 32, window).eval()
+    per_window = SelfAttention(2, 32, None).eval()
+    per_window.load_state_dict(block.state_dict())
+    per_window.norm = torch.nn.Identity()  # windows of the already-normalised map
+    x = torch.randn(2, 32, *size)
+    with torch.no_grad():
+        y = block.norm(x)
+        ph, pw = -size[0] % window[0], -size[1] % window[1]
+        padded = torch.nn.functional.pad(y, (0, pw, 0, ph))
+        want = torch.zeros_like(padded)
+        for i in range(0, padded.shape[-2], window[0]):
+            for j in range(0, padded.shape[-1], window[1]):
+                crop = padded[..., i : i + window[0], j : j + window[1]]
+                want[..., i : i + window[0], j : j + window[1]] = per_window(crop) - crop
+        got = block(x)
+    assert torch.allclose(got, x + want[..., : size[0], : size[1]], atol=1e-5)
+    # Larger than one window: attending globally instead gives another result.
+    with torch.no_grad():
+        assert not torch.allclose(got, x + per_window(y) - y, atol=1e-3)
+
+
+def test_content_window_size_comes_from_the_config():
+    model = build_reducio("reducio-ft4", device="meta")
+    assert model.encoder_2d.mid.attn_1.window == (256, 256)
+    assert model.encoder_3d.mid.attn_1.window is None
+    small = build_reducio("reducio-tiny", device="meta", ddconfig_2d={"window_size": 8})
+    assert small.encoder_2d.mid.attn_1.window == (8, 8)
