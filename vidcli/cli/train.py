@@ -54,8 +54,9 @@ ResumeOpt = Annotated[
     str | None,
     typer.Option(
         "--resume",
-        help="Continue a run exactly where it stopped: from the newest checkpoint of the output "
-        "folder (bare `--resume`, or `--resume latest`) or from a checkpoint folder vidcli wrote.",
+        help="Continue a run exactly where it stopped: from the checkpoint the output folder's "
+        "`checkpoints/latest` names (bare `--resume`, or `--resume latest`) or from a checkpoint "
+        "folder vidcli wrote.",
     ),
 ]
 HostfileOpt = Annotated[
