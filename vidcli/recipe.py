@@ -38,10 +38,11 @@ class AESection:
     """`[ae]`: which autoencoder, its weights and how it tiles."""
 
     preset: str = "dc-ae-f32t4c128"
-    """Autoencoder preset of any family: DC-AE, hunyuan-video-vae, flux-ae (see
+    """Autoencoder preset of any family: DC-AE, hunyuan-video-vae, flux-ae, reducio-* (see
     `vidcli.models.autoencoders.all_presets`)."""
     path: str = ""
-    """Weights: a vidcli, diffusers or Open-Sora folder, or a .safetensors file; "" = random."""
+    """Weights: a vidcli, diffusers or Open-Sora folder, a .safetensors file, or a Reducio .ckpt;
+    "" = random."""
     overrides: dict[str, Any] = field(default_factory=dict)
     """Preset fields to change, e.g. `{ latent_channels = 32 }`."""
     scaling_factor: float | None = None
