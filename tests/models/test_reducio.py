@@ -15,6 +15,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from tolerances import assert_rel_l2
 
+from vidcli.builders import autoencoder_from_section
 from vidcli.errors import CheckpointError, ShapeError
 from vidcli.models.autoencoders import build_autoencoder, load_autoencoder, preset_family
 from vidcli.models.dcae import TilingConfig
@@ -28,6 +29,7 @@ from vidcli.models.reducio import (
     sinusoid_table,
 )
 from vidcli.models.reducio.layers import SelfAttention
+from vidcli.recipe import AESection
 
 VECTORS = Path(__file__).resolve().parents[1] / "fixtures" / "vectors"
 META = json.loads((VECTORS / "reducio_vae_a.json").read_text())
@@ -130,9 +132,14 @@ def test_ckpt_loads_strictly_and_is_converted_once_beside_it(model_a, tensors, t
     stamp = converted.stat().st_mtime_ns
     again = load_autoencoder(ckpt, preset="reducio-tiny", **_overrides())
     assert converted.stat().st_mtime_ns == stamp  # the cached conversion was reused
+    # The [ae] recipe section reaches the same file (a .ckpt needs its preset, like .safetensors).
+    section = AESection(preset="reducio-tiny", path=str(ckpt), overrides=_overrides())
+    from_recipe = autoencoder_from_section(section)
+    assert from_recipe.tiling.spatial_tile == section.spatial_tile
     for key, value in model_a.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
         assert torch.equal(again.state_dict()[key], value), key
+        assert torch.equal(from_recipe.state_dict()[key], value), key
 
 
 def test_folder_round_trip_through_load_autoencoder(model_a, tensors, tmp_path):
