@@ -217,7 +217,9 @@ class ReducioVAE(nn.Module):
     `quant_conv.`, `post_quant_conv.`). `tiling` (a TilingConfig, per call or as an attribute)
     selects the reference's tiled paths with tile stride `spatial_tile` and `overlap`; at the
     config's `tile_sample_min_size` / `tile_overlap_factor` they reproduce upstream's
-    `use_tiling=True`. Clips are never tiled in time (T is fixed).
+    `use_tiling=True`. Inputs of at most S px in H and W are one tile (= untiled); between S and
+    1.25·S a second, thin tile is blended in (upstream's forward would not tile there). Clips are
+    never tiled in time (T is fixed).
     """
 
     family = "Reducio-VAE"
