@@ -4,12 +4,14 @@ Every `out.*` tensor of the vector file is recomputed through vidcli's public AP
 `tests/reference_vectors.py`; the full-size key/shape tables pin both released checkpoints.
 """
 
+import io
 import json
 import os
 from pathlib import Path
 
 import pytest
 import torch
+from hub_server import FakeRepo, HubServer
 from reference_vectors import run, weights
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -17,6 +19,7 @@ from tolerances import assert_rel_l2
 
 from vidcli.builders import autoencoder_from_section
 from vidcli.errors import CheckpointError, ShapeError
+from vidcli.hub import download
 from vidcli.models.autoencoders import build_autoencoder, load_autoencoder, preset_family
 from vidcli.models.dcae import TilingConfig
 from vidcli.models.reducio import (
@@ -140,6 +143,26 @@ def test_ckpt_loads_strictly_and_is_converted_once_beside_it(model_a, tensors, t
         assert torch.equal(loaded.state_dict()[key], value), key
         assert torch.equal(again.state_dict()[key], value), key
         assert torch.equal(from_recipe.state_dict()[key], value), key
+
+
+def test_downloaded_ckpt_is_converted_beside_it_in_the_hub_cache(
+    model_a, tensors, tmp_path, monkeypatch
+):
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_HUB_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    buffer = io.BytesIO()
+    torch.save(weights(tensors, "model"), buffer)
+    files = {"reducio-ft4-fs32-attn23.ckpt": buffer.getvalue(), "config.json": b"{}"}
+    with HubServer({"microsoft/Reducio-VAE": FakeRepo(files)}) as hub:
+        got = download("reducio-ft4", endpoint=hub.url, progress=False, cache_dir=tmp_path)
+        assert [name for name, _ in got.files] == ["reducio-ft4-fs32-attn23.ckpt"]
+        ckpt = got.local_path / "reducio-ft4-fs32-attn23.ckpt"
+        loaded = load_autoencoder(ckpt, preset="reducio-tiny", **_overrides())
+        assert ckpt.with_suffix(".safetensors").is_file()
+        again = download("reducio-ft4", endpoint=hub.url, progress=False, cache_dir=tmp_path)
+        assert again.from_cache and again.files == got.files
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
 
 
 def test_folder_round_trip_through_load_autoencoder(model_a, tensors, tmp_path):
