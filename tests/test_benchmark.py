@@ -276,3 +276,20 @@ def test_settings_keep_the_device_index(monkeypatch):
     assert s.frames == DEFAULTS["cuda"].frames
     with pytest.raises(UsageError, match="only 2 CUDA device"):
         resolve_settings(BenchmarkOptions(device="cuda:2"), align=32)
+
+
+def test_a_csv_that_is_stdout_is_refused_before_measuring(tmp_path, monkeypatch):
+    """`--csv rows.csv --json > rows.csv` would lose the printed result: refused up front."""
+    import os
+
+    monkeypatch.setattr(bench.compare_ae, "compare_autoencoders", lambda *a: pytest.fail("ran"))
+    target = tmp_path / "rows.csv"
+    saved = os.dup(1)
+    try:
+        with target.open("w") as redirected:
+            os.dup2(redirected.fileno(), 1)
+            with pytest.raises(UsageError, match="stdout is redirected"):
+                bench.run(bench.BenchmarkOptions(compare_ae=True, csv=str(target)))
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)

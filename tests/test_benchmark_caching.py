@@ -115,3 +115,22 @@ class _Factory:
         path = self.root / name
         path.mkdir()
         return path
+
+
+def test_an_output_that_is_stdout_is_refused_before_sampling(tmp_path, monkeypatch):
+    """`--output r.json --json > r.json` would lose the printed result: refused up front."""
+    import os
+
+    from vidcli import generate
+
+    monkeypatch.setattr(generate, "load_pipeline", lambda *a, **k: pytest.fail("loaded models"))
+    target = tmp_path / "r.json"
+    saved = os.dup(1)
+    try:
+        with target.open("w") as redirected:
+            os.dup2(redirected.fileno(), 1)
+            with pytest.raises(UsageError, match="stdout is redirected"):
+                caching.run(caching.CachingOptions(steps=4, output=target))
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)

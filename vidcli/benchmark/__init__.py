@@ -21,6 +21,7 @@ from vidcli.benchmark import attention, compare_ae, compare_ae_report, kernels, 
 from vidcli.benchmark.compare_ae import AERow
 from vidcli.benchmark.options import BenchmarkOptions, environment, resolve_settings
 from vidcli.errors import UsageError
+from vidcli.fileio import refuse_stdout
 
 __all__ = ["AERow", "BenchmarkOptions", "BenchmarkResult", "run"]
 
@@ -75,6 +76,9 @@ def run(options: BenchmarkOptions) -> BenchmarkResult:
         raise UsageError("--quality needs --ae-weights PRESET=PATH for at least one AE")
     if (options.csv or options.plot) and not options.compare_ae:
         raise UsageError("--csv and --plot write the --compare-ae rows; add --compare-ae")
+    for path in (options.csv, options.plot):
+        if path:
+            refuse_stdout(path)  # before the measurements, not after them
     # Every AE that will see the video size decides which sizes are valid.
     sized = (specs if options.compare_ae else []) + [compare_ae.AESpec(p, 1) for p in weights]
     settings = resolve_settings(options, compare_ae.pixel_alignment(sized))

@@ -39,7 +39,7 @@ from vidcli.benchmark.caching_cost import CostMeter
 from vidcli.benchmark.variants import SamplingVariant
 from vidcli.console import log
 from vidcli.errors import UsageError
-from vidcli.fileio import atomic_path, atomic_write_text
+from vidcli.fileio import atomic_path, atomic_write_text, refuse_stdout
 from vidcli.metrics import psnr, ssim
 from vidcli.sampling.cache import (
     METHODS,
@@ -216,6 +216,9 @@ def run(options: CachingOptions) -> CachingResult:
         if cal_path is None:
             raise UsageError("--calibrate needs --calibration FILE (the DiT has no folder)")
         _check_writable(cal_path)  # now, not after minutes of calibration
+    for path in (options.output, options.csv, options.plot, options.calibrate and cal_path):
+        if path:
+            refuse_stdout(path)  # now, not after the whole run
 
     pipe = load_pipeline(recipe, Placement.resolve(options.device, options.dtype))
     sample = recipe.sample
