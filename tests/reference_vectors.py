@@ -62,9 +62,9 @@ def _reducio(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Tens
     model = ReducioVAE(config)
     model.load_state_dict(weights(tensors, "model"), strict=True)
     model.eval()
+    # The reference's use_tiling=True at the config's own tile size.
     tiling = TilingConfig(
-        spatial_tile=meta["tiling"]["tile_sample_min_size"],
-        overlap=meta["tiling"]["tile_overlap_factor"],
+        spatial_tile=config.tile_sample_min_size, overlap=config.tile_overlap_factor
     )
     out: dict[str, Tensor] = {}
     video = tensors["in.video"]
@@ -91,11 +91,11 @@ def _reducio(tensors: dict[str, Tensor], meta: dict[str, Any]) -> dict[str, Tens
     )
 
     xb = meta["xblock"]
-    block = FusionBlock(
-        xb["dim"], xb["context_dim"], xb["temp_res"], tuple(xb["window_size"]), xb["d_head"]
-    )
+    window = xb["window_size"]
+    window = tuple(window) if isinstance(window, list) else (window, window)
+    block = FusionBlock(xb["dim"], xb["context_dim"], xb["temp_res"], window, xb.get("d_head", 64))
     block.load_state_dict(weights(tensors, "xblock"), strict=True)
-    assert block.attn.heads == xb["heads"], (block.attn.heads, xb["heads"])
+    assert block.attn.heads == xb.get("heads", block.attn.heads), (block.attn.heads, xb["heads"])
     for case in ("global", "window"):
         x, ctx = tensors[f"in.xblock_x_{case}"], tensors[f"in.xblock_ctx_{case}"]
         out[f"out.xblock_{case}"] = block(x, ctx)
