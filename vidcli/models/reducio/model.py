@@ -12,6 +12,7 @@ the layer-normed posterior mean (for tests and previews). `decode(z, content=fra
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,8 @@ def normalize_latent(sample: Tensor) -> Tensor:
     return F.layer_norm(sample, sample.shape[1:], eps=LATENT_NORM_EPS)
 
 
-def _maybe_checkpoint(enabled: bool, fn, *args: Tensor) -> Tensor:
+def _maybe_checkpoint(enabled: bool, fn: Callable[..., Tensor], *args: Tensor) -> Tensor:
+    """fn(*args), recomputed in backward (not stored) when enabled and autograd is on."""
     if enabled and torch.is_grad_enabled():
         return checkpoint(fn, *args, use_reentrant=False)
     return fn(*args)
