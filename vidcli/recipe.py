@@ -302,6 +302,10 @@ class LauncherSection:
     """DeepSpeed hostfile for multi-node runs (`--hostfile`)."""
     master_port: int = _bounded(29500, ge=1, le=65535)
     """Rendezvous port for spawned local ranks."""
+    sequence_parallel: int = _bounded(1, ge=1)
+    """Ranks that share one sample's tokens (DeepSpeed-Ulysses, train-dit and generate): the
+    video tokens are split across them and attention all-to-alls over heads. It must divide the
+    world size (data-parallel size x N) and the DiT's heads; 1 = off."""
 
 
 LORA_DEFAULT_TARGETS = [

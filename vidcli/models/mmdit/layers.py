@@ -13,6 +13,7 @@ from torch import nn
 
 from vidcli.models.mmdit.hooks import BlockHook
 from vidcli.models.mmdit.rope import apply_rope
+from vidcli.sequence_parallel import SequenceParallel
 from vidcli_kernels.attention import attention
 
 TIME_EMBED_DIM = 256
@@ -72,14 +73,17 @@ class QKNorm(nn.Module):
         return self.query_norm(q).to(v.dtype), self.key_norm(k).to(v.dtype)
 
 
-def rope_attention(q, k, v, cos, sin, half_split: bool) -> torch.Tensor:
-    """Joint attention with RoPE on q and k.
+def rope_attention(
+    q, k, v, cos, sin, half_split: bool, sp: SequenceParallel | None = None
+) -> torch.Tensor:
+    """Joint attention with RoPE on q and k; with `sp`, over every rank's video tokens (Ulysses).
 
-    q, k, v: (B, heads, L, head_dim) -> (B, L, D)
+    q, k, v: (B, heads, L, head_dim) -> (B, L, D); under `sp` L = L_txt + this rank's L_loc.
     """
     q = apply_rope(q, cos, sin, half_split)
     k = apply_rope(k, cos, sin, half_split)
-    return rearrange(attention(q, k, v), "b h l d -> b l (h d)")
+    out = attention(q, k, v) if sp is None else sp.joint_attention(q, k, v)
+    return rearrange(out, "b h l d -> b l (h d)")
 
 
 class Modulation(nn.Module):
@@ -135,6 +139,8 @@ class DoubleStreamBlock(nn.Module):
     def __init__(self, dim, num_heads, mlp_hidden, qkv_bias, fused_qkv, half_split):
         super().__init__()
         self.half_split = half_split
+        self.sequence_parallel: SequenceParallel | None = None
+        """Set by `MMDiT.use_sequence_parallel`: attention all-to-alls across the SP group."""
         for stream in ("img", "txt"):
             setattr(self, f"{stream}_mod", Modulation(dim, double=True))
             setattr(self, f"{stream}_attn", SelfAttention(dim, num_heads, qkv_bias, fused_qkv))
@@ -192,6 +198,7 @@ class DoubleStreamBlock(nn.Module):
             cos,
             sin,
             self.half_split,
+            self.sequence_parallel,
         )
         txt_attn, img_attn = attn[:, : txt_in.shape[1]], attn[:, txt_in.shape[1] :]
         return self.img_attn.proj(img_attn), self.txt_attn.proj(txt_attn)
@@ -212,6 +219,8 @@ class SingleStreamBlock(nn.Module):
         super().__init__()
         self.dim, self.num_heads, self.mlp_hidden = dim, num_heads, mlp_hidden
         self.fused_qkv, self.half_split = fused_qkv, half_split
+        self.sequence_parallel: SequenceParallel | None = None
+        """Set by `MMDiT.use_sequence_parallel`: attention all-to-alls across the SP group."""
         if fused_qkv:
             self.linear1 = nn.Linear(dim, dim * 3 + mlp_hidden)
         else:
@@ -253,7 +262,7 @@ class SingleStreamBlock(nn.Module):
     def attend(self, q, k, v, cos, sin) -> torch.Tensor:
         """QK norm, RoPE and attention: (B, heads, L, head_dim) x3 -> (B, L, D)."""
         q, k = self.norm(q, k, v)
-        return rope_attention(q, k, v, cos, sin, self.half_split)
+        return rope_attention(q, k, v, cos, sin, self.half_split, self.sequence_parallel)
 
     def merge(self, attn: torch.Tensor, mlp: torch.Tensor) -> torch.Tensor:
         """Pre-gate output linear2([attn; GELU(mlp)]).

@@ -9,6 +9,11 @@ pooled text, optional distilled guidance) drives adaLN modulation of every block
 double-stream blocks keep separate weights per stream with one joint attention, then
 `depth_single_blocks` single-stream blocks run over [text; image]; the image part is projected
 back to the token width (a velocity in rectified flow).
+
+Sequence parallelism (`use_sequence_parallel`, `vidcli.sequence_parallel`): `embed` keeps this
+rank's shard of the image tokens (their RoPE angles and condition with them), every block runs on
+[all text; own image shard], attention all-to-alls across the group, and `head` gathers the
+velocity of the whole sequence, so `forward` returns the same tensor on every rank.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from vidcli.models.mmdit.layers import (
 )
 from vidcli.models.mmdit.packing import make_image_ids, pack_latents, unpack_latents
 from vidcli.models.mmdit.rope import rope_angles
+from vidcli.sequence_parallel import Layout, SequenceParallel
 
 
 class Embedded(NamedTuple):
@@ -75,6 +81,7 @@ class MMDiT(nn.Module):
             nn.init.zeros_(self.cond_in.weight)
             nn.init.zeros_(self.cond_in.bias)
 
+        self.sequence_parallel: SequenceParallel | None = None
         self.ckpt_double = self.ckpt_single = 0
         if c.grad_ckpt_settings is not None:
             self.set_gradient_checkpointing(*c.grad_ckpt_settings)
@@ -93,6 +100,16 @@ class MMDiT(nn.Module):
             raise UsageError(f"checkpointing counts must be >= 0, got ({n_double}, {n_single})")
         self.ckpt_double, self.ckpt_single = int(n_double), int(n_single)
 
+    def use_sequence_parallel(self, sp: SequenceParallel | None) -> None:
+        """Split the image tokens across `sp`'s group from now on (None = one rank again)."""
+        from vidcli.sequence_parallel import check_size
+
+        if sp is not None:
+            check_size(sp.size, sp.size, self.config.num_heads)
+        self.sequence_parallel = sp
+        for block in (*self.double_blocks, *self.single_blocks):
+            block.sequence_parallel = sp
+
     def embed(
         self,
         img: torch.Tensor,
@@ -108,6 +125,7 @@ class MMDiT(nn.Module):
 
         -> Embedded: x (B, L_img, D), ctx (B, L_txt, D), vec (B, D), cos/sin (B, L_txt + L_img,
         head_dim/2). Caching policies (vidcli/sampling/cache) run the blocks from here themselves.
+        Under sequence parallelism L_img is this rank's L_loc (padded shard).
         """
         c = self.config
         if img.ndim != 3 or txt.ndim != 3 or img.shape[-1] != c.in_channels:
@@ -115,6 +133,11 @@ class MMDiT(nn.Module):
                 f"img must be (B, L, {c.in_channels}) and txt (B, L, {c.context_in_dim}); "
                 f"got {tuple(img.shape)} and {tuple(txt.shape)}"
             )
+        sp = self.sequence_parallel
+        if sp is not None:
+            sp.layout = Layout(txt_len=txt.shape[1], img_len=img.shape[1])
+            img, img_ids = sp.shard(img), sp.shard(img_ids)
+            cond = None if cond is None else sp.shard(cond)
         x = self.img_in(img)
         if self.cond_in is not None:
             if cond is None:
@@ -174,7 +197,15 @@ class MMDiT(nn.Module):
                 h = checkpoint(block, h, vec, cos, sin, use_reentrant=False)
             else:
                 h = block(h, vec, cos, sin)
-        return self.final_layer(h[:, ctx.shape[1] :], vec)
+        return self.head(h[:, ctx.shape[1] :], vec)
+
+    def head(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+        """Final adaLN + projection of the image tokens, gathered over the SP group if any.
+
+        x: (B, L_img, D) (this rank's L_loc under SP), vec: (B, D) -> (B, L_img, C·p²) whole.
+        """
+        out = self.final_layer(x, vec)
+        return out if self.sequence_parallel is None else self.sequence_parallel.gather(out)
 
     def forward_video(
         self,

@@ -167,7 +167,7 @@ class StepRun:
 
     def head(self, image: torch.Tensor) -> torch.Tensor:
         """Final adaLN + projection: (B, L_img, D) -> velocity tokens (B, L_img, C·p²)."""
-        return self.model.final_layer(image, self.embedded.vec)
+        return self.model.head(image, self.embedded.vec)
 
     def compute(self, hook_for: HookFor | None = None) -> torch.Tensor:
         """The whole DiT: image hidden state after the last block, (B, L_img, D)."""
