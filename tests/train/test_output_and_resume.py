@@ -175,7 +175,7 @@ def test_hostfile_ranks_read_and_write_in_the_output_folder(tmp_path, monkeypatc
         return subprocess.CompletedProcess(command, 0)
 
     monkeypatch.setattr(launcher.shutil, "which", lambda name: "/usr/bin/" + name)
-    monkeypatch.setattr(launcher.subprocess, "run", fake_deepspeed)
+    monkeypatch.setattr(subprocess, "run", fake_deepspeed)  # vidcli.launch.run_ranks calls it
     output = tmp_path / "run"
     recipe = load_recipe(DEMO_DIT, [f'train.output="{output}"', 'launcher.hostfile="hosts.txt"'])
     result = launcher.launch("dit", STAGES["dit"], recipe, Path(DEMO_DIT))

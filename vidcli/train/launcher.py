@@ -21,9 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +30,17 @@ import torch
 
 from vidcli.console import DEBUG_ENV, log
 from vidcli.errors import StageFailed, UsageError
+from vidcli.launch import (
+    default_single_rank_env,
+    init_process_group,
+    inside_distributed_job,
+    run_ranks,
+    torchrun_command,
+)
 from vidcli.recipe import LauncherSection, Recipe, TrainSection, write_resolved_recipe
 from vidcli.train import checkpoint as ckpt
+
+__all__ = ["init_process_group", "launch", "make_engine", "prepare_output", "run_worker"]
 
 StageRun = Callable[..., Any]
 """A stage's entry point: run(recipe, resume=...) -> its TrainResult, on every rank."""
@@ -65,7 +71,7 @@ def launch(
             "slots=N set the ranks per node; drop --nproc (or [launcher] nproc)"
         )
     prepare_output(Path(recipe.train.output), resume, overwrite)
-    if _inside_distributed_job() or (launcher.nproc == 1 and not launcher.hostfile):
+    if inside_distributed_job() or (launcher.nproc == 1 and not launcher.hostfile):
         return run_worker(run, recipe, resume)
     return _spawn(stage, recipe, resume)
 
@@ -98,7 +104,7 @@ def prepare_output(output: Path, resume: str | None, overwrite: bool) -> None:
 
 def run_worker(run: StageRun, recipe: Recipe, resume: str | None) -> Any:
     """This process is one rank: set up the process group and run the stage's loop."""
-    _default_single_rank_env()
+    default_single_rank_env()
     return run(recipe, resume=resume)
 
 
@@ -149,44 +155,6 @@ def make_engine(
     return engine
 
 
-def init_process_group() -> tuple[int, int]:
-    """(rank, world size) after joining the process group (gloo on CPU, NCCL on CUDA)."""
-    import deepspeed
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist.get_rank(), dist.get_world_size()
-
-
-def _inside_distributed_job() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
-def _default_single_rank_env() -> None:
-    if _inside_distributed_job():
-        return
-    os.environ.update(
-        {
-            "RANK": "0",
-            "LOCAL_RANK": "0",
-            "WORLD_SIZE": "1",
-            "LOCAL_WORLD_SIZE": "1",
-            "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()),
-        }
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(stage: str, recipe: Recipe, resume: str | None) -> Any:
     """Re-launch under torch.distributed.run (local ranks) or deepspeed (hostfile)."""
     launcher = recipe.launcher
@@ -208,19 +176,14 @@ def _spawn(stage: str, recipe: Recipe, resume: str | None) -> Any:
             command += ["--master_port", str(launcher.master_port), "--module"]
             command += ["vidcli.train.worker", *worker_args]
         else:
-            command = [sys.executable, "-m", "torch.distributed.run"]
-            command += ["--nproc-per-node", str(launcher.nproc), "--master-port", str(_free_port())]
-            command += ["-m", "vidcli.train.worker", *worker_args]
-        log.info("launching %s", " ".join(command))
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // launcher.nproc)))
-        done = subprocess.run(command, env=env, stdout=sys.stderr.fileno())
-        if done.returncode != 0:
+            command = torchrun_command("vidcli.train.worker", worker_args, launcher.nproc)
+        returncode = run_ranks(command, launcher.nproc)
+        if returncode != 0:
             if result_file.is_file():  # a rank reported a user error before failing
                 raise _error_from_result(json.loads(result_file.read_text()))
             raise StageFailed(
                 f"train-{stage} failed on one of its ranks "
-                f"(exit {done.returncode}); see the rank logs above",
+                f"(exit {returncode}); see the rank logs above",
                 hint=f"run again with --debug (sets {DEBUG_ENV}=1 on every rank)",
             )
         return _result_from_json(stage, json.loads(result_file.read_text()))
