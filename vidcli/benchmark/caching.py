@@ -224,8 +224,6 @@ def run(options: CachingOptions) -> CachingResult:
     sample = recipe.sample
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, False)
     _, frames, lat_h, lat_w = pipe.ae.latent_shape(*size)
-    patch = pipe.dit.config.patch_size
-    grid = (frames, lat_h // patch, lat_w // patch)
     seeds = [sample.seed + i for i in range(len(prompts))]
     if options.calibrate:
         calibration = calibrate(pipe, sample, size, options.steps)
@@ -254,11 +252,12 @@ def run(options: CachingOptions) -> CachingResult:
             policy = build_policy(parse_cache(variant.cache), calibration, row_sample.steps, frames)
             counter = CachedDiT(pipe.dit, policy, row_sample.steps)
         else:
+            patch = pipe.dit.config.patch_size
             counter = CostMeter(
                 pipe.dit.forward_video,
                 pipe.dit.config,
                 attention_config(row_sample),
-                grid,
+                (frames, lat_h // patch, lat_w // patch),
                 pipe.device,
             )
         timings: dict[str, float] = {}
