@@ -46,7 +46,8 @@ def test_t2v_cfg_runs_2n_rows_and_keeps_the_reference_trajectory(vectors):
     with torch.no_grad():
         out = flow.sample_i2v(
             model, z, schedule, t5[:N], clip[:N], t5[N:], clip[N:],
-            guidance=flow.GuidanceConfig(text=opt["guidance"]),
+            # the reference oscillates from step 10, past these steps
+            guidance=flow.GuidanceConfig(text=opt["guidance"], osci_start=10 / opt["num_steps"]),
             callback=lambda _i, x: steps.append(pack_latents(x, 2)),
         )  # fmt: skip
     assert model.rows == [2 * N] * opt["num_steps"]
@@ -211,7 +212,15 @@ def test_hooks_see_every_evaluation_with_its_batch_layout():
     assert [i.midpoint for i in hooks.infos[:4]] == [False, True, False, True]
     assert [i.evaluation for i in hooks.infos] == list(range(24))
     assert hooks.infos[1].t == pytest.approx(schedule[0] + (schedule[1] - schedule[0]) / 2)
-    # oscillation: the text scale is 1 at odd steps >= 10, where only the prompt rows run
-    assert hooks.infos[20].branches == ("cond", "uncond") and hooks.infos[22].branches == ("cond",)
-    assert model.rows == [2 * N] * 22 + [N] * 2
+    # rf2 under oscillation: Euler's alternation averaged, (g + 1) / 2 > 1, so both branches run
+    assert all(i.branches == ("cond", "uncond") for i in hooks.infos)
+    assert model.rows == [2 * N] * 24
     assert {i.batch for i in hooks.infos} == {N}
+    # Euler: the text scale is 1 at odd steps from 20 % of the schedule (step 3 of 12), where only
+    # the prompt rows run
+    euler = Recorder()
+    flow.sample_i2v(model, torch.zeros(shape), schedule, txt, y, txt[:1], y[:1], hooks=euler)
+    assert [i.branches for i in euler.infos[:5]] == [("cond", "uncond")] * 3 + [
+        ("cond",),
+        ("cond", "uncond"),
+    ]
