@@ -20,8 +20,9 @@ from vidcli.sampling.cache import (
 )
 from vidcli.sampling.cache.calibration import Recorder, load_calibration, save_calibration
 
-# 14 steps: with text oscillation the t2v loop evaluates only the conditional rows at steps 11
-# and 13, so every policy crosses a layout change in both directions.
+# 14 steps: with text oscillation (from 20 % of the schedule) the t2v loop evaluates only the
+# conditional rows at the odd steps 3..13, so every policy crosses a layout change in both
+# directions.
 STEPS = 14
 N, C, T, H, W = 2, 4, 3, 4, 4
 
