@@ -317,6 +317,17 @@ def test_adacache_on_one_latent_frame_follows_its_threshold(stands):
     assert runners[0].stats.full_evals == 30
 
 
+def test_distilled_path_ends_each_run_for_its_cache(stands):
+    # The distilled loop tells the cache each evaluation and the end of the run, so nothing the
+    # first prompt cached is compared against the next one.
+    runners = []
+    with torch.no_grad():
+        stands["distilled"].run(Setting(path="distilled", cache="fbcache"), runners=runners)
+    policy = runners[0].policy
+    assert policy.reference is None and policy.tail is None
+    assert len(runners[0].stats.kinds) == STEPS
+
+
 def test_calibration_with_rf2_indexes_the_steps(stands):
     stand = stands["t2v"]
     sample = dataclasses.replace(stand.recipe.sample, solver="rf2")
