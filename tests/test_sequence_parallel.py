@@ -7,12 +7,21 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
+from typer.testing import CliRunner
 
 from tests.tiny_runs import REPO, subprocess_env
+from vidcli.cli import app
 from vidcli.errors import UsageError
 from vidcli.sequence_parallel import check_size, valid_sizes
+
+# The demo model at 12 frames of 48x48: 3x3x3 = 27 latent tokens (odd: the last rank is padded),
+# 4 heads, 3 steps.
+SMALL = ["--frames", "12", "--height", "48", "--width", "48", "--steps", "3", "--format", "png"]
 
 
 def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -50,3 +59,63 @@ def test_a_size_that_does_not_divide_is_refused_with_the_valid_ones():
         check_size(5, 24, 24)
     with pytest.raises(UsageError, match=r"valid values for 2 ranks: 2$"):
         check_size(3, 2, 24)
+
+
+def vidcli(*args: str) -> subprocess.CompletedProcess:
+    """`python -m vidcli ARGS` in a fresh process (it spawns its own ranks)."""
+    command = [sys.executable, "-m", "vidcli", *args]
+    env = subprocess_env(OMP_NUM_THREADS="1")
+    return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def frames(folder: Path) -> np.ndarray:
+    """The PNG frames generate wrote into `folder`, (T, H, W, 3) uint8."""
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+
+@pytest.fixture(scope="module")
+def first_frame(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("i2v") / "first.png"
+    image = np.zeros((48, 48, 3), np.uint8)
+    image[8:30, 6:24] = (230, 40, 30)
+    Image.fromarray(image).save(path)
+    return path
+
+
+@pytest.mark.parametrize("case", ["t2v", "i2v", "taylorseer"])
+def test_generate_on_two_sequence_parallel_ranks_writes_the_frames_of_one(
+    tmp_path, first_frame, case
+):
+    extra = {
+        "t2v": [],
+        "i2v": ["--image", str(first_frame)],
+        "taylorseer": ["--cache", "taylorseer:2"],
+    }
+    args = ["generate", "a red circle moving right", *SMALL, *extra[case]]
+    one = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    two = vidcli(*args, "--out", str(tmp_path / "two"), "--nproc", "2",
+                 "--set", "launcher.sequence_parallel=2")  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = (frames(tmp_path / name).astype(int) for name in ("one", "two"))
+    assert a.shape == b.shape == (12, 48, 48, 3)
+    # Same frames up to float reduction order: at most one level where a rounding flips.
+    assert np.abs(a - b).max() <= 1
+    # Rank 0 alone wrote: the frames and the sidecar, nothing else.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "one.json", "two", "two.json"]
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir()
+    )
+
+
+def test_generate_with_a_size_that_does_not_divide_exits_2():
+    done = vidcli("generate", "x", "--nproc", "2", "--set", "launcher.sequence_parallel=3")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "valid values for 2 ranks: 2" in done.stderr
+
+
+def test_generate_refuses_a_cache_that_decides_from_shards():
+    done = vidcli("generate", "x", "--cache", "toca", "--nproc", "2",
+                  "--set", "launcher.sequence_parallel=2")  # fmt: skip
+    assert done.returncode == 2
+    assert "--cache toca and launcher.sequence_parallel = 2 cannot be combined" in done.stderr

@@ -8,12 +8,18 @@ not on the batch it was sampled in.
 `run` reads as the run's phases: placement (device, dtype and offload, with the memory plan on
 CUDA, decided once in `_placement`) -> load (`vidcli.sampling.pipeline`) -> per batch of prompts
 t2i -> text -> sample -> decode (`vidcli.sampling.phases`) -> write.
+
+`[launcher] nproc` N > 1 (`--nproc`): the run is re-launched on N local ranks
+(`vidcli.generate_worker`) that form one sequence-parallel group (`[launcher] sequence_parallel`
+= N): every rank encodes the text and any `--image`, and samples its shard of the video tokens;
+rank 0 alone decodes with the AE and writes the files.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -27,6 +33,7 @@ from vidcli.console import log, progress_bar
 from vidcli.demo import DEMO_DIR, DEMO_RECIPE
 from vidcli.errors import ShapeError, UsageError
 from vidcli.fileio import refuse_stdout
+from vidcli.launch import init_process_group, inside_distributed_job
 from vidcli.placement import Placement
 from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
 from vidcli.sampling.acceleration import attention_config
@@ -156,11 +163,21 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         )
     sample = recipe.sample
     attention_config(sample)  # a bad [sample] sparse_* value fails before any model loads
+    if recipe.launcher.nproc > 1 and not inside_distributed_job():
+        from vidcli import generate_worker
+        from vidcli.sampling.compatibility import check_sequence_parallel, sample_setting
+
+        check_sequence_parallel(sample_setting(sample), recipe.launcher.sequence_parallel)
+
+        _output_paths(options)  # existing files are refused before any rank starts
+        return generate_worker.spawn(recipe, options)
+    rank, world = init_process_group() if inside_distributed_job() else (0, 1)
     started = time.perf_counter()
     # Every device, dtype and offload decision of the run, taken once: the phases only ask it.
     placement, plan = _placement(recipe, options)
     check_run(recipe, placement, image=options.image is not None, lora=bool(options.loras))
     pipe = load_pipeline(recipe, placement, ema=not options.raw_weights)
+    _sequence_parallel(pipe.dit, recipe.launcher.sequence_parallel, world)
     if plan is not None and plan.tiling is not None:
         from vidcli.models.dcae import TilingConfig
 
@@ -210,12 +227,14 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
                 timings=timings,
                 model_fn=cached,
                 hooks=cached,
+                decode=rank == 0,
             )
             tick = time.perf_counter()
             for i, prompt in enumerate(batch):
                 path = paths[first + i]
-                _write(video[i], path, sample.fps, options.output_format)
-                _write_sidecar(path, prompt, seeds[i], recipe, timings)
+                if rank == 0:
+                    _write(video[i], path, sample.fps, options.output_format)
+                    _write_sidecar(path, prompt, seeds[i], recipe, timings)
                 videos.append(GeneratedVideo(path, prompt, seeds[i], *size, sample.fps))
             timings["write"] += time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
@@ -235,6 +254,8 @@ def _placement(recipe: Recipe, options: GenerateOptions) -> tuple[Placement, Any
     """Where the run computes (`--device`, `--dtype`, `--offload`) and, on CUDA, the memory plan
     it obeys (its offload mode and AE tiles; None on the CPU)."""
     where = devices.resolve_device(options.device)
+    if where.type == "cuda" and inside_distributed_job():  # one GPU per local rank
+        where = devices.resolve_device(f"cuda:{os.environ.get('LOCAL_RANK', '0')}")
     dtype = devices.resolve_dtype(options.dtype, where)
     if where.type != "cuda":
         return Placement(where, dtype, park=options.offload), None
@@ -254,6 +275,25 @@ def _placement(recipe: Recipe, options: GenerateOptions) -> tuple[Placement, Any
         raise StageFailed(plan.notes[0], hint="vidcli generate --plan shows the whole plan")
     devices.reset_peak_memory(where)
     return Placement(where, dtype, plan.offload, park=options.offload), plan
+
+
+def _sequence_parallel(dit: torch.nn.Module, size: int, world: int) -> None:
+    """Split the DiT's video tokens across the `size` ranks of this run (one SP group).
+
+    Refused (exit 2): a size that does not divide the ranks or the heads, and a size other than
+    the rank count (generate runs one group; its ranks share every prompt).
+    """
+    from vidcli import sequence_parallel
+
+    heads = dit.config.num_heads
+    sequence_parallel.check_size(size, world, heads)
+    if size != world:
+        raise UsageError(
+            f"generate on {world} ranks runs one sequence-parallel group: set "
+            f"launcher.sequence_parallel = {world} (got {size})"
+        )
+    if size > 1:
+        dit.use_sequence_parallel(sequence_parallel.build(size, heads))
 
 
 def _valid_size(ae, frames: int, height: int, width: int, snap: bool) -> tuple[int, int, int]:

@@ -92,6 +92,17 @@ class SequenceParallel:
         index = torch.arange(self.rank * local, (self.rank + 1) * local, device=device)
         return index < self.layout.img_len
 
+    def token_weights(self, length: int, device: torch.device) -> torch.Tensor:
+        """(length,) 1 for the tokens this rank counts in a sum over the whole sequence, else 0.
+
+        `length` is L_loc (own video shard: pads get 0) or L_txt + L_loc (the replicated text
+        counts on rank 0 only).
+        """
+        assert self.layout is not None
+        n_txt = length - self.local_len(self.layout.img_len)
+        text = torch.full((n_txt,), float(self.rank == 0), device=device)
+        return torch.cat((text, self.valid(length - n_txt, device).float()))
+
     def gather(self, x: torch.Tensor) -> torch.Tensor:
         """The whole video sequence on every rank: (B, L_loc, C) -> (B, L_img, C), pads dropped.
 

@@ -12,6 +12,7 @@ from vidcli.cli.common import (
     DebugOpt,
     GpuMemoryOpt,
     JsonOpt,
+    NprocOpt,
     PlanOpt,
     PrintRecipeOpt,
     QuietOpt,
@@ -30,6 +31,8 @@ Examples:
     vidcli generate "a blue square moving up" "a white triangle moving left" --seed 3 --out clips/
 
     vidcli generate --prompts-file prompts.txt --recipe recipes/opensora-v2-hcae.toml --json
+
+    vidcli generate "a red kite" --nproc 2 --set launcher.sequence_parallel=2
 
     vidcli generate "golden retriever" --class 279 --cfg 1.5 \\
         --recipe recipes/dc-ae-uvit-h-in-512px.toml
@@ -125,6 +128,7 @@ def generate(
     dtype: Annotated[
         str | None, typer.Option(help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")
     ] = None,
+    nproc: NprocOpt = None,
     plan: PlanOpt = False,
     gpu_memory: GpuMemoryOpt = None,
     set_values: SetOpt = None,
@@ -139,6 +143,8 @@ def generate(
         from vidcli import generate as pipeline
 
         overrides = list(set_values or [])
+        if nproc is not None:  # ranks of one sequence-parallel group ([launcher] sequence_parallel)
+            overrides.append(f"launcher.nproc={nproc}")
         for key, value in (
             ("frames", frames),
             ("height", height),

@@ -157,6 +157,38 @@ def check_class_conditional(setting: Setting, sampler: str) -> None:
             )
 
 
+SEQUENCE_PARALLEL_REFUSED: dict[str, dict[str, str]] = {
+    "cache": {
+        "adacache": "its motion score reshapes the residual by latent frames, and a rank holds a "
+        "shard of the tokens",
+        "toca": "it ranks tokens by score over the sequence, and a rank holds a shard of them",
+        "ditfastattn": "it decides from each rank's shard of its attention outputs",
+    },
+    "tdtm": {"on": "token merging pairs latent frames that sit on different ranks"},
+    "sparse_attention": {
+        kind: "the attention plans are not yet checked on the gathered sequence"
+        for kind in SPARSE_KINDS
+    },
+}
+"""Option values a sequence-parallel run (`[launcher] sequence_parallel` > 1) refuses, and why.
+The other caches decide from the step (uniform, smoothcache, taylorseer) or from indicators that
+`StepRun.relative_l1` all-reduces over the group (teacache, fbcache)."""
+
+
+def check_sequence_parallel(setting: Setting, size: int) -> None:
+    """UsageError (exit 2) for the first option value a sequence-parallel run cannot take."""
+    if size == 1:
+        return
+    for key, refused in SEQUENCE_PARALLEL_REFUSED.items():
+        value = getattr(setting, key)
+        if value in refused:
+            shown = FLAGS[key] if value == "on" else f"{FLAGS[key]} {value}"
+            raise UsageError(
+                f"{shown} and launcher.sequence_parallel = {size} cannot be combined: "
+                f"{refused[value]}"
+            )
+
+
 def sample_setting(sample: SampleSection, **run: str) -> Setting:
     """The `[sample]` options as a Setting; `run` gives the others (offload, dtype, path, lora)."""
     return replace(
@@ -193,7 +225,9 @@ def run_setting(recipe: Recipe, placement: Placement, image: bool, lora: bool) -
 
 def check_run(recipe: Recipe, placement: Placement, image: bool, lora: bool) -> None:
     """Refuse a generate run whose options do not combine, before its models load."""
-    check(run_setting(recipe, placement, image, lora))
+    setting = run_setting(recipe, placement, image, lora)
+    check(setting)
+    check_sequence_parallel(setting, recipe.launcher.sequence_parallel)
 
 
 def distilled_dit(recipe: Recipe) -> bool:
@@ -222,6 +256,7 @@ __all__ = [
     "check",
     "check_class_conditional",
     "check_run",
+    "check_sequence_parallel",
     "refusals",
     "run_setting",
     "sample_setting",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from vidcli.sampling.cache.base import CachePolicy
-from vidcli.sampling.cache.hooks import StepRun, put_rows, relative_l1, take_rows
+from vidcli.sampling.cache.hooks import StepRun, put_rows, take_rows
 
 
 class FirstBlockCache(CachePolicy):
@@ -30,7 +30,7 @@ class FirstBlockCache(CachePolicy):
         first = run.run_blocks(start, 0, 1)
         u = first.image - start.image
         reference = None if self.reference is None else take_rows(self.reference, run.batch)
-        if reference is not None and relative_l1(u, reference) < self.threshold:
+        if reference is not None and run.relative_l1(u, reference) < self.threshold:
             run.kind = "partial"
             return run.head(first.image + take_rows(self.tail, run.batch))
         image = run.run_blocks(first, 1).image

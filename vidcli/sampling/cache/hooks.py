@@ -169,6 +169,21 @@ class StepRun:
         """Final adaLN + projection: (B, L_img, D) -> velocity tokens (B, L_img, C·p²)."""
         return self.model.head(image, self.embedded.vec)
 
+    def relative_l1(self, a: torch.Tensor, b: torch.Tensor) -> float:
+        """`relative_l1` of two (B, L, D) states of this call, over the whole sequence.
+
+        Under sequence parallelism each rank holds a shard: the two sums run over this rank's
+        real tokens (pads out, replicated text counted on one rank) and are all-reduced, so every
+        rank of the group takes the same compute-or-reuse decision.
+        """
+        sp = self.model.sequence_parallel
+        if sp is None:
+            return relative_l1(a, b)
+        weight = sp.token_weights(a.shape[1], a.device)[None, :, None]
+        sums = torch.stack(((a - b).abs().mul(weight).sum(), b.abs().mul(weight).sum()))
+        diff, total = sp.all_reduce_sum(sums.double()).tolist()
+        return diff / max(total, 1e-12)
+
     def compute(self, hook_for: HookFor | None = None) -> torch.Tensor:
         """The whole DiT: image hidden state after the last block, (B, L_img, D)."""
         return self.run_blocks(self.start(), hook_for=hook_for).image

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import torch
 
 from vidcli.sampling.cache.base import CachePolicy
-from vidcli.sampling.cache.hooks import StepRun, put_rows, relative_l1, take_rows
+from vidcli.sampling.cache.hooks import StepRun, put_rows, take_rows
 
 # f(x) = x: the rescale used before a model is calibrated.
 IDENTITY_COEFFICIENTS = (0.0, 0.0, 0.0, 1.0, 0.0)
@@ -81,7 +81,7 @@ class TeaCache(CachePolicy):
         m = indicator(run)
         compute = self.previous is None or self.residual is None or run.step == 0 or run.last
         if not compute:
-            change = relative_l1(m, take_rows(self.previous, run.batch))
+            change = run.relative_l1(m, take_rows(self.previous, run.batch))
             self.accumulated += rescale(self.coefficients, change)
             compute = self.accumulated >= self.threshold
         self.previous = put_rows(self.previous, m)
