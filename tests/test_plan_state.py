@@ -4,6 +4,8 @@ saved tensors in the training plan."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -193,3 +195,31 @@ def test_saved_for_backward_counts_what_fused_attention_keeps():
     )
     # q, k, v, the output and the fp32 log-sum-exp per (batch, head, query).
     assert saved == 4 * q.nbytes + 2 * 4 * 1024 * 4
+
+
+def _plan_json(*args: str) -> dict:
+    from typer.testing import CliRunner
+
+    from vidcli.cli import app
+
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_generate_plan_cli_counts_the_cache_and_refuses():
+    args = ["generate", "--recipe", OPENSORA_768, "--plan", "--device", "cuda"]
+    plan = _plan_json(*args, "--gpu-memory", "80", "--set", "sample.cache='taylorseer'")
+    # TaylorSeer keeps each module output and its first difference: twice SmoothCache's state.
+    assert plan["cache_state_gb"] == pytest.approx(214.5, abs=0.1)
+    assert not plan["fits"] and plan["notes"][0].startswith("[sample] cache = 'taylorseer'")
+
+
+def test_train_dit_plan_cli_counts_the_ema_shadow():
+    plan = _plan_json("train-dit", "recipes/demo-dit.toml", "--plan", "--gpu-memory", "80")
+    assert plan["ema_gb"] == pytest.approx(4 * plan["trainable_params"] / 1e9)
+    off = _plan_json(
+        "train-dit", "recipes/demo-dit.toml", "--plan", "--gpu-memory", "80",
+        "--set", "train.ema_decay=0",
+    )  # fmt: skip
+    assert off["ema_gb"] == 0 and plan["peak_gb"] - off["peak_gb"] == pytest.approx(plan["ema_gb"])
