@@ -16,6 +16,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from vidcli.errors import ShapeError, StageFailed, UsageError
 from vidcli.fileio import atomic_write_text, refuse_stdout
 from vidcli.models.dcae_diffusion import RELEASED, class_id, class_name, released_model
 from vidcli.plans.class_conditional import ClassConditionalPlan, class_conditional_plan
-from vidcli.recipe import Recipe, dump_recipe
+from vidcli.recipe import Recipe, SampleSection, dump_recipe
 
 GRID_NAME = "grid.png"
 
@@ -139,14 +140,41 @@ def plan(
     )
 
 
-def run(recipe: Recipe, options: ClassGenerateOptions) -> ClassGenerateResult:
-    """One image per class, in batches; writes the PNGs, their sidecars and the grid."""
+def load_model(recipe: Recipe, device: torch.device, dtype: torch.dtype):
+    """The released model of `[dit]` (preset + path) on `device` in `dtype`, eval mode."""
     from vidcli.models.dcae_diffusion import load_released
+
+    name = recipe.dit.preset.removeprefix("mit-han-lab/")
+    if not recipe.dit.path:
+        raise UsageError(
+            f"[dit] path is empty: {name} needs its weights", hint=_download_hint(name)
+        )
+    if not Path(recipe.dit.path).exists():
+        raise UsageError(f"[dit] path {recipe.dit.path}: not found", hint=_download_hint(name))
+    return load_released(recipe.dit.path, name).to(device, dtype)
+
+
+def sample_batches(
+    model, labels: list[int], sample: SampleSection, batch_size: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(index of the batch's first sample, its seed, uint8 images (B, H, W, 3)) per batch of
+    `labels`; batch k is drawn with seed `sample.seed + first`, guidance and steps of `sample`."""
     from vidcli.sampling.class_conditional import generate_images
 
+    for first in range(0, len(labels), batch_size):
+        batch = torch.tensor(labels[first : first + batch_size])
+        seed = sample.seed + first
+        images = generate_images(
+            model, batch, seed=seed, cfg_scale=sample.guidance, steps=sample.steps
+        )
+        yield first, seed, to_uint8(images)
+
+
+def run(recipe: Recipe, options: ClassGenerateOptions) -> ClassGenerateResult:
+    """One image per class, in batches; writes the PNGs, their sidecars and the grid."""
     labels = check(recipe, options)
     name, sample = recipe.dit.preset.removeprefix("mit-han-lab/"), recipe.sample
-    if not recipe.dit.path:
+    if not recipe.dit.path:  # before any planning: say how to get the weights
         raise UsageError(
             f"[dit] path is empty: {name} needs its weights", hint=_download_hint(name)
         )
@@ -162,11 +190,9 @@ def run(recipe: Recipe, options: ClassGenerateOptions) -> ClassGenerateResult:
             raise StageFailed(planned.notes[0], hint="vidcli generate --plan shows the whole plan")
         devices.reset_peak_memory(where)
     started = time.perf_counter()
-    if not Path(recipe.dit.path).exists():
-        raise UsageError(f"[dit] path {recipe.dit.path}: not found", hint=_download_hint(name))
-    model = load_released(recipe.dit.path, name).to(where, dtype)
+    model = load_model(recipe, where, dtype)
     spec = model.spec
-    timings = {"load": time.perf_counter() - started, "generate": 0.0, "write": 0.0}
+    timings = {"load": time.perf_counter() - started, "write": 0.0}
     images: list[GeneratedImage] = []
     pixels: list[np.ndarray] = []
     with progress_bar() as bar:
@@ -179,31 +205,21 @@ def run(recipe: Recipe, options: ClassGenerateOptions) -> ClassGenerateResult:
 
         hook = model.diffusion_model.register_forward_hook(count_call)
         try:
-            for first in range(0, len(labels), options.batch_size):
-                batch = labels[first : first + options.batch_size]
-                seed = sample.seed + first
+            for first, seed, arrays in sample_batches(model, labels, sample, options.batch_size):
                 tick = time.perf_counter()
-                y = generate_images(
-                    model,
-                    torch.tensor(batch),
-                    seed=seed,
-                    cfg_scale=sample.guidance,
-                    steps=sample.steps,
-                )
-                timings["generate"] += time.perf_counter() - tick
-                tick = time.perf_counter()
-                for i, array in enumerate(to_uint8(y)):
-                    path, label = paths[first + i], batch[i]
+                for i, array in enumerate(arrays):
+                    path, label = paths[first + i], labels[first + i]
                     _write_png(path, array)
                     _write_sidecar(path, recipe, label, seed, sample.guidance, spec.sampler)
                     images.append(GeneratedImage(path, label, class_name(label), seed))
                     pixels.append(array)
                 timings["write"] += time.perf_counter() - tick
-                bar.advance(task, len(batch))
+                bar.advance(task, len(arrays))
         finally:
             hook.remove()
     _write_png(grid, image_grid(pixels))
     timings["total"] = time.perf_counter() - started
+    timings["generate"] = timings["total"] - timings["load"] - timings["write"]
     log.info("generate: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     return ClassGenerateResult(
         images=images,
@@ -293,7 +309,9 @@ __all__ = [
     "ClassGenerateOptions",
     "ClassGenerateResult",
     "is_class_conditional",
+    "load_model",
     "plan",
     "resolve_labels",
     "run",
+    "sample_batches",
 ]

@@ -22,6 +22,11 @@ Examples:
     vidcli benchmark --caching --plot pareto.png --csv caching.csv
 
     vidcli benchmark --caching --calibrate --steps 20 --methods teacache:0.2 --methods toca:4
+
+    vidcli benchmark --fid --reference in512.npz --images outputs/ --inception fid.safetensors
+
+    vidcli benchmark --fid --reference val/ --recipe recipes/dc-ae-uvit-h-in-512px.toml \\
+        --samples 1000 --batch-size 16 --inception fid.safetensors
 """
 
 
@@ -104,7 +109,27 @@ def benchmark(
         typer.Option(help="--caching calibration file (default: beside the DiT weights)."),
     ] = None,
     recipe: Annotated[
-        Path | None, typer.Option(help="--caching: the model's recipe (default: the demo).")
+        Path | None,
+        typer.Option(
+            help="--caching: the model's recipe (default: the demo); --fid: samples from."
+        ),
+    ] = None,
+    fid: Annotated[
+        bool, typer.Option("--fid", help="FID of --images (or --recipe samples) vs --reference.")
+    ] = False,
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="--fid: reference images folder, or an .npz with mu and sigma."),
+    ] = None,
+    images: Annotated[Path | None, typer.Option(help="--fid: folder of generated images.")] = None,
+    samples: Annotated[
+        int | None, typer.Option(min=2, help="--fid: images to sample from --recipe.")
+    ] = None,
+    inception: Annotated[
+        Path | None, typer.Option(help="--fid: FID Inception weights (pt_inception, .safetensors).")
+    ] = None,
+    save_stats: Annotated[
+        Path | None, typer.Option(help="--fid: also write the reference statistics (.npz).")
     ] = None,
     output: Annotated[
         Path | None, typer.Option(help="--caching: also write the JSON result here.")
@@ -121,6 +146,26 @@ def benchmark(
         where = resolve_device(device)
         from vidcli import benchmark as bench
 
+        if fid:
+            from vidcli.benchmark import fid as fid_bench
+
+            if compare_ae or attention or kernels or caching:
+                raise UsageError(
+                    "--fid runs alone; drop --compare-ae/--attention/--kernels/--caching"
+                )
+            return fid_bench.run(
+                fid_bench.FIDOptions(
+                    reference=reference,
+                    images=images,
+                    recipe=recipe,
+                    samples=samples,
+                    inception=inception,
+                    save_stats=save_stats,
+                    batch_size=batch_size,
+                    device=device,
+                    dtype=dtype,
+                )
+            )
         if caching:
             from vidcli.benchmark import caching as caching_bench
 
