@@ -17,6 +17,7 @@ from torch import nn
 
 from vidcli.console import log
 from vidcli.errors import StageFailed
+from vidcli.models.content import decode as content_decode
 from vidcli.models.dcae.config import TilingConfig
 
 # Tiles tried first when an untiled decode runs out of memory (Open-Sora's defaults).
@@ -65,14 +66,17 @@ def smaller_tiling(tiling: TilingConfig | None, spatial_unit: int, temporal_unit
     return dataclasses.replace(tiling, spatial_tile=spatial, temporal_tile=temporal)
 
 
-def decode_with_retry(ae: nn.Module, latents: torch.Tensor) -> torch.Tensor:
+def decode_with_retry(
+    ae: nn.Module, latents: torch.Tensor, content: torch.Tensor | None = None
+) -> torch.Tensor:
     """`ae.decode(latents)`; on a CUDA out-of-memory error, again with smaller tiles.
 
-    latents: (B, C, T', H', W') -> (B, 3, T, H, W). The tiling that worked stays on `ae`.
+    latents: (B, C, T', H', W') -> (B, 3, T, H, W); content: the content frames (B, 3, H, W) a
+    conditioned AE decodes from (`models.content`). The tiling that worked stays on `ae`.
     """
     while True:
         try:
-            return ae.decode(latents)
+            return content_decode(ae, latents, content)
         except torch.OutOfMemoryError:
             smaller = smaller_tiling(ae.tiling, ae.spatial_compression, ae.time_compression)
             if smaller is None:

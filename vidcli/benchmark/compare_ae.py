@@ -37,6 +37,8 @@ from vidcli.benchmark import row_memory
 from vidcli.benchmark.options import DTYPES, SEED, WARMUP, Settings
 from vidcli.benchmark.worker import RowProcess
 from vidcli.errors import ShapeError, UsageError
+from vidcli.models.content import content_frames, needs_content
+from vidcli.models.content import decode as content_decode
 from vidcli.timing import Timing, measure_matmul_peak, median_ratio, time_interleaved, time_once
 
 log = logging.getLogger("vidcli")
@@ -52,7 +54,7 @@ CFG_ROWS = 2
 [prompt, negative prompt]."""
 RGB = 3
 """Input channels of every AE: RGB video."""
-EXTRAPOLATED_FIELDS = ("encode_s", "decode_s", "video_s", "speedup_video")
+EXTRAPOLATED_FIELDS = ("encode_s", "decode_s", "content_s", "video_s", "speedup_video")
 """Row fields that hold probe times scaled by voxel count (or depend on them) on a probe run."""
 
 
@@ -119,6 +121,9 @@ class AERow:
     speedup_video: float = 1.0
     psnr: float | None = None
     ssim: float | None = None
+    content_s: float | None = None
+    """Encoding the content frames a conditioned AE (Reducio) decodes from, per batch: part of
+    decode_s, shown apart; None for AEs without one."""
 
     def video_rounds(self, steps: int) -> list[float]:
         """steps * infer + decode of each round."""
@@ -152,6 +157,10 @@ def _meta_autoencoder(preset: str):
     from vidcli.models.autoencoders import build_autoencoder
 
     return build_autoencoder(preset, device="meta")
+
+
+def _needs_content(spec: AESpec) -> bool:
+    return needs_content(_meta_autoencoder(spec.preset))
 
 
 def row_frames(ae, frames: int) -> int:
@@ -211,10 +220,14 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         probes = [w.call("start_autoencoder") for w in workers]
         encode = interleaved("encode")
         decode = interleaved("decode")
+        content = interleaved("content") if any(map(_needs_content, specs)) else None
     rows = [
         _row(spec, s, peak, *measured)
         for spec, *measured in zip(specs, facts, probes, train, infer, encode, decode, strict=True)
     ]
+    for i, row in enumerate(rows):
+        if content is not None and _needs_content(specs[i]):
+            row.content_s = content[i].median * probes[i]["content_scale"]
     base = rows[0]
     base_train, base_infer = Timing(tuple(base.train_rounds)), Timing(tuple(base.infer_rounds))
     base_video = Timing(tuple(base.video_rounds(s.steps)))
@@ -457,22 +470,26 @@ class RowBench:
         s = self.s
         ae = build_autoencoder(self.spec.preset).to(device=self.device, dtype=self.dtype).eval()
         full = (row_frames(ae, s.frames), s.height, s.width)
-        size, probe = full, {"label": None, "encode_scale": 1.0, "decode_scale": 1.0}
+        size = full
+        probe = {"label": None, "encode_scale": 1.0, "decode_scale": 1.0, "content_scale": 1.0}
         if s.ae_timing == "probe":
             small = probe_shape(ae)
             if math.prod(small) < math.prod(full):
-                # Linear cost in voxels: encode scales with input voxels, decode with output ones.
+                # Linear cost in voxels: encode scales with input voxels, decode with output ones,
+                # a content frame's encode with its pixels.
                 size = small
                 probe = {
                     "label": "x".join(map(str, small)),
                     "encode_scale": math.prod(full) / math.prod(small),
                     "decode_scale": _decoded_voxels(ae, *full) / _decoded_voxels(ae, *small),
+                    "content_scale": math.prod(full[1:]) / math.prod(small[1:]),
                 }
         elif self.device.type == "cuda":
             ae.tiling = TilingConfig()
         shape = (s.batch_size, RGB, *size)
         self.x = torch.rand(shape, device=self.device, dtype=self.dtype) * 2 - 1
         self.ae = ae
+        self.content_images = content_frames(ae, self.x)  # None unless the AE decodes from one
         with torch.no_grad():
             self.z = ae.encode(self.x)
         return probe
@@ -483,7 +500,15 @@ class RowBench:
 
     @torch.no_grad()
     def decode(self) -> float:
-        return time_once(lambda: self.ae.decode(self.z), self.device)
+        """The decode, a conditioned AE's content-frame encode included (generate pays both)."""
+        return time_once(lambda: content_decode(self.ae, self.z, self.content_images), self.device)
+
+    @torch.no_grad()
+    def content(self) -> float:
+        """The content-frame encode alone (0 for AEs without a content frame)."""
+        if self.content_images is None:
+            return 0.0
+        return time_once(lambda: self.ae.encode_content(self.content_images), self.device)
 
 
 # ru_maxrss is in kilobytes on Linux, bytes on macOS.
@@ -491,8 +516,9 @@ _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
 
 def probe_shape(ae) -> tuple[int, int, int]:
-    """The smallest clip the AE round-trips in time (two latent frames), PROBE_SIDE px square."""
-    frames = ae.decoded_frames(2) if ae.is_video else 1
+    """The smallest clip the AE round-trips in time (two latent frames; a conditioned AE's one
+    clip length), PROBE_SIDE px square."""
+    frames = ae.frames if needs_content(ae) else ae.decoded_frames(2) if ae.is_video else 1
     side = max(PROBE_SIDE, ae.spatial_compression)
     return frames, side, side
 

@@ -99,7 +99,9 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
             f"{r.infer_step_s:.3g}",
             f"{r.video_s:.4g}",
             f"{r.encode_s:.3g}",
-            f"{r.decode_s:.3g}",
+            f"{r.decode_s:.3g}"
+            # A conditioned AE's decode includes encoding its content frames: shown apart.
+            + ("" if r.content_s is None else f" (content {r.content_s:.3g})"),
             f"{r.peak_mem_bytes / 2**30:.2f} GiB",
             f"{r.flops_per_step / 1e12:.3g}",
             f"{r.mfu:.1%}",

@@ -37,6 +37,7 @@ def reconstruction_quality(options: BenchmarkOptions, s: Settings) -> list[dict[
     from vidcli.benchmark.compare_ae import row_frames
     from vidcli.data.datasets import VideoDataset
     from vidcli.models.autoencoders import load_autoencoder
+    from vidcli.models.content import reconstruct
     from vidcli.models.dcae import TilingConfig
 
     manifest = Path(options.quality) / "videos.parquet"
@@ -62,7 +63,7 @@ def reconstruction_quality(options: BenchmarkOptions, s: Settings) -> list[dict[
         for i in range(clips):
             x = dataset[i]["video"].unsqueeze(0).to(device=device, dtype=dtype)
             with torch.no_grad():
-                rec = ae.decode(ae.encode(x))
+                rec = reconstruct(ae, x)  # a conditioned AE decodes with the clip's own frame
             if rec.shape != x.shape:
                 raise ShapeError(
                     f"{preset}: {frames} frames do not round-trip (got {rec.shape[2]}); "

@@ -124,6 +124,7 @@ class LatentDataset(Dataset):
     """Pre-extracted latents from `latents-*.parquet` shards (see `vidcli.data.latents`).
 
     Items: `latent (C, T, H, W)`, `text_tokens (L, D)`, `text_mask (L,)`, `text_pooled (Dp,)`,
+    `content_latent (C, T, H, W)` from a conditioned AE's shards,
     `caption`, `index` (the manifest row).
 
     Training reads rows in a shuffled order across shards, so an item decodes only its shard's
@@ -195,7 +196,7 @@ class LatentDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         (s, _), (g, r) = self.rows[index], self._in_group[index]
         row = self._group(s, g).slice(r, 1).to_pylist()[0]  # converts this row only
-        return {
+        item = {
             "latent": decode_tensor(row, "latent"),
             "text_tokens": decode_tensor(row, "text_tokens"),
             "text_mask": decode_tensor(row, "text_mask"),
@@ -203,3 +204,6 @@ class LatentDataset(Dataset):
             "caption": row["caption"],
             "index": row["index"],
         }
+        if "content_latent" in row:  # a conditioned AE's shards (Reducio)
+            item["content_latent"] = decode_tensor(row, "content_latent")
+        return item

@@ -10,7 +10,9 @@ fingerprint covers all of it, so another AE or text encoder re-encodes every sha
 Columns: index (manifest row), path, caption, bucket, then latent (C, T, H, W), text_tokens
 (L, D), text_mask (L,), text_pooled (Dp,), each as bytes + shape + dtype (see `parquet.py`),
 in row groups of about `ROW_GROUP_BYTES` (the unit a shuffled reader decodes).
-The latents are what `autoencoder.encode` returns (its scaling convention, unchanged).
+The latents are what `autoencoder.encode` returns (its scaling convention, unchanged); a
+conditioned AE's (Reducio) are its reference latents, posterior samples, and its shards add
+`content_latent` (C, T, H, W), the DiT's view of the clip's content frame (`models.content`).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from vidcli.data.parquet import encode_tensor, tensor_columns, write_parquet_ato
 from vidcli.data.provenance import PROVENANCE_KEY
 from vidcli.errors import UsageError
 from vidcli.media import MediaError
+from vidcli.models.content import content_latent, encode_for_dit, needs_content
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,8 @@ SHARD_SCHEMA = pa.schema(
         *tensor_columns("text_pooled"),
     ]
 )
+CONTENT_SHARD_SCHEMA = pa.schema([*SHARD_SCHEMA, *tensor_columns("content_latent")])
+"""A conditioned AE's (Reducio) shards also hold each clip's `content_latent` (`models.content`)."""
 FINGERPRINT_KEY = b"vidcli.fingerprint"
 ROW_GROUP_BYTES = 16 << 20
 """Target size of a shard's row groups: training reads rows in a shuffled order and decodes
@@ -144,7 +149,8 @@ def encode_latents(
                 records, lost = _encode_shard(
                     dataset, indices, autoencoder, text_encoder, batch_size, device, dtype
                 )
-                shard_table = pa.Table.from_pylist(records, schema=SHARD_SCHEMA)
+                schema = CONTENT_SHARD_SCHEMA if needs_content(autoencoder) else SHARD_SCHEMA
+                shard_table = pa.Table.from_pylist(records, schema=schema)
                 shard_table = shard_table.replace_schema_metadata(
                     {FINGERPRINT_KEY: fingerprint, PROVENANCE_KEY: settings.encode()}
                 )
@@ -208,7 +214,12 @@ def _encode_shard(dataset, indices, autoencoder, text_encoder, batch_size, devic
 def _encode_batch(dataset, batch, autoencoder, text_encoder, device, dtype) -> list[dict]:
     indices = [i for i, _ in batch]
     x = torch.stack([v for _, v in batch]).to(device=device, dtype=dtype)  # (B, 3, T, H, W)
-    latents = autoencoder.encode(x)  # (B, C, T', H', W')
+    # A conditioned AE's latent is a posterior sample: its noise comes from the batch's first
+    # row, so a rerun writes the same latents.
+    latents = encode_for_dit(autoencoder, x, torch.Generator().manual_seed(indices[0]))
+    conditions = None
+    if needs_content(autoencoder):  # the DiT's view of each clip's content frame
+        conditions = content_latent(autoencoder, autoencoder.content_frame(x))
     captions = [dataset.captions[i] for i in indices]
     text = text_encoder.encode(captions)
     records = []
@@ -220,6 +231,8 @@ def _encode_batch(dataset, batch, autoencoder, text_encoder, device, dtype) -> l
             "bucket": dataset.buckets[i],
         }
         record |= encode_tensor("latent", latents[b])
+        if conditions is not None:
+            record |= encode_tensor("content_latent", conditions[b])
         record |= encode_tensor("text_tokens", text.tokens[b])
         record |= encode_tensor("text_mask", text.mask[b])
         record |= encode_tensor("text_pooled", text.pooled[b])

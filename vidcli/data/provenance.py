@@ -2,8 +2,10 @@
 
 A provenance is a JSON-able dict with three parts:
 
-- `ae`: the autoencoder's preset, a sha256 of its weights, its scaling (and shift) factor and its
-  latent channels. An AE built fresh from a preset (no `[ae] path`) has no stable weights, so its
+- `ae`: the autoencoder's preset, a sha256 of its weights, its scaling (and shift) factor, its
+  latent channels and, for a conditioned AE (Reducio), its content-frame convention (which frame,
+  how the latent and the DiT's content condition are made: `models.content`). An AE built
+  fresh from a preset (no `[ae] path`) has no stable weights, so its
   `weights_sha256` is "" and it is identified by preset and factors alone.
 - `text`: the text encoder (backend, weights folders, tokens per prompt).
 - `clip`: the frame and size settings the clips were cut with.
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 
 from vidcli.errors import UsageError
+from vidcli.models.content import CONTENT_CONVENTION, needs_content
 from vidcli.recipe import AESection, TextSection
 
 PROVENANCE_KEY = b"vidcli.provenance"
@@ -42,13 +45,19 @@ def weights_sha256(module: torch.nn.Module) -> str:
 def autoencoder_provenance(preset: str, has_weights: bool, model: Any) -> dict[str, Any]:
     """The `ae` part for `model`, built from `preset` (`has_weights`: loaded from a file)."""
     shift = getattr(model, "shift_factor", None)
-    return {
+    part = {
         "preset": preset,
         "weights_sha256": weights_sha256(model) if has_weights else "",
         "scaling_factor": None if model.scaling_factor is None else float(model.scaling_factor),
         "shift_factor": None if shift is None else float(shift),
         "latent_channels": int(model.latent_channels),
     }
+    # Only a conditioned AE records it: plain AEs' provenance, hence their shard fingerprints,
+    # stay as they were (no re-encode of existing latents).
+    if needs_content(model):
+        convention = {"index": int(model.content_index), "frames": int(model.frames)}
+        part["content_frame"] = convention | CONTENT_CONVENTION
+    return part
 
 
 def text_provenance(backend: str, paths: dict[str, str], max_length: int) -> dict[str, Any]:
@@ -67,7 +76,7 @@ def recipe_provenance(ae: AESection, model: Any, text: TextSection) -> dict[str,
 
 def autoencoder_mismatch(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
     """Why latents made by AE `recorded` do not belong to AE `current`, or None if they do."""
-    keys = ["scaling_factor", "shift_factor", "latent_channels"]
+    keys = ["scaling_factor", "shift_factor", "latent_channels", "content_frame"]
     # Weights decide when both sides have them; a fresh preset has none to compare.
     keys.insert(0, "weights_sha256" if recorded.get("weights_sha256") else "preset")
     if recorded.get("weights_sha256") and not current.get("weights_sha256"):

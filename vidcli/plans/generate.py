@@ -10,6 +10,7 @@ used only when neither fits.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from vidcli.devices import dtype_name
+from vidcli.models.content import needs_content
 from vidcli.plans.meta import measure_peak, param_count
 from vidcli.plans.sizes import (
     ACTIVATION_MARGIN,
@@ -282,7 +284,8 @@ def _coder_bytes_per_voxel(ae: nn.Module, dtype: torch.dtype, decode: bool) -> f
     Measured on one reference tile on `meta`: the AE is fully convolutional, so its peak grows
     linearly with the tile volume (checked in tests/test_memory_plan.py).
     """
-    t_lat, s_lat = 8, 8
+    # A conditioned AE (Reducio) takes one clip length only.
+    t_lat, s_lat = (ae.frames // ae.time_compression if needs_content(ae) else 8), 8
     frames = ae.decoded_frames(t_lat)
     sc = ae.spatial_compression
     if decode:
@@ -307,6 +310,8 @@ def decode_options(
     """
     from vidcli.models.dcae.tiling import tile_spans
 
+    if needs_content(ae):
+        return _content_decode_options(ae, sample, dtype, batch)
     per_voxel = _coder_bytes_per_voxel(ae, dtype, decode=True) * ACTIVATION_MARGIN
     clip = sample.frames * sample.height * sample.width
     video_gb = batch * 3 * clip * (dtype_size(dtype) + 4) / GB
@@ -336,6 +341,58 @@ def decode_options(
         tiling = {"spatial_tile": spatial, "temporal_tile": temporal, "overlap": TILE_OVERLAP}
         found.append((tiling, (per_voxel * batch * voxels / GB + video_gb, voxels), work))
     return found
+
+
+def _content_decode_options(
+    ae: nn.Module, sample: SampleSection, dtype: torch.dtype, batch: int
+) -> list[tuple[dict[str, Any] | None, tuple[float, int], float]]:
+    """`decode_options` of an AE that decodes from a content frame (Reducio): untiled, then its
+    reference tiles (spatial only, all frames in each: tiles of (1 + overlap)·S at stride S).
+
+    Measured on `meta` with the cross-attention as fused SDPA (`measure_peak`): the untiled
+    decode whole, content encode included; a tiled one as one tile's decode, plus the content
+    features of every tile (the pyramid grid is made before the first tile decodes) and the
+    assembled video. That sum is within 2 % of measuring the whole tiled decode of 16 frames at
+    1024² (reducio-ft4, 256 and 128 px tiles), which takes seconds per tile size.
+    """
+    frames, height, width = sample.frames, sample.height, sample.width
+    sc, size = ae.spatial_compression, dtype_size(dtype)
+    _, t_lat, h_lat, w_lat = ae.latent_shape(frames, height, width)
+    clip = frames * height * width
+    copy_gb = batch * 3 * clip * 4 / GB  # the decoded video's fp32 copy before `.cpu()`
+    ae.tiling = None  # this meta copy only: each measurement runs one tile untiled
+
+    def peak(lat_h: int, lat_w: int) -> float:
+        z = torch.empty(batch, ae.latent_channels, t_lat, lat_h, lat_w, device="meta", dtype=dtype)
+        image = torch.empty(batch, 3, lat_h * sc, lat_w * sc, device="meta", dtype=dtype)
+        return measure_peak(lambda: ae.decode(z, content=image)) * ACTIVATION_MARGIN
+
+    probe = torch.empty(1, 3, sc, sc, device="meta", dtype=dtype)
+    features = ae.encode_content(probe).features
+    feature_bytes = sum(f.numel() * f.element_size() for f in features) / sc**2  # per pixel
+    found = [(None, (peak(h_lat, w_lat) / GB + copy_gb, clip), 1.0)]
+    for spatial in SPATIAL_TILES:
+        stride = spatial // sc
+        if spatial % sc or spatial >= max(height, width):
+            continue  # one tile covers the whole video: that is the untiled decode
+        if int(stride * TILE_OVERLAP) < 1:
+            continue  # tiles this small share no latent row to blend: every edge would show
+        tile = int(stride * (1 + TILE_OVERLAP))
+        lat_spans = [[(a, min(a + tile, n)) for a in range(0, n, stride)] for n in (h_lat, w_lat)]
+        work = 1.0
+        for axis, total in zip(lat_spans, (h_lat, w_lat), strict=True):
+            work *= sum(b - a for a, b in axis) / total
+        tile_h, tile_w = (max(b - a for a, b in axis) for axis in lat_spans)
+        tiled_px = math.prod(
+            sum(min(a + int(spatial * (1 + TILE_OVERLAP)), n) - a for a in range(0, n, spatial))
+            for n in (height, width)
+        )
+        grid = feature_bytes * batch * tiled_px * ACTIVATION_MARGIN
+        video = batch * 3 * clip * size
+        tiling = {"spatial_tile": spatial, "temporal_tile": frames, "overlap": TILE_OVERLAP}
+        gb = (peak(tile_h, tile_w) + grid + video) / GB + copy_gb
+        found.append((tiling, (gb, frames * tile_h * tile_w * sc * sc), work))
+    return found[:1] + sorted(found[1:], key=lambda option: (option[2], -option[1][1]))
 
 
 def generate_plan(

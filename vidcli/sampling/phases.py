@@ -19,6 +19,7 @@ import torch
 from vidcli import flow
 from vidcli.console import log
 from vidcli.errors import ShapeError, UsageError
+from vidcli.models.content import ContentFrames, needs_content, refuse_conditioned
 from vidcli.models.text import TextEmbeddings
 from vidcli.offload import decode_with_retry
 from vidcli.recipe import SampleSection
@@ -35,9 +36,12 @@ def encode_text(pipe: Pipeline, *batches: list[str]) -> list[TextEmbeddings]:
         return [pipe.text.encode(prompts) for prompts in batches]
 
 
-def image_condition(pipe: Pipeline, image: Path, size: tuple[int, int, int]) -> torch.Tensor:
+def image_condition(
+    pipe: Pipeline, image: Path, size: tuple[int, int, int]
+) -> torch.Tensor | ContentFrames:
     """The i2v condition of `--image`: latent frame 0 of the image held still for the video's
     frames (`vidcli.sampling.t2i2v.condition_latent`, the definition training uses): (C, 1, H', W').
+    A conditioned AE (Reducio) gets the image as every video's content frame instead.
     """
     from vidcli.media import read_frames
     from vidcli.sampling.t2i2v import condition_latent
@@ -48,6 +52,8 @@ def image_condition(pipe: Pipeline, image: Path, size: tuple[int, int, int]) -> 
     frame = read_frames(image, num_frames=1, size=(height, width))
     x = torch.from_numpy(frame).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
     with pipe.placement.on_device(ae=pipe.ae):
+        if needs_content(pipe.ae):
+            return ContentFrames(x[:, 0][None], [condition_latent(pipe.ae, x[:, 0], frames)])
         return condition_latent(pipe.ae, x[:, 0], frames)
 
 
@@ -60,7 +66,8 @@ def first_frames(
     on_step: OnStep | None = None,
 ) -> list[torch.Tensor]:
     """t2i phase of t2i2v: frame 0 of each video drawn by the `[t2i]` model for the raw prompt,
-    returned as the video AE's i2v condition latents [(C, 1, H', W')]."""
+    returned as the video AE's i2v condition latents [(C, 1, H', W')], or for a conditioned AE
+    (Reducio) as the videos' content frames."""
     from vidcli.sampling.t2i2v import first_frame_conditions
 
     place, stage = pipe.placement, pipe.t2i
@@ -68,7 +75,7 @@ def first_frames(
         (emb,) = encode_text(pipe, prompts)
         # The plan's t2i phase: the image models, and the video AE that encodes their frames.
         with place.on_device(t2i_dit=stage.dit, t2i_ae=stage.ae, ae=pipe.ae):
-            _, refs = first_frame_conditions(
+            images, refs = first_frame_conditions(
                 stage,
                 pipe.ae,
                 place.to_device(emb.tokens),
@@ -78,7 +85,7 @@ def first_frames(
                 shift=sample.shift,
                 callback=on_step,
             )
-    return refs
+    return ContentFrames(images, refs) if needs_content(pipe.ae) else refs
 
 
 def sample_latents(
@@ -88,7 +95,7 @@ def sample_latents(
     neg: TextEmbeddings,
     seeds: list[int],
     latent_shape: tuple[int, int, int, int],
-    reference: torch.Tensor | list[torch.Tensor] | None = None,
+    reference: torch.Tensor | list[torch.Tensor] | ContentFrames | None = None,
     on_step: OnStep | None = None,
     model_fn: flow.ModelFn | None = None,
     hooks: flow.SamplingHooks | None = None,
@@ -96,8 +103,9 @@ def sample_latents(
     """Sample phase: latents (N, C, T', H', W') for embeddings of N prompts, one seed each.
 
     latent_shape: (C, T', H', W') of one video; reference: the i2v condition (C, 1, H', W') or
-    one per prompt. A guidance-distilled DiT (Flux-dev, `guidance_embed`) samples without CFG
-    rows, with `sample.guidance` as its distilled scale. model_fn: stands in for
+    one per prompt, or a conditioned AE's content frames, whose latents condition every frame.
+    A guidance-distilled DiT (Flux-dev, `guidance_embed`) samples without CFG rows, with
+    `sample.guidance` as its distilled scale. model_fn: stands in for
     `dit.forward_video` (a caching runner); hooks: the loop's per-evaluation hooks.
     """
     place, dit = pipe.placement, pipe.dit
@@ -110,7 +118,11 @@ def sample_latents(
         )
     )
     condition = None
-    if reference is not None:
+    if isinstance(reference, ContentFrames):
+        latent = place.to_device(torch.stack(reference.for_videos(len(seeds)).latents))
+        # Every latent frame sees the content latent; kind "content" is never pasted back.
+        condition = flow.Condition("content", torch.ones_like(latent[:, :1]), latent)
+    elif reference is not None:
         refs = reference if isinstance(reference, list) else [reference] * len(seeds)
         condition = flow.build_condition(
             "i2v_head", noise.shape, refs, causal=False, device=place.device
@@ -166,11 +178,13 @@ def sample_latents(
     return latents
 
 
-def decode_videos(pipe: Pipeline, latents: torch.Tensor, frames: int) -> torch.Tensor:
+def decode_videos(
+    pipe: Pipeline, latents: torch.Tensor, frames: int, content: torch.Tensor | None = None
+) -> torch.Tensor:
     """Decode phase: latents (N, C, T', H', W') -> videos (N, 3, frames, H, W) in [-1, 1] on
-    the host, fp32."""
+    the host, fp32; content: the content frames (N, 3, H, W) a conditioned AE decodes from."""
     with pipe.placement.on_device(ae=pipe.ae):
-        video = decode_with_retry(pipe.ae, latents).float().cpu()[:, :, :frames]
+        video = decode_with_retry(pipe.ae, latents, content).float().cpu()[:, :, :frames]
     return video.clamp(-1, 1)
 
 
@@ -181,7 +195,7 @@ def sample_videos(
     prompts: list[str],
     seeds: list[int],
     size: tuple[int, int, int],
-    reference: torch.Tensor | list[torch.Tensor] | None = None,
+    reference: torch.Tensor | list[torch.Tensor] | ContentFrames | None = None,
     on_step: OnStep | None = None,
     timings: dict[str, float] | None = None,
     model_fn: flow.ModelFn | None = None,
@@ -197,6 +211,11 @@ def sample_videos(
     timings = timings if timings is not None else {}
     frames, height, width = size
     latent_shape = pipe.ae.latent_shape(frames, height, width)
+    content = None
+    if needs_content(pipe.ae):
+        if not isinstance(reference, ContentFrames):
+            refuse_conditioned(pipe.ae, "text-to-video alone", "pass --image or enable [t2i]")
+        content = reference.for_videos(len(seeds)).images
     p = pipe.dit.config.patch_size
     if latent_shape[2] % p or latent_shape[3] % p:
         raise ShapeError(
@@ -218,6 +237,6 @@ def sample_videos(
         if not decode:
             return None
         tick = time.perf_counter()
-        video = decode_videos(pipe, latents, frames)
+        video = decode_videos(pipe, latents, frames, content)
         timed("decode", tick)
     return video

@@ -35,6 +35,7 @@ from torch.nn import functional as F
 
 from vidcli import flow
 from vidcli.errors import ShapeError
+from vidcli.models.content import content_latent, needs_content
 
 
 @dataclass
@@ -101,7 +102,10 @@ def cover_resize(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
 @torch.no_grad()
 def condition_latent(ae, image: torch.Tensor, frames: int) -> torch.Tensor:
     """The i2v condition of one image (3, H, W) in [-1, 1] for a `frames`-frame video: latent
-    frame 0 of the image held still for `frames` frames, shaped (C, 1, H', W')."""
+    frame 0 of the image held still for `frames` frames, shaped (C, 1, H', W'). A conditioned AE
+    (Reducio) keeps every latent frame: its DiT's content condition (C, T', H', W')."""
+    if needs_content(ae):
+        return content_latent(ae, image[None])[0].float()
     clip = image[:, None].expand(-1, frames, -1, -1)
     weight = next(ae.parameters())  # the AE's device and dtype (bf16 on GPUs)
     return ae.encode(clip[None].to(weight.device, weight.dtype))[0, :, :1].float()
