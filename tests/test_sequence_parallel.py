@@ -5,6 +5,7 @@ for any token count, and a size that does not divide the ranks or the heads exit
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from tests.tiny_runs import REPO, subprocess_env
+from tests.tiny_runs import REPO, recipe_args, subprocess_env, tiny_dit_values
 from vidcli.cli import app
 from vidcli.errors import UsageError
 from vidcli.sequence_parallel import check_size, valid_sizes
@@ -119,3 +120,42 @@ def test_generate_refuses_a_cache_that_decides_from_shards():
                   "--set", "launcher.sequence_parallel=2")  # fmt: skip
     assert done.returncode == 2
     assert "--cache toca and launcher.sequence_parallel = 2 cannot be combined" in done.stderr
+
+
+def test_train_step_loss_and_reduced_gradients_equal_one_rank():
+    done = torchrun("tests/sp_train_worker.py", "0")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+def train_dit(tmp_path: Path, steps: int, *extra: str) -> list[dict]:
+    """A tiny train-dit run (ZeRO 0, a checkpoint at step 2); its metrics records."""
+    values = tiny_dit_values(tmp_path) | {
+        "train.max_steps": steps,
+        "train.log_every": 1,
+        "train.ckpt_every": 2,
+        "launcher.zero_stage": 0,
+    }
+    done = vidcli("train-dit", *recipe_args("demo-dit.toml", values), *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def test_train_dit_logs_the_losses_of_one_process_and_resumes_on_another_size(tmp_path):
+    one = train_dit(tmp_path / "one", 3)
+    two = train_dit(tmp_path / "two", 2, "--nproc", "2", "--set", "launcher.sequence_parallel=2")
+    assert [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two, strict=False):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
+        assert b["samples_seen"] == a["samples_seen"]  # a group's ranks read the same batch
+    resumed = train_dit(tmp_path / "two", 3, "--resume")  # one process, no SP
+    assert resumed[-1]["step"] == 3
+    assert resumed[-1]["loss"] == pytest.approx(one[-1]["loss"], rel=1e-5)
+
+
+def test_train_dit_with_a_size_that_does_not_divide_exits_2(tmp_path):
+    values = tiny_dit_values(tmp_path) | {"train.max_steps": 1}
+    args = recipe_args("demo-dit.toml", values)
+    done = vidcli("train-dit", *args, "--nproc", "2", "--set", "launcher.sequence_parallel=4")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "launcher.sequence_parallel = 4 must divide" in done.stderr

@@ -18,8 +18,6 @@ from vidcli.builders import autoencoder_from_section, dit_from_section, text_enc
 from vidcli.console import log
 from vidcli.data.provenance import check_autoencoder, recipe_provenance, write_provenance
 from vidcli.data.section import bucket_config, latent_dataset, video_dataset
-from vidcli.errors import UsageError
-from vidcli.models.content import content_latent, encode_for_dit, needs_content
 from vidcli.models.mmdit import MMDiT
 from vidcli.models.text import TextEncoder
 from vidcli.recipe import LoRASection, Recipe
@@ -44,12 +42,6 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         )
     else:
         model = dit_from_section(recipe.dit, latent_channels, text)
-    if provenance["ae"].get("content_frame") and not model.config.cond_embed:
-        raise UsageError(
-            f"[dit] {recipe.dit.preset} has cond_embed = false: on {recipe.ae.preset} latents the "
-            "DiT takes the content frame's latent as its condition; set "
-            "dit.overrides.cond_embed = true"
-        )
     if recipe.lora.rank:  # LoRA: frozen DiT + trainable adapters (lora.py)
         from vidcli.train.lora import add_lora
 
@@ -170,12 +162,6 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
     if data.latents:
         dataset = latent_dataset(data)
         provenance = _checked_provenance(recipe, dataset.provenance)
-        conditioned = bool(provenance["ae"].get("content_frame"))
-        if conditioned and "content_latent" not in dataset[0]:
-            raise UsageError(
-                f"latents {data.latents} have no content_latent column, which a DiT on "
-                f"{recipe.ae.preset} latents needs; re-encode with vidcli prepare-data --encode"
-            )
         first = dataset[0]["latent"]
 
         def load(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
@@ -184,10 +170,7 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
             drop = torch.rand(len(latent), generator=gen) < train_cfg.caption_dropout
             tokens[drop] = empty.tokens[0].to(tokens.dtype)
             pooled[drop] = empty.pooled[0].to(pooled.dtype)
-            out = {"latent": latent, "text_tokens": tokens, "text_pooled": pooled}
-            if conditioned:
-                _content_condition(out, batch["content_latent"].float())
-            return out
+            return {"latent": latent, "text_tokens": tokens, "text_pooled": pooled}
 
         latent_channels, latent_thw = first.shape[0], tuple(first.shape[1:])
     else:
@@ -197,29 +180,17 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
         provenance["clip"] |= {"width": data.width, "frame_stride": data.frame_stride}
         dataset = video_dataset(data)
         latent_channels, *latent_thw = ae.latent_shape(*dataset.clip_shape(0))
-        conditioned = needs_content(ae)
 
         def load(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
-            video = batch["video"]
             with torch.no_grad():
-                latent = encode_for_dit(ae, video, gen).float()
-                condition = content_latent(ae, ae.content_frame(video)) if conditioned else None
+                latent = ae.encode(batch["video"]).float()
             coins = torch.rand(len(latent), generator=gen).tolist()
             captions = [
                 "" if coin < train_cfg.caption_dropout else caption
                 for caption, coin in zip(batch["caption"], coins, strict=True)
             ]
             emb = text.encode(captions)
-            out = {"latent": latent, "text_tokens": emb.tokens, "text_pooled": emb.pooled}
-            if condition is not None:
-                _content_condition(out, condition.float())
-            return out
-
-    if conditioned and train_cfg.i2v_ratio > 0:
-        raise UsageError(
-            f"[train] i2v_ratio = {train_cfg.i2v_ratio}: on {recipe.ae.preset} latents every "
-            "sample is conditioned on its content frame; set train.i2v_ratio = 0"
-        )
+            return {"latent": latent, "text_tokens": emb.tokens, "text_pooled": emb.pooled}
 
     rows = train_data.step_rows(dataset, buckets, train_cfg.batch_size, rank, world, train_cfg.seed)
     fetch = train_data.StepLoader(train_data.StepBatches(dataset, rows), data.workers)
@@ -246,13 +217,6 @@ def _checked_provenance(recipe: Recipe, recorded: dict[str, Any] | None) -> dict
     current = recipe_provenance(recipe.ae, ae, recipe.text)
     check_autoencoder(recorded, current["ae"], f"latents {recipe.data.latents}")
     return recorded or current
-
-
-def _content_condition(batch: dict[str, Any], condition: torch.Tensor) -> None:
-    """A conditioned AE's content latents (B, C, T, H, W) as the DiT's per-token condition on
-    every latent frame (`models.content`); the sampler uses the same (`sampling.phases`)."""
-    batch["cond_latent"] = condition
-    batch["cond_mask"] = torch.ones_like(condition[:, :1])
 
 
 def _maybe_image_condition(batch: dict[str, Any], ratio: float, gen: torch.Generator) -> None:

@@ -144,7 +144,9 @@ def train(
         bar.update(task, completed=state.step)
         while state.step < train_cfg.max_steps:
             step_loss, extras, local_samples = _train_step(spec, recipe, engine, state.step, rank)
+            # The ranks of a sequence-parallel group read the same samples: count them once.
             samples = _sum_over_ranks(local_samples, engine.device)
+            samples //= recipe.launcher.sequence_parallel
             meter.count(samples)
             _count_step(spec, train_cfg, state, step_loss)
             if step_loss is not None:
