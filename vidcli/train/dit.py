@@ -13,11 +13,13 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from vidcli import flow
+from vidcli import flow, sequence_parallel
 from vidcli.builders import autoencoder_from_section, dit_from_section, text_encoder_from_section
 from vidcli.console import log
 from vidcli.data.provenance import check_autoencoder, recipe_provenance, write_provenance
 from vidcli.data.section import bucket_config, latent_dataset, video_dataset
+from vidcli.errors import UsageError
+from vidcli.models.content import content_latent, encode_for_dit, needs_content
 from vidcli.models.mmdit import MMDiT
 from vidcli.models.text import TextEncoder
 from vidcli.recipe import LoRASection, Recipe
@@ -32,16 +34,33 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     rank, world = init_process_group()
     torch.manual_seed(recipe.train.seed)
     text = text_encoder_from_section(recipe.text)
-    batch_at, latent_channels, latent_thw, provenance = _batches(recipe, text, rank, world)
+    # The ranks of a sequence-parallel group read the same batch and split its tokens.
+    sp_size = recipe.launcher.sequence_parallel
+    data_rank, data_world = sequence_parallel.data_rank(rank, world, sp_size)
+    batch_at, latent_channels, latent_thw, provenance = _batches(
+        recipe, text, data_rank, data_world
+    )
     stage_loss = None  # None: the rectified-flow loss below
     if recipe.adapt.source:  # AE-Adapt: the DiT of another AE, new in/out layers (adapt.py)
         from vidcli.train import adapt
 
         model, batch_at, stage_loss = adapt.setup(
-            recipe, latent_channels, latent_thw, batch_at, rank, world
+            recipe, latent_channels, latent_thw, batch_at, data_rank, data_world
         )
     else:
         model = dit_from_section(recipe.dit, latent_channels, text)
+    if provenance["ae"].get("content_frame") and not model.config.cond_embed:
+        raise UsageError(
+            f"[dit] {recipe.dit.preset} has cond_embed = false: on {recipe.ae.preset} latents the "
+            "DiT takes the content frame's latent as its condition; set "
+            "dit.overrides.cond_embed = true"
+        )
+    sequence_parallel.check_size(sp_size, world, model.config.num_heads)
+    # DeepSpeed averages gradients over all ranks; a group's ranks hold parts of one sample's
+    # gradient, so the gathered output's backward scales them by N to make that average a sum.
+    model.use_sequence_parallel(
+        sequence_parallel.build(sp_size, model.config.num_heads, gather_grad_scale=sp_size)
+    )
     if recipe.lora.rank:  # LoRA: frozen DiT + trainable adapters (lora.py)
         from vidcli.train.lora import add_lora
 
@@ -162,6 +181,12 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
     if data.latents:
         dataset = latent_dataset(data)
         provenance = _checked_provenance(recipe, dataset.provenance)
+        conditioned = bool(provenance["ae"].get("content_frame"))
+        if conditioned and "content_latent" not in dataset[0]:
+            raise UsageError(
+                f"latents {data.latents} have no content_latent column, which a DiT on "
+                f"{recipe.ae.preset} latents needs; re-encode with vidcli prepare-data --encode"
+            )
         first = dataset[0]["latent"]
 
         def load(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
@@ -170,7 +195,10 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
             drop = torch.rand(len(latent), generator=gen) < train_cfg.caption_dropout
             tokens[drop] = empty.tokens[0].to(tokens.dtype)
             pooled[drop] = empty.pooled[0].to(pooled.dtype)
-            return {"latent": latent, "text_tokens": tokens, "text_pooled": pooled}
+            out = {"latent": latent, "text_tokens": tokens, "text_pooled": pooled}
+            if conditioned:
+                _content_condition(out, batch["content_latent"].float())
+            return out
 
         latent_channels, latent_thw = first.shape[0], tuple(first.shape[1:])
     else:
@@ -180,17 +208,29 @@ def _batches(recipe: Recipe, text: TextEncoder, rank: int, world: int):
         provenance["clip"] |= {"width": data.width, "frame_stride": data.frame_stride}
         dataset = video_dataset(data)
         latent_channels, *latent_thw = ae.latent_shape(*dataset.clip_shape(0))
+        conditioned = needs_content(ae)
 
         def load(batch: dict[str, Any], gen: torch.Generator) -> dict[str, Any]:
+            video = batch["video"]
             with torch.no_grad():
-                latent = ae.encode(batch["video"]).float()
+                latent = encode_for_dit(ae, video, gen).float()
+                condition = content_latent(ae, ae.content_frame(video)) if conditioned else None
             coins = torch.rand(len(latent), generator=gen).tolist()
             captions = [
                 "" if coin < train_cfg.caption_dropout else caption
                 for caption, coin in zip(batch["caption"], coins, strict=True)
             ]
             emb = text.encode(captions)
-            return {"latent": latent, "text_tokens": emb.tokens, "text_pooled": emb.pooled}
+            out = {"latent": latent, "text_tokens": emb.tokens, "text_pooled": emb.pooled}
+            if condition is not None:
+                _content_condition(out, condition.float())
+            return out
+
+    if conditioned and train_cfg.i2v_ratio > 0:
+        raise UsageError(
+            f"[train] i2v_ratio = {train_cfg.i2v_ratio}: on {recipe.ae.preset} latents every "
+            "sample is conditioned on its content frame; set train.i2v_ratio = 0"
+        )
 
     rows = train_data.step_rows(dataset, buckets, train_cfg.batch_size, rank, world, train_cfg.seed)
     fetch = train_data.StepLoader(train_data.StepBatches(dataset, rows), data.workers)
@@ -217,6 +257,13 @@ def _checked_provenance(recipe: Recipe, recorded: dict[str, Any] | None) -> dict
     current = recipe_provenance(recipe.ae, ae, recipe.text)
     check_autoencoder(recorded, current["ae"], f"latents {recipe.data.latents}")
     return recorded or current
+
+
+def _content_condition(batch: dict[str, Any], condition: torch.Tensor) -> None:
+    """A conditioned AE's content latents (B, C, T, H, W) as the DiT's per-token condition on
+    every latent frame (`models.content`); the sampler uses the same (`sampling.phases`)."""
+    batch["cond_latent"] = condition
+    batch["cond_mask"] = torch.ones_like(condition[:, :1])
 
 
 def _maybe_image_condition(batch: dict[str, Any], ratio: float, gen: torch.Generator) -> None:
