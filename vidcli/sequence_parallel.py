@@ -221,6 +221,30 @@ class _GatherSequence(torch.autograd.Function):
         return grad.chunk(sp.size, dim=1)[sp.rank] * sp.gather_grad_scale, None
 
 
+def exchange_elements(rows: int, img_tokens: int, txt_tokens: int, hidden: int, size: int) -> int:
+    """Elements one rank's buffers hold during one attention call (times the dtype's size for
+    bytes): q, k, v of its video shard sent and received, the output sent back and
+    received, and the text output's heads gathered. rows: B of the call."""
+    local = math.ceil(img_tokens / size)
+    return 8 * rows * local * hidden + rows * txt_tokens * hidden
+
+
+def sent_elements(rows: int, img_tokens: int, txt_tokens: int, hidden: int, size: int) -> int:
+    """Elements one rank sends in one attention call (times the dtype's size): the (N-1)/N of
+    q, k, v and the output that leave it, and its text heads to the N-1 others."""
+    local = math.ceil(img_tokens / size)
+    return (
+        4 * rows * local * hidden * (size - 1) // size
+        + rows * txt_tokens * hidden * (size - 1) // size
+    )
+
+
+def token_share(img_tokens: int, txt_tokens: int, size: int) -> float:
+    """The fraction of a sample's activations one rank holds: its video shard plus all text
+    (activations grow linearly with tokens when attention does not materialise its scores)."""
+    return (txt_tokens + math.ceil(img_tokens / size)) / (txt_tokens + img_tokens)
+
+
 def build(size: int, heads: int, gather_grad_scale: float = 1.0) -> SequenceParallel | None:
     """This rank's SP group (consecutive ranks g·N .. g·N+N-1) after `check_size`; None for N = 1.
 

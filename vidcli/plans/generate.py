@@ -37,6 +37,7 @@ from vidcli.plans.sizes import (
 )
 from vidcli.plans.state import refusal, run_state
 from vidcli.recipe import Recipe, SampleSection
+from vidcli.sequence_parallel import exchange_elements, token_share
 
 OFFLOAD_MODES = ("none", "model", "blocks")
 # Tile sizes tried for the AE decode, as (spatial px, temporal frames), largest first.
@@ -82,6 +83,11 @@ class GeneratePlan:
     fits: bool
     smallest_device_gb: float
     notes: list[str] = field(default_factory=list)
+    sequence_parallel: int = 1
+    """`[launcher] sequence_parallel` N: the numbers are one rank's (its 1/N of the image tokens;
+    the DiT's weights on every rank)."""
+    all_to_all_gb: float = 0.0
+    """One attention call's exchange buffers per rank, inside `dit_activation_gb` (N > 1)."""
 
     def stdout_lines(self) -> list[str]:
         lines = [
@@ -90,6 +96,13 @@ class GeneratePlan:
             f"latent {self.latent_shape}: {self.image_tokens} image + {self.text_tokens} text "
             f"tokens, {self.cfg_rows} CFG rows per denoiser call",
         ]
+        if self.sequence_parallel > 1:
+            n = self.sequence_parallel
+            lines.append(
+                f"sequence parallel {n}: per rank {-(-self.image_tokens // n)} image + "
+                f"{self.text_tokens} text tokens, all-to-all buffers {self.all_to_all_gb:.2f} GB "
+                "(every number below is one rank's)"
+            )
         lines += [
             f"  {c.name:<12} {c.params / 1e9:7.3f} B params  {c.weight_gb:7.2f} GB"
             for c in self.components
@@ -149,6 +162,13 @@ def plan_generate(
     p = dit.config.patch_size
     image_tokens = latent[1] * (latent[2] // p) * (latent[3] // p)
     state = run_state(recipe, dit, cfg_rows, image_tokens, text_tokens, size)
+    sp = recipe.launcher.sequence_parallel
+    all_to_all_gb = 0.0
+    if sp > 1:  # a rank holds its token share of the activations, plus one attention's exchange
+        hidden = dit.config.hidden_size
+        elements = exchange_elements(cfg_rows, image_tokens, text_tokens, hidden, sp)
+        all_to_all_gb = elements * size / GB
+        dit_act = dit_act * token_share(image_tokens, text_tokens, sp) + all_to_all_gb
 
     # Decoded video on the device: the decoder's output plus its fp32 copy before `.cpu()`.
     options = decode_options(ae, sample, dtype, batch_size)
@@ -243,6 +263,8 @@ def plan_generate(
         fits=fits,
         smallest_device_gb=smallest,
         notes=notes,
+        sequence_parallel=sp,
+        all_to_all_gb=all_to_all_gb,
     )
 
 
