@@ -21,6 +21,8 @@ Examples:
 
     vidcli benchmark --caching --plot pareto.png --csv caching.csv
 
+    vidcli benchmark --compare-ae --image --dit uvit-h --dit-blocks 2 --json
+
     vidcli benchmark --caching --calibrate --steps 20 --methods teacache:0.2 --methods toca:4
 
     vidcli benchmark --fid --reference in512.npz --images outputs/ --inception fid.safetensors
@@ -33,6 +35,14 @@ Examples:
 def benchmark(
     compare_ae: Annotated[
         bool, typer.Option("--compare-ae", help="High-compression AE vs baseline: DiT speed.")
+    ] = False,
+    image: Annotated[
+        bool,
+        typer.Option(
+            "--image",
+            help="--compare-ae on 512 px images: a DC-AE-Diffusion network (--dit uvit-s, "
+            "uvit-h, uvit-2b, dit-xl) on SD-VAE-f8 vs DC-AE f32/f64 latents.",
+        ),
     ] = False,
     ae: Annotated[
         list[str] | None,
@@ -184,6 +194,27 @@ def benchmark(
                     output=output,
                     device=device,
                     dtype=dtype,
+                )
+            )
+        if image:
+            from vidcli.benchmark import compare_ae_image
+
+            others = attention or kernels or quality or csv or plot
+            if not compare_ae or others:
+                raise UsageError(
+                    "--image is a --compare-ae mode and runs alone; add --compare-ae, drop "
+                    "--attention/--kernels/--quality/--csv/--plot"
+                )
+            return compare_ae_image.run(
+                compare_ae_image.ImageCompareOptions(
+                    ae=list(ae or []),
+                    dit=dit,
+                    dit_blocks=dit_blocks,
+                    resolution=resolution or 512,
+                    batch_size=batch_size if batch_size != 1 else None,
+                    repeat=repeat if repeat != 3 else None,
+                    device=str(where),
+                    dtype=dtype or dtype_name(resolve_dtype(None, where)),
                 )
             )
         if not (compare_ae or attention or kernels):
