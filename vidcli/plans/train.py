@@ -24,6 +24,7 @@ from vidcli.plans.sizes import (
     text_widths,
 )
 from vidcli.recipe import Recipe
+from vidcli.sequence_parallel import exchange_elements, token_share
 
 
 @dataclass
@@ -52,12 +53,26 @@ class TrainPlan:
     peak_gb: float
     fits: bool
     notes: list[str] = field(default_factory=list)
+    sequence_parallel: int = 1
+    """`[launcher] sequence_parallel` N: a rank holds 1/N of each sample's image tokens."""
+    all_to_all_gb: float = 0.0
+    """One attention call's exchange buffers per rank, inside the activations (N > 1)."""
 
     def stdout_lines(self) -> list[str]:
         limit = "no limit" if self.gpu_memory_gb is None else f"{self.gpu_memory_gb:g} GB"
+        sp = (
+            []
+            if self.sequence_parallel == 1
+            else [
+                f"sequence parallel {self.sequence_parallel}: "
+                f"{-(-self.tokens_per_sample // self.sequence_parallel)} image tokens per rank, "
+                f"all-to-all buffers {self.all_to_all_gb:.2f} GB"
+            ]
+        )
         return [
             f"train-dit plan per rank ({self.world} rank(s), ZeRO-{self.zero_stage}, "
             f"{self.precision}, {limit})",
+            *sp,
             f"params {self.params / 1e9:.3f} B ({self.trainable_params / 1e9:.3f} B trainable), "
             f"{self.tokens_per_sample} tokens/sample, batch {self.batch_size}"
             + (f" (largest bucket {self.bucket})" if self.bucket else ""),
@@ -132,6 +147,15 @@ def plan_train(
     bucket, latent, batch = largest_step(recipe, latent, text_tokens, dit.config.patch_size)
     act_dtype = torch.bfloat16 if launcher.precision == "bf16" else torch.float32
     full, checkpointed = _train_activations(dit, batch, latent, text_tokens, act_dtype)
+    sp = launcher.sequence_parallel
+    p = dit.config.patch_size
+    image_tokens = latent[1] * (latent[2] // p) * (latent[3] // p)
+    all_to_all_gb = 0.0
+    if sp > 1:  # a rank holds its token share of the activations, plus one attention's exchange
+        elements = exchange_elements(batch, image_tokens, text_tokens, dit.config.hidden_size, sp)
+        all_to_all_gb = elements * act_dtype.itemsize / GB
+        share = token_share(image_tokens, text_tokens, sp)
+        full, checkpointed = full * share + all_to_all_gb, checkpointed * share + all_to_all_gb
     model_gb = sum(states.values()) / GB + ema_gb
     budget = None if gpu_memory_gb is None else gpu_memory_gb - RESERVED_GB
     wants_ckpt = recipe.dit.grad_checkpointing
@@ -146,14 +170,13 @@ def plan_train(
         notes.insert(0, _refusal(recipe, gpu_memory_gb, peak - budget, ema_gb))
     if trainable_params is None:
         notes.append("all parameters trainable (LoRA counts come from the [lora] section)")
-    p = dit.config.patch_size
     return TrainPlan(
         world=world,
         zero_stage=launcher.zero_stage,
         precision=launcher.precision,
         params=params,
         trainable_params=trainable,
-        tokens_per_sample=latent[1] * (latent[2] // p) * (latent[3] // p),
+        tokens_per_sample=image_tokens,
         batch_size=batch,
         weights_gb=states["weights"] / GB,
         grads_gb=states["grads"] / GB,
@@ -168,6 +191,8 @@ def plan_train(
         peak_gb=peak + RESERVED_GB,
         fits=fits,
         notes=notes,
+        sequence_parallel=sp,
+        all_to_all_gb=all_to_all_gb,
     )
 
 
