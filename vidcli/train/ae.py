@@ -1,4 +1,5 @@
-"""`train-ae`: DC-AE reconstruction training (L1 + LPIPS), then an optional hinge-GAN phase.
+"""`train-ae`: DC-AE reconstruction training (L1 + LPIPS), then an optional hinge-GAN phase;
+a Reducio-VAE trains with upstream's objective instead (`reducio_ae`).
 
 The loss is Open-Sora's stage-1 objective per element: |x - x̂| + w_lpips · LPIPS(x, x̂) averaged
 over frames; from `[train] gan_start` on, the generator also gets λ·(-mean D(x̂)) with λ the
@@ -17,10 +18,12 @@ from vidcli.builders import autoencoder_from_section
 from vidcli.data.section import bucket_config, video_dataset
 from vidcli.errors import UsageError
 from vidcli.metrics import psnr
+from vidcli.models.content import needs_content
 from vidcli.models.dcae import DCAE, write_autoencoder_files
+from vidcli.models.reducio import write_reducio_files
 from vidcli.recipe import Recipe
 from vidcli.train import data as train_data
-from vidcli.train import seeds
+from vidcli.train import reducio_ae, seeds
 from vidcli.train.launcher import init_process_group, make_engine
 from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
 from vidcli.train.losses import (
@@ -38,6 +41,9 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     model = autoencoder_from_section(recipe.ae).train()
     model.tiling = None  # training clips are one tile; tiling is an inference memory tool
     model.check_input_shape(recipe.data.num_frames, recipe.data.height, recipe.data.width)
+    conditioned = needs_content(model)  # Reducio: its own objective (`reducio_ae`)
+    if conditioned:
+        _check_conditioned(recipe)
     lpips = perceptual_loss(recipe.train)  # a usage error, not an L1-only run, if weights lack
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
     if lpips is not None:
@@ -47,21 +53,45 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         if recipe.launcher.zero_stage == 3:
             raise UsageError("[train] gan_start needs launcher.zero_stage <= 2 (adaptive weight)")
         d_train = type(recipe.train)(**{**vars(recipe.train), "lr": recipe.train.disc_lr})
-        discriminator = make_engine(
-            PatchDiscriminator3D(), d_train, recipe.launcher, lambda step: 1.0
-        )
+        if conditioned:
+            d_model, d_rate = (
+                reducio_ae.ReducioDiscriminator3D(),
+                reducio_ae.discriminator_multiplier,
+            )
+        else:
+            d_model, d_rate = PatchDiscriminator3D(), lambda step: 1.0
+        discriminator = make_engine(d_model, d_train, recipe.launcher, d_rate)
     batch_at = _batches(recipe, rank, world)
+
+    def loss(eng: Any, batch: torch.Tensor, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if conditioned:
+            args = (recipe.train, lpips, discriminator, _frozen_copy)
+            return reducio_ae.reducio_loss(eng, batch, step, *args)
+        return reconstruction_loss(eng, model, batch, step, recipe, lpips, discriminator)
+
     spec = StageSpec(
         name="ae",
         model=model,
         batch_at=batch_at,
-        loss=lambda eng, batch, step: reconstruction_loss(
-            eng, model, batch, step, recipe, lpips, discriminator
-        ),
+        loss=loss,
         save_weights=lambda state, folder, stem: save_ae_weights(model, state, folder, stem),
         extra_engines={"discriminator": discriminator} if discriminator is not None else {},
     )
     return train(spec, recipe, engine, rank, world, resume)
+
+
+def _check_conditioned(recipe: Recipe) -> None:
+    """Refuse what a conditioned AE (Reducio: fixed clip length, whole-parameter loss) cannot do."""
+    if recipe.data.image_ratio > 0:
+        raise UsageError(
+            f"[data] image_ratio = {recipe.data.image_ratio}: {recipe.ae.preset} trains on "
+            f"{recipe.data.num_frames}-frame clips only; set data.image_ratio = 0"
+        )
+    if recipe.launcher.zero_stage == 3:
+        raise UsageError(
+            f"{recipe.ae.preset} needs launcher.zero_stage <= 2 (its loss reads the posterior "
+            "and the decoder's last conv directly)"
+        )
 
 
 def reconstruction_loss(
@@ -121,7 +151,10 @@ def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, s
     if stem == "model":
         export = type(model)(model.config)
         export.load_state_dict(state)
-        write_autoencoder_files(export, folder)  # `folder` is the checkpoint's staging folder
+        if needs_content(model):
+            write_reducio_files(export, folder)
+        else:
+            write_autoencoder_files(export, folder)  # `folder` is the checkpoint's staging folder
     else:
         save_file(state, str(folder / f"{stem}.safetensors"))
 

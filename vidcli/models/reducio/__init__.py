@@ -30,6 +30,7 @@ from vidcli.models.reducio.loading import (
     read_pickle_checkpoint,
     resolve_config,
     save_reducio,
+    write_reducio_files,
 )
 from vidcli.models.reducio.model import (
     ContentPyramid,
@@ -58,4 +59,5 @@ __all__ = [
     "sample_posterior",
     "save_reducio",
     "sinusoid_table",
+    "write_reducio_files",
 ]

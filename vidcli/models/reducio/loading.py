@@ -180,8 +180,14 @@ def save_reducio(model: ReducioVAE, folder: str | Path) -> Path:
     """Write config.json + model.safetensors (released key names) atomically; returns folder."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
-        config = {"_class_name": CLASS_NAME, **model.config.to_dict()}
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS_NAME))
+        write_reducio_files(model, tmp)
     return folder
+
+
+def write_reducio_files(model: ReducioVAE, folder: Path) -> None:
+    """config.json + model.safetensors written straight into `folder`, for callers that publish
+    it atomically themselves (a training checkpoint's staging folder)."""
+    config = {"_class_name": CLASS_NAME, **model.config.to_dict()}
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_NAME))
