@@ -21,6 +21,8 @@ import dataclasses
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +31,13 @@ from typing import Any
 import torch
 
 from vidcli import devices
-from vidcli.console import log, progress_bar
+from vidcli.console import DEBUG_ENV, log, progress_bar, to_jsonable
 from vidcli.demo import DEMO_DIR, DEMO_RECIPE
-from vidcli.errors import ShapeError, UsageError
+from vidcli.errors import ShapeError, StageFailed, UsageError
 from vidcli.fileio import refuse_stdout
-from vidcli.launch import init_process_group, inside_distributed_job
+from vidcli.launch import init_process_group, inside_distributed_job, run_ranks, torchrun_command
 from vidcli.placement import Placement
-from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe
+from vidcli.recipe import Recipe, SampleSection, dump_recipe, load_recipe, write_resolved_recipe
 from vidcli.sampling.acceleration import attention_config
 from vidcli.sampling.cache import cache_for_sample, cache_report
 from vidcli.sampling.compatibility import check_run
@@ -164,13 +166,12 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     sample = recipe.sample
     attention_config(sample)  # a bad [sample] sparse_* value fails before any model loads
     if recipe.launcher.nproc > 1 and not inside_distributed_job():
-        from vidcli import generate_worker
         from vidcli.sampling.compatibility import check_sequence_parallel, sample_setting
 
         check_sequence_parallel(sample_setting(sample), recipe.launcher.sequence_parallel)
 
         _output_paths(options)  # existing files are refused before any rank starts
-        return generate_worker.spawn(recipe, options)
+        return _run_on_ranks(recipe, options)
     rank, world = init_process_group() if inside_distributed_job() else (0, 1)
     started = time.perf_counter()
     # Every device, dtype and offload decision of the run, taken once: the phases only ask it.
@@ -259,7 +260,6 @@ def _placement(recipe: Recipe, options: GenerateOptions) -> tuple[Placement, Any
     dtype = devices.resolve_dtype(options.dtype, where)
     if where.type != "cuda":
         return Placement(where, dtype, park=options.offload), None
-    from vidcli.errors import StageFailed
     from vidcli.plans import device_memory_gb, plan_generate
 
     plan = plan_generate(
@@ -275,6 +275,35 @@ def _placement(recipe: Recipe, options: GenerateOptions) -> tuple[Placement, Any
         raise StageFailed(plan.notes[0], hint="vidcli generate --plan shows the whole plan")
     devices.reset_peak_memory(where)
     return Placement(where, dtype, plan.offload, park=options.offload), plan
+
+
+def _run_on_ranks(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
+    """`run(recipe, options)` on `[launcher] nproc` local ranks (`vidcli.generate_worker`): the
+    ranks read the resolved recipe and options from a temporary folder and rank 0 leaves the
+    result, or the error, there."""
+    workdir = Path(tempfile.mkdtemp(prefix="vidcli-generate-"))
+    try:
+        recipe_file = write_resolved_recipe(recipe, workdir)
+        options_file, result_file = workdir / "options.json", workdir / "result.json"
+        options_file.write_text(json.dumps(to_jsonable(options)))
+        args = ["--recipe", str(recipe_file), "--options", str(options_file)]
+        args += ["--result", str(result_file)]
+        nproc = recipe.launcher.nproc
+        returncode = run_ranks(torchrun_command("vidcli.generate_worker", args, nproc), nproc)
+        payload = json.loads(result_file.read_text()) if result_file.is_file() else None
+        if returncode != 0 or payload is None or "error" in payload:
+            if payload is not None and "error" in payload:
+                error = UsageError if payload["exit_code"] == 2 else StageFailed
+                raise error(payload["error"])
+            raise StageFailed(
+                f"generate failed on one of its {nproc} ranks (exit {returncode}); see the rank "
+                "logs above",
+                hint=f"run again with --debug (sets {DEBUG_ENV}=1 on every rank)",
+            )
+        videos = [GeneratedVideo(**{**v, "path": Path(v["path"])}) for v in payload.pop("videos")]
+        return GenerateResult(videos=videos, **payload)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _sequence_parallel(dit: torch.nn.Module, size: int, world: int) -> None:
