@@ -192,7 +192,73 @@ def step_dcae(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-STEPS = {"tests": step_tests, "train": step_train, "compare_ae": step_compare_ae, "dcae": step_dcae}
+def step_sequence_parallel(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """SP 2 (DeepSpeed-Ulysses): a demo generate and a tiny train-dit step on 2 ranks (2 GPUs,
+    or 2 gloo ranks with --dry-run); tokens per rank and all-to-all bytes per step beside them."""
+    import tempfile
+
+    import torch
+
+    from vidcli.models.mmdit import resolve_config
+    from vidcli.sequence_parallel import traffic
+
+    if cfg["device"] == "cuda" and torch.cuda.device_count() < 2:
+        return {"skipped": f"needs 2 GPUs, {torch.cuda.device_count()} visible"}
+    sp = ["--nproc", "2", "--set", "launcher.sequence_parallel=2"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tick = time.perf_counter()
+        video = str(Path(tmp) / "sp.mp4")
+        generated = run_json(
+            [python, "-m", "vidcli", "generate", "a red circle", "--steps", "4", "--out", video,
+             *sp, "--json"], timeout=300)  # fmt: skip
+        generate_s = time.perf_counter() - tick
+        tick = time.perf_counter()
+        values = {
+            "ae.path": '""',
+            "ae.preset": '"dc-ae-tiny"',
+            "dit.preset": '"mmdit-tiny"',
+            "data.source": '"synthetic:shapes:4"',
+            "data.num_frames": "8",
+            "data.cache_dir": json.dumps(tmp + "/cache"),
+            "train.output": json.dumps(tmp + "/run"),
+            "train.batch_size": "2",
+            "train.max_steps": "1",
+            "text.max_length": "8",
+        }
+        overrides = [arg for k, v in values.items() for arg in ("--set", f"{k}={v}")]
+        trained = run_json(
+            [
+                python,
+                "-m",
+                "vidcli",
+                "train-dit",
+                "recipes/demo-dit.toml",
+                *overrides,
+                *sp,
+                "--json",
+            ],
+            timeout=300,
+        )
+        train_s = time.perf_counter() - tick
+    demo = resolve_config("mmdit-demo", patch_size=2)
+    # The demo: 16 frames of 64 px -> 4 x 4 x 4 tokens at patch 2, 16 text tokens, 2 CFG rows.
+    per_step = traffic(demo, rows=2, img_tokens=64, txt_tokens=16, size=2, dtype_bytes=4)
+    return {
+        "generate_s": generate_s,
+        "generate_device": generated.get("device"),
+        "generate_sp": per_step,
+        "train_step_s": train_s,
+        "train_loss": trained.get("final_loss"),
+    }
+
+
+STEPS = {
+    "tests": step_tests,
+    "train": step_train,
+    "compare_ae": step_compare_ae,
+    "dcae": step_dcae,
+    "sequence_parallel": step_sequence_parallel,
+}
 
 
 def markdown(report: dict[str, Any]) -> str:

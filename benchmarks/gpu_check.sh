@@ -3,6 +3,7 @@
 # CUDA-marked tests, train-dit 10 steps at 768 px / 128 frames (11B layout cut to 2 + 4 blocks)
 # on random latents of both AEs, compare-ae on CUDA, Video DC-AE encode/decode at 768 px x 128
 # frames; writes OUT/gpu-check.json and OUT/gpu-check.md (ours beside gpu-anchors.md's numbers).
+# With 2 or more GPUs it also runs an SP-2 (DeepSpeed-Ulysses) generate and train-dit step.
 # Budget: under 9 minutes on an H100.
 #
 #   benchmarks/gpu_check.sh                  # on the GPU machine (OUT = gpu-check/)

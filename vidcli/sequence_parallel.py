@@ -239,6 +239,21 @@ def sent_elements(rows: int, img_tokens: int, txt_tokens: int, hidden: int, size
     )
 
 
+def traffic(
+    config, rows: int, img_tokens: int, txt_tokens: int, size: int, dtype_bytes: int
+) -> dict[str, int]:
+    """What one rank of an SP group handles per DiT forward: its tokens and the bytes its
+    all-to-alls send (every double and single block attends once; a training step's backward
+    sends as much again). config: the MMDiTConfig."""
+    calls = config.depth + config.depth_single_blocks
+    sent = sent_elements(rows, img_tokens, txt_tokens, config.hidden_size, size)
+    return {
+        "image_tokens_per_rank": math.ceil(img_tokens / size),
+        "text_tokens_per_rank": txt_tokens,
+        "all_to_all_bytes_per_forward": calls * sent * dtype_bytes,
+    }
+
+
 def token_share(img_tokens: int, txt_tokens: int, size: int) -> float:
     """The fraction of a sample's activations one rank holds: its video shard plus all text
     (activations grow linearly with tokens when attention does not materialise its scores)."""
