@@ -1,21 +1,29 @@
 """Encode/decode throughput of vidcli's DC-AE vs diffusers' AutoencoderDC, same weights and input.
 
-    python benchmarks/bench_dcae.py --size 256 --batch 1 --repeats 3 [--preset-like sana|tiny]
+    python benchmarks/bench_dcae.py --size 256 --threads 1 --rounds 5 --dtype float32 \
+        [--video] [--compile]
 
 Builds a diffusers AutoencoderDC (random weights), saves it, loads the folder with
-`load_autoencoder`, then times both on the same input in one process. Prints images/s and the
-ratio ours/diffusers (> 1 means ours is faster).
+`load_autoencoder`, then times both on the same input in one process, interleaved (ours,
+diffusers, ours, ... after a warm-up) and reports medians, so the ratio survives a loaded
+machine. Prints images/s and the ratio ours/diffusers (> 1 means ours is faster).
+`--video` adds the video DC-AE (the f32t4c128 layout at a quarter of its widths) against its
+own fp32 eager path. `--compile` adds vidcli's encoder/decoder under `torch.compile` (inductor,
+frozen weights) and reports its compile time separately.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
 
-from vidcli.models.dcae import load_autoencoder
+from vidcli.models.dcae import AE_PRESETS, DCAE, load_autoencoder
 
 CONFIGS = {
     # dc-ae-f32c32-sana-1.0's layout at a quarter of its widths (CPU-friendly)
@@ -39,52 +47,140 @@ CONFIGS = {
 }
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(repeats):
+# Open-Sora's Video DC-AE layout at a quarter of its widths (the same scaling as "sana").
+VIDEO_CONFIG = dataclasses.replace(
+    AE_PRESETS["dc-ae-f32t4c128"],
+    latent_channels=32,
+    encoder_widths=(32, 64, 128, 128, 256, 256),
+    decoder_widths=(32, 64, 128, 128, 256, 256),
+)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median seconds of each fn, timed round-robin after one warm-up call each."""
+    for fn in fns.values():
         fn()
-    return (time.perf_counter() - t0) / repeats
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def compiled(ae: DCAE) -> tuple[Callable, Callable]:
+    """Raw (unscaled, 5-D) encode and decode of `ae` under torch.compile with frozen weights.
+
+    Freezing lets inductor prepack the conv weights for oneDNN and fuse bias, activation and
+    residual adds into the convolutions; it needs inference mode, which the benchmark runs in.
+    """
+    enc = torch.compile(ae._encode_raw, options={"freezing": True})
+    dec = torch.compile(ae._decode_raw, options={"freezing": True})
+    return enc, dec
+
+
+def compile_now(fn: Callable, *args) -> float:
+    """Seconds of the first call of a compiled fn (tracing + inductor + one run)."""
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def row(name: str, batch: int, t_ours: float, t_base: float) -> str:
+    return f"{name:22}{batch / t_ours:12.3f}{batch / t_base:14.3f}{t_base / t_ours:8.2f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--config", choices=list(CONFIGS), default="sana")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--video", action="store_true", help="also the video DC-AE")
+    parser.add_argument("--frames", type=int, default=4, help="video input frames")
+    parser.add_argument("--video-size", type=int, default=64, help="video input height/width")
+    parser.add_argument("--compile", action="store_true", help="also ours under torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
     from diffusers import AutoencoderDC
 
     torch.manual_seed(0)
     ref = AutoencoderDC(**CONFIGS[args.config]).eval()
     with tempfile.TemporaryDirectory() as tmp:
         ref.save_pretrained(tmp)
-        ours = load_autoencoder(tmp)
+        ours = load_autoencoder(tmp).to(dtype)
+    ref = ref.to(dtype)
     sf = ours.scaling_factor
-    x = torch.rand(args.batch, 3, args.size, args.size) * 2 - 1
+    x = (torch.rand(args.batch, 3, args.size, args.size) * 2 - 1).to(dtype)
+    lines = []
     with torch.inference_mode():
         z = ref.encode(x).latent
-        diff = ((ours.encode(x) * sf - z).norm() / z.norm()).item()
-        rows = {
-            "encode": (
-                timed(lambda: ours.encode(x), args.repeats),
-                timed(lambda: ref.encode(x), args.repeats),
-            ),
-            "decode": (
-                timed(lambda: ours.decode(z / sf), args.repeats),
-                timed(lambda: ref.decode(z).sample, args.repeats),
-            ),
+        diff = ((ours.encode(x) * sf - z).float().norm() / z.float().norm()).item()
+        fns = {
+            "ours encode": lambda: ours.encode(x),
+            "diffusers encode": lambda: ref.encode(x),
+            "ours decode": lambda: ours.decode(z / sf),
+            "diffusers decode": lambda: ref.decode(z).sample,
         }
+        compile_s = {}
+        if args.compile:
+            enc, dec = compiled(ours)
+            x5, z5 = x.unsqueeze(2), z.unsqueeze(2)
+            compile_s["image"] = compile_now(enc, x5) + compile_now(dec, z5)
+            fns["compiled encode"] = lambda: enc(x5)
+            fns["compiled decode"] = lambda: dec(z5)
+        t = interleaved(fns, args.rounds)
+        for d in ("encode", "decode"):
+            lines.append(row(f"image {d}", args.batch, t[f"ours {d}"], t[f"diffusers {d}"]))
+            if args.compile:
+                lines.append(
+                    row(f"image {d} compiled", args.batch, t[f"compiled {d}"], t[f"diffusers {d}"])
+                )
+        if args.video:
+            torch.manual_seed(0)
+            base = DCAE(VIDEO_CONFIG).eval()
+            vid = DCAE(VIDEO_CONFIG).eval()
+            vid.load_state_dict(base.state_dict())
+            vid = vid.to(dtype)
+            v = torch.rand(args.batch, 3, args.frames, args.video_size, args.video_size) * 2 - 1
+            vz = base.encode(v)
+            vfns = {
+                "ours encode": lambda: vid.encode(v.to(dtype)),
+                "base encode": lambda: base.encode(v),
+                "ours decode": lambda: vid.decode(vz.to(dtype)),
+                "base decode": lambda: base.decode(vz),
+            }
+            if args.compile:
+                venc, vdec = compiled(vid)
+                vx, vzd = v.to(dtype), vz.to(dtype)
+                compile_s["video"] = compile_now(venc, vx) + compile_now(vdec, vzd)
+                vfns["compiled encode"] = lambda: venc(vx)
+                vfns["compiled decode"] = lambda: vdec(vzd)
+            t = interleaved(vfns, args.rounds)
+            for d in ("encode", "decode"):
+                lines.append(row(f"video {d}", args.batch, t[f"ours {d}"], t[f"base {d}"]))
+                if args.compile:
+                    lines.append(
+                        row(f"video {d} compiled", args.batch, t[f"compiled {d}"], t[f"base {d}"])
+                    )
     print(
-        f"config {args.config}, input {tuple(x.shape)}, threads {args.threads}, "
-        f"latent rel-L2 {diff:.1e}"
+        f"config {args.config}, input {tuple(x.shape)}, {args.dtype}, threads {args.threads}, "
+        f"median of {args.rounds} interleaved rounds, latent rel-L2 vs diffusers {diff:.1e}"
     )
-    print(f"{'':8}{'ours img/s':>12}{'diffusers img/s':>17}{'ratio':>8}")
-    for name, (t_ours, t_ref) in rows.items():
-        print(f"{name:8}{args.batch / t_ours:12.3f}{args.batch / t_ref:17.3f}{t_ref / t_ours:8.2f}")
+    if args.video:
+        print(
+            f"video: input (B, 3, {args.frames}, {args.video_size}, {args.video_size}); "
+            "baseline = vidcli's own fp32 eager path"
+        )
+    for k, sec in compile_s.items():
+        print(f"compile time ({k}, encode + decode): {sec:.1f} s")
+    print(f"{'':22}{'ours item/s':>12}{'baseline/s':>14}{'ratio':>8}")
+    for line in lines:
+        print(line)
 
 
 if __name__ == "__main__":
