@@ -159,3 +159,34 @@ def test_train_dit_with_a_size_that_does_not_divide_exits_2(tmp_path):
     done = vidcli("train-dit", *args, "--nproc", "2", "--set", "launcher.sequence_parallel=4")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "launcher.sequence_parallel = 4 must divide" in done.stderr
+
+
+def test_plans_count_one_ranks_token_share_plus_the_all_to_all_buffers():
+    from vidcli import plans
+    from vidcli.plans.sizes import GB
+    from vidcli.recipe import load_recipe
+    from vidcli.sequence_parallel import exchange_elements, token_share
+
+    recipe_path = REPO / "recipes" / "opensora-v2-768px.toml"
+    one, four = (
+        plans.generate_plan(
+            load_recipe(recipe_path, [f"launcher.sequence_parallel={n}"]), "cuda", "bf16", 80.0
+        )
+        for n in (1, 4)
+    )
+    # 3 CFG rows (t2i2v adds the image-conditioned branch), hidden size 3072, bf16.
+    assert (four.image_tokens, four.text_tokens, four.cfg_rows) == (76032, 512, 3)
+    buffers = exchange_elements(3, 76032, 512, 3072, 4) * 2 / GB
+    assert four.all_to_all_gb == pytest.approx(buffers)
+    share = token_share(76032, 512, 4)
+    assert four.dit_activation_gb == pytest.approx(one.dit_activation_gb * share + buffers)
+    assert "sequence parallel 4: per rank 19008 image + 512 text tokens" in four.stdout_lines()[2]
+
+    train = [f"data.{k}={v}" for k, v in (("num_frames", 129), ("height", 576), ("width", 1024))]
+    t1, t4 = (
+        plans.train_plan(load_recipe(recipe_path, [*train, f"launcher.sequence_parallel={n}"]), 80)
+        for n in (1, 4)
+    )
+    assert t4.all_to_all_gb > 0 and t4.sequence_parallel == 4
+    share_gb = t1.activations_checkpointed_gb * share + t4.all_to_all_gb
+    assert t4.activations_checkpointed_gb == pytest.approx(share_gb)
