@@ -208,10 +208,23 @@ def test_compare_ae_has_a_reducio_row_with_its_tokens():
     assert probe_shape(build_autoencoder("reducio-ft4", device="meta")) == (16, 64, 64)
 
 
-def test_compare_ae_table_shows_the_content_frames_cost():
-    from vidcli.benchmark import compare_ae_report
+def test_compare_ae_times_the_content_encode_of_a_reducio_row_apart(monkeypatch):
+    import json
 
-    assert "content_s" in compare_ae_report.CSV_FIELDS
+    from typer.testing import CliRunner
+
+    from vidcli.cli import app
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the rows' worker processes share two cores
+    args = ["benchmark", "--compare-ae", "--ae", "dc-ae-tiny:1", "--ae", "reducio-tiny:1"]
+    args += ["--dit", "mmdit-tiny", "--resolution", "64", "--frames", "16", "--repeat", "1"]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    plain, reducio = json.loads(result.stdout)["rows"]
+    assert plain["content_s"] is None and "content_s" not in plain["extrapolated"]
+    assert 0 < reducio["content_s"] < reducio["decode_s"]  # the decode includes it
+    assert "content_s" in reducio["extrapolated"]  # scaled from the 16x64x64 probe
+    assert "(content " in result.stderr
 
 
 def test_memory_plan_decodes_reducio_at_1024_with_its_reference_tiles():

@@ -54,7 +54,7 @@ CFG_ROWS = 2
 [prompt, negative prompt]."""
 RGB = 3
 """Input channels of every AE: RGB video."""
-EXTRAPOLATED_FIELDS = ("encode_s", "decode_s", "content_s", "video_s", "speedup_video")
+EXTRAPOLATED_FIELDS = ("encode_s", "decode_s", "video_s", "speedup_video")
 """Row fields that hold probe times scaled by voxel count (or depend on them) on a probe run."""
 
 
@@ -228,6 +228,8 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
     for i, row in enumerate(rows):
         if content is not None and _needs_content(specs[i]):
             row.content_s = content[i].median * probes[i]["content_scale"]
+            if row.extrapolated:  # scaled from the probe's content frame like the decode
+                row.extrapolated.append("content_s")
     base = rows[0]
     base_train, base_infer = Timing(tuple(base.train_rounds)), Timing(tuple(base.infer_rounds))
     base_video = Timing(tuple(base.video_rounds(s.steps)))
