@@ -249,3 +249,43 @@ def test_memory_plan_decodes_reducio_at_1024_with_its_reference_tiles():
     copy = 3 * 16 * 1024 * 1024 * 4
     assert tiles[256][1][0] == pytest.approx((whole + copy) / GB, rel=0.05)
     assert options[0][1][0] > 4 * tiles[256][1][0]  # untiled holds far more
+
+
+def test_quality_benchmark_reconstructs_with_each_clips_content_frame(manifest, tmp_path):
+    import math
+
+    from vidcli import benchmark as bench
+    from vidcli.data.datasets import VideoDataset
+    from vidcli.models.reducio import save_reducio
+
+    ae = micro_reducio()
+    folder = save_reducio(ae, tmp_path / "vae")
+    options = bench.BenchmarkOptions(
+        ae=["reducio-tiny:1"], resolution=32, frames=4, quality=tmp_path / "m", quality_clips=1
+    )
+    options.ae_weights = [f"reducio-tiny={folder}"]
+    options.kernels = True  # quality runs beside any benchmark; kernels is the quick one
+    (row,) = bench.run(options).quality
+    # --resolution 32 measures 32x64 clips (the widescreen default, aligned to the preset's 32).
+    clip = VideoDataset(tmp_path / "m" / "videos.parquet", num_frames=4, height=32, width=64)
+    x = clip[0]["video"].unsqueeze(0)
+    with torch.no_grad():
+        rec = ae.decode(ae.encode(x), content=x[:, :, ae.content_index])
+    a, b = (x + 1) / 2, ((rec + 1) / 2).clamp(0, 1)
+    assert row["psnr"] == pytest.approx(10 * math.log10(1 / torch.mean((a - b) ** 2).item()))
+
+
+def test_t2i_first_frames_become_a_conditioned_aes_content_frames(monkeypatch):
+    from vidcli.sampling import t2i2v
+
+    ae = micro_reducio()
+    pipe = _pipeline(ae)
+    pipe.t2i = SimpleNamespace(dit=torch.nn.Linear(1, 1), ae=torch.nn.Linear(1, 1))
+    images = clips(2)[:, :, 0]
+    refs = [t2i2v.condition_latent(ae, image, 4) for image in images]
+    assert refs[0].shape == ae.latent_shape(4, 16, 16)  # every latent frame, not frame 0 only
+    monkeypatch.setattr(t2i2v, "first_frame_conditions", lambda *a, **k: (images, refs))
+    sample = SampleSection(steps=1, frames=4, height=16, width=16)
+    content = phases.first_frames(pipe, sample, ["a", "b"], [0, 1], (4, 16, 16))
+    assert isinstance(content, cf.ContentFrames)
+    assert torch.equal(content.images, images) and content.latents == refs
