@@ -1,6 +1,7 @@
 """Autoencoders that decode from a content frame (Reducio): every stage passes the clip's frame
 through `vidcli.models.content`, or refuses in one line where it has none."""
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -289,3 +290,15 @@ def test_t2i_first_frames_become_a_conditioned_aes_content_frames(monkeypatch):
     content = phases.first_frames(pipe, sample, ["a", "b"], [0, 1], (4, 16, 16))
     assert isinstance(content, cf.ContentFrames)
     assert torch.equal(content.images, images) and content.latents == refs
+
+
+def test_memory_plan_counts_the_content_frames_guidance_row():
+    from vidcli.plans import generate as gp
+    from vidcli.recipe import load_recipe
+
+    values = ['ae.preset="reducio-ft4"', 'ae.path=""', "sample.height=1024", "sample.width=1024"]
+    recipe = load_recipe(str(Path(__file__).parents[1] / "recipes" / "reducio-dit.toml"), values)
+    plan = gp.plan_generate(recipe, torch.device("cuda"), torch.bfloat16, 24.0)
+    assert plan.latent_shape == [16, 4, 32, 32] and plan.image_tokens == 4096
+    assert plan.cfg_rows == 3  # prompt, negative, and negative without the content latent
+    assert plan.fits and plan.tiling["spatial_tile"] < 1024  # 24 GB: the decode must tile
