@@ -96,8 +96,12 @@ def test_generate_on_two_sequence_parallel_ranks_writes_the_frames_of_one(
     one = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     two = vidcli(*args, "--out", str(tmp_path / "two"), "--nproc", "2",
-                 "--set", "launcher.sequence_parallel=2")  # fmt: skip
+                 "--set", "launcher.sequence_parallel=2", "--json")  # fmt: skip
     assert two.returncode == 0, two.stderr[-3000:]
+    result = json.loads(two.stdout.strip().splitlines()[-1])
+    assert result["sequence_parallel"] == 2
+    assert result["image_tokens_per_rank"] == 14  # 27 tokens: 14 + 13 and a pad
+    assert result["all_to_all_bytes_per_step"] > 0
     a, b = (frames(tmp_path / name).astype(int) for name in ("one", "two"))
     assert a.shape == b.shape == (12, 48, 48, 3)
     # Same frames up to float reduction order: at most one level where a rounding flips.

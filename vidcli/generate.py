@@ -104,6 +104,12 @@ class GenerateResult:
     """Evaluations that computed only some blocks, modules or tokens."""
     skipped_evals: int | None = None
     """Evaluations answered from the cache without running the blocks."""
+    sequence_parallel: int = 1
+    """Ranks that split each video's tokens (`[launcher] sequence_parallel`)."""
+    image_tokens_per_rank: int | None = None
+    """Video tokens each rank of the group holds (None without sequence parallelism)."""
+    all_to_all_bytes_per_step: float | None = None
+    """Bytes rank 0 sent to the others per denoising step (all-to-alls and gathers), measured."""
 
     def stdout_lines(self) -> list[str]:
         return [str(v.path) for v in self.videos]
@@ -178,7 +184,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
     placement, plan = _placement(recipe, options)
     check_run(recipe, placement, image=options.image is not None, lora=bool(options.loras))
     pipe = load_pipeline(recipe, placement, ema=not options.raw_weights)
-    _sequence_parallel(pipe.dit, recipe.launcher.sequence_parallel, world)
+    sp = _sequence_parallel(pipe.dit, recipe.launcher.sequence_parallel, world)
     if plan is not None and plan.tiling is not None:
         from vidcli.models.dcae import TilingConfig
 
@@ -240,6 +246,16 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
             timings["write"] += time.perf_counter() - tick
     timings["total"] = time.perf_counter() - started
     log.info("generate: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    parallel: dict[str, Any] = {}
+    if sp is not None:
+        _, t_lat, h_lat, w_lat = pipe.ae.latent_shape(*size)
+        p = pipe.dit.config.patch_size
+        denoising_steps = sample.steps * -(-len(options.prompts) // options.batch_size)
+        parallel = {
+            "sequence_parallel": sp.size,
+            "image_tokens_per_rank": sp.local_len(t_lat * (h_lat // p) * (w_lat // p)),
+            "all_to_all_bytes_per_step": sp.sent_bytes / denoising_steps,
+        }
     return GenerateResult(
         videos=videos,
         timings_s=timings,
@@ -248,6 +264,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         peak_memory_gb=devices.peak_memory_gb(placement.device),
         offload=placement.offload,
         **cache_report(sample.cache, cached),
+        **parallel,
     )
 
 
@@ -306,8 +323,9 @@ def _run_on_ranks(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _sequence_parallel(dit: torch.nn.Module, size: int, world: int) -> None:
-    """Split the DiT's video tokens across the `size` ranks of this run (one SP group).
+def _sequence_parallel(dit: torch.nn.Module, size: int, world: int):
+    """Split the DiT's video tokens across the `size` ranks of this run (one SP group); the
+    group's `SequenceParallel`, or None for one rank.
 
     Refused (exit 2): a size that does not divide the ranks or the heads, and a size other than
     the rank count (generate runs one group; its ranks share every prompt).
@@ -321,8 +339,9 @@ def _sequence_parallel(dit: torch.nn.Module, size: int, world: int) -> None:
             f"generate on {world} ranks runs one sequence-parallel group: set "
             f"launcher.sequence_parallel = {world} (got {size})"
         )
-    if size > 1:
-        dit.use_sequence_parallel(sequence_parallel.build(size, heads))
+    sp = sequence_parallel.build(size, heads)
+    dit.use_sequence_parallel(sp)
+    return sp
 
 
 def _valid_size(ae, frames: int, height: int, width: int, snap: bool) -> tuple[int, int, int]:

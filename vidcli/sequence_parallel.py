@@ -73,6 +73,8 @@ class SequenceParallel:
     SP size: DeepSpeed averages gradients over every rank, while the ranks of a group hold parts
     (not copies) of one sample's gradient, which must add up."""
     layout: Layout | None = field(default=None, repr=False)
+    sent_bytes: int = 0
+    """Bytes this rank has sent to the others so far (all-to-alls and gathers, both passes)."""
 
     def local_len(self, length: int) -> int:
         """L_loc for a sequence of `length` tokens."""
@@ -142,11 +144,21 @@ class SequenceParallel:
         return value
 
 
+def _all_gather(x: torch.Tensor, sp: SequenceParallel, dim: int) -> torch.Tensor:
+    """Every rank's `x` concatenated along `dim` in rank order."""
+    x = x.contiguous()
+    parts = [torch.empty_like(x) for _ in range(sp.size)]
+    dist.all_gather(parts, x, group=sp.group)
+    sp.sent_bytes += x.nbytes * (sp.size - 1)
+    return torch.cat(parts, dim=dim)
+
+
 def _all_to_all(x: torch.Tensor, sp: SequenceParallel) -> torch.Tensor:
     """(N, ...) -> (N, ...): chunk n goes to rank n, chunk n of the result came from rank n."""
     x = x.contiguous()  # a rearranged view: chunk n must be contiguous memory
     out = torch.empty_like(x)
     dist.all_to_all_single(out, x, group=sp.group)
+    sp.sent_bytes += x.nbytes * (sp.size - 1) // sp.size  # its own chunk stays
     return out
 
 
@@ -191,16 +203,14 @@ class _GatherHeads(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, sp):
         ctx.sp = sp
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(sp.size)]
-        dist.all_gather(parts, x, group=sp.group)
-        return torch.cat(parts, dim=1)
+        return _all_gather(x, sp, dim=1)
 
     @staticmethod
     def backward(ctx, grad):
         sp = ctx.sp
         grad = grad.contiguous()
         dist.all_reduce(grad, group=sp.group)
+        sp.sent_bytes += grad.nbytes * (sp.size - 1) // sp.size * 2  # ring: reduce + gather
         return grad.chunk(sp.size, dim=1)[sp.rank], None
 
 
@@ -210,10 +220,7 @@ class _GatherSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, sp):
         ctx.sp = sp
-        x = x.contiguous()
-        parts = [torch.empty_like(x) for _ in range(sp.size)]
-        dist.all_gather(parts, x, group=sp.group)
-        return torch.cat(parts, dim=1)
+        return _all_gather(x, sp, dim=1)
 
     @staticmethod
     def backward(ctx, grad):
