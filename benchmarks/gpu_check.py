@@ -246,7 +246,9 @@ def step_sequence_parallel(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     return {
         "generate_s": generate_s,
         "generate_device": generated.get("device"),
-        "generate_sp": per_step,
+        "generate_sp_planned": per_step,
+        "generate_image_tokens_per_rank": generated.get("image_tokens_per_rank"),
+        "generate_all_to_all_bytes_per_step": generated.get("all_to_all_bytes_per_step"),
         "train_step_s": train_s,
         "train_loss": trained.get("final_loss"),
     }
