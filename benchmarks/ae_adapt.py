@@ -1,148 +1,145 @@
-"""AE-Adapt on CPU: move the bundled demo DiT (demo AE, 4x8x8, 16 ch) to a second AE (4x16x16,
-32 ch) and compare, after the same number of fine-tuning steps:
+"""AE-Adapt on CPU: move the bundled demo DiT (demo AE, 4x8x8, 16 channels) to other AEs and
+compare, at equal compute (DiT FLOPs) and at equal fine-tuning steps, over several seeds:
 
     naive       new random img_in / cond_in / final_layer.linear, full fine-tune
-    align+full  stage 1 alignment (adapt.stage = "align"), then full fine-tune
-    align+lora  stage 1 alignment, then LoRA fine-tune (rank --lora-rank)
+    align+full  iterative stage 1 (vidcli.train.adapt.alignment_loss: new layers only, body
+                frozen), then full fine-tune
+    align+lora  the same stage 1, then LoRA fine-tune (rank --lora-rank)
+    lsq+full    closed-form stage 1 (vidcli.train.adapt.least_squares_alignment: img_in and
+                final_layer.linear fitted by least squares from paired latents), then full
+    lsq+lora    the closed-form stage 1, then LoRA
     scratch     the same DiT from random initialisation on AE B (reference)
 
-Every run is `vidcli train-dit recipes/demo-dit.toml` with `--set` values (printed to stderr).
-Reported: training-loss curves, a validation flow loss on held-out clips (fresh positions and
-sizes, every third of the 60 prompts, fixed noise and t) at the start, middle and end of each
-run, and prompt adherence (benchmarks/prompt_adherence.py) of each final model. Each step is
-skipped when its output exists, so an interrupted run continues.
+Budgets. A step's cost is counted with torch's FlopCounterMode on one step of each kind (full
+fine-tune, LoRA, alignment through the frozen body). The equal-compute budget is what align+full
+spends: align_steps alignment steps + `--steps` full steps; every variant gets
+steps = (budget - its stage-1 FLOPs) / its step FLOPs (the least-squares fit is counted too).
+`equal_steps` gives every variant `--steps` fine-tuning steps (stage 1 not counted).
 
-    # AE B: warm-started from the demo AE (shared stages), then train-ae (docs/benchmarks.md)
-    python benchmarks/ae_adapt.py --warm-start runs/ae-b-init
-    vidcli train-ae recipes/demo-ae-f16c32.toml --set ae.path='"runs/ae-b-init"' \
-        --set train.max_steps=20 --set train.batch_size=2 --set train.lr=5e-4 \
-        --set train.lr_schedule=constant --set train.warmup_steps=5 --set train.ckpt_every=10
-    python benchmarks/ae_adapt.py --ae-b runs/demo-ae-f16c32/checkpoints/step-0000020 \
-        --out runs/ae-adapt --align-steps 60 --steps 50
-    # --only NAME trains one run (and its prompt adherence), so runs can go side by side.
+AE Bs (benchmarks/ae_adapt_aes.py): the demo AE with its latent projections widened to 32 and
+64 channels, trained further with `vidcli train-ae` on recipes/demo-ae-f8c{32,64}.toml; any
+exported AE can be given as --ae-b NAME=PATH (the DiT's patch is chosen so that B's token grid
+is A's). Everything trains in this process (the training step is train-dit's `flow_loss` and
+adapt's `alignment_loss`), so the many short runs share one text encoder and one latent cache.
+
+Reported per AE B x variant x budget x seed: held-out flow loss (fresh clips, fixed noise and t)
+and prompt adherence (colour / direction of the generated blob, `measure_shapes_clip`) on
+--adherence-prompts prompts. Rows are kept in OUT/rows.jsonl: an interrupted run continues.
+
+    python benchmarks/ae_adapt.py --json          # the defaults (see docs/benchmarks.md)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
-import os
-import subprocess
+import statistics
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 DEMO_DIT = REPO / "vidcli" / "assets" / "demo" / "dit"
 DEMO_AE = REPO / "vidcli" / "assets" / "demo" / "ae"
 SOURCE = "synthetic:shapes:240"
-VARIANTS = ("naive", "align+full", "align+lora", "scratch")
+VARIANTS = ("naive", "align+full", "align+lora", "lsq+full", "lsq+lora", "scratch")
+DEFAULT_AE_B = {"f8c32": REPO / "runs" / "ae-b-f8c32", "f8c64": REPO / "runs" / "ae-b-f8c64"}
 
 
 def log(message: str) -> None:
-    print(f"[ae_adapt] {message}", file=sys.stderr, flush=True)
+    print(f"[ae_adapt {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def vidcli(*args: str) -> None:
-    log("vidcli " + " ".join(args))
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    subprocess.run([sys.executable, "-m", "vidcli", *args, "--quiet"], check=True, env=env)
+# ---------------------------------------------------------------------------------------------
+# Data: both AEs' latents of the same 240 training clips, their captions, held-out clips
 
 
-def sets(values: dict[str, object]) -> list[str]:
-    args = []
-    for key, value in values.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    return args
+@dataclass
+class Data:
+    latent_a: torch.Tensor  # (N, C_A, T, H, W), the demo AE's scaled latents
+    latent_b: torch.Tensor  # (N, C_B, T, H', W'), AE B's of the same clips
+    tokens: torch.Tensor  # (N, L, D) caption tokens
+    pooled: torch.Tensor  # (N, D)
+    empty: tuple[torch.Tensor, torch.Tensor]  # the "" caption (caption dropout)
 
 
-def warm_start_ae_b(out_dir: Path) -> Path:
-    """AE B's starting weights: every demo-AE tensor whose name and shape fit, the rest random.
+_TEXT = None
 
-    On a busy 2-core CPU a from-scratch AE B costs hours; starting its shared stages from the
-    demo AE leaves only the extra stage and the latent projections to learn.
-    """
-    from vidcli.models import build_autoencoder, load_autoencoder, save_autoencoder
+
+def text_encoder():
+    global _TEXT
+    if _TEXT is None:
+        from vidcli.models.text import TextEncoderConfig, build_text_encoder
+
+        _TEXT = build_text_encoder(TextEncoderConfig(backend="minilm", minilm_max_length=16))
+    return _TEXT
+
+
+@torch.no_grad()
+def encode_clips(ae_path: Path, cache: Path, clips: int = 240) -> torch.Tensor:
+    """Latents of the first `clips` of the 240 training clips (demo-dit's [data]: 16 frames,
+    64 px), cached."""
+    if cache.is_file():
+        cached = torch.load(cache)
+        if len(cached) >= clips:
+            return cached[:clips]
+    from vidcli.data.section import video_dataset
+    from vidcli.models import load_autoencoder
     from vidcli.recipe import load_recipe
 
-    section = load_recipe(REPO / "recipes" / "demo-ae-f16c32.toml").ae
-    torch.manual_seed(0)
-    model = build_autoencoder(section.preset, **section.overrides)
-    demo = load_autoencoder(DEMO_AE).state_dict()
-    state = model.state_dict()
-    fits = [k for k, v in state.items() if k in demo and demo[k].shape == v.shape]
-    state.update({k: demo[k] for k in fits})
-    model.load_state_dict(state)
-    log(f"AE B init: {len(fits)} of {len(state)} tensors from the demo AE")
-    return save_autoencoder(model, out_dir)
+    recipe = load_recipe(REPO / "recipes" / "demo-dit.toml", [f"data.source={json.dumps(SOURCE)}"])
+    dataset = video_dataset(recipe.data)
+    ae = load_autoencoder(ae_path).eval()
+    log(f"encoding {clips} clips with {ae_path}")
+    latents = []
+    for first in range(0, clips, 16):
+        rows = range(first, min(first + 16, clips))
+        latents.append(ae.encode(torch.stack([dataset[i]["video"] for i in rows])).float())
+    out = torch.cat(latents)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(out, cache)
+    return out
 
 
-def prepare(out: Path, ae_b_checkpoint: Path, cache: str) -> tuple[Path, Path, Path]:
-    """AE B exported (scaling factor measured), and both latent sets of the same manifest."""
-    from vidcli.demo import export_autoencoder
+@torch.no_grad()
+def captions(cache: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if cache.is_file():
+        return torch.load(cache)
+    from vidcli.data.section import video_dataset
+    from vidcli.recipe import load_recipe
 
-    ae_b = out / "ae-b"
-    if not (ae_b / "config.json").is_file():
-        export_autoencoder(ae_b_checkpoint.resolve(), ae_b)
-    recipe = str(REPO / "recipes" / "demo-dit.toml")
-    latents = {}
-    for name, ae in (("a", DEMO_AE), ("b", ae_b)):
-        folder = out / f"latents-{name}"
-        if not list(folder.glob("latents-*.parquet")):
-            values = {"ae.path": str(ae), "data.source": SOURCE, "data.cache_dir": cache}
-            vidcli("prepare-data", "--encode", recipe, "--out", str(folder), *sets(values))
-        latents[name] = folder
-    return ae_b, latents["a"], latents["b"]
-
-
-def train(out: Path, name: str, values: dict[str, object]) -> Path:
-    run = out / name
-    final = run / "checkpoints" / f"step-{values['train.max_steps']:07d}"
-    if not final.is_dir():
-        values = {**values, "train.output": str(run)}
-        vidcli("train-dit", str(REPO / "recipes" / "demo-dit.toml"), *sets(values))
-    return run
-
-
-def common(out: Path, ae_b: Path, latents_b: Path, cache: str, steps: int, lr: float) -> dict:
-    return {
-        "ae.path": str(ae_b),
-        "dit.patch_size": 1,  # 4x4 tokens per latent frame, as the demo AE at patch 2
-        "data.source": SOURCE,
-        "data.cache_dir": cache,
-        "data.latents": str(latents_b),
-        "train.max_steps": steps,
-        "train.lr": lr,
-        "train.lr_schedule": "constant",
-        "train.warmup_steps": 10,
-        "train.ema_decay": 0.0,  # short runs: sample the weights themselves
-        "train.log_every": 10,
-        "train.ckpt_every": max(1, steps // 4),
-        "train.keep_last": 8,
-    }
+    recipe = load_recipe(REPO / "recipes" / "demo-dit.toml", [f"data.source={json.dumps(SOURCE)}"])
+    dataset = video_dataset(recipe.data)
+    text = list(dataset.captions)
+    emb, empty = text_encoder().encode(text), text_encoder().encode([""])
+    out = (emb.tokens.float(), emb.pooled.float(), empty.tokens.float(), empty.pooled.float())
+    torch.save(out, cache)
+    return out
 
 
 @torch.no_grad()
 def held_out(ae_b: Path, stride: int = 3, seed: int = 1234):
     """Latents (N, C, T, H, W) of fresh clips (every `stride`-th prompt of the 60, new sizes and
-    positions: a busy 2-core CPU evaluates 20 clips per checkpoint in reasonable time) + text."""
+    positions) + their caption embeddings."""
     from vidcli.data.synthetic import COLOURS, DIRECTIONS, SHAPES, render_shapes_clip
     from vidcli.models import load_autoencoder
-    from vidcli.models.text import TextEncoderConfig, build_text_encoder
 
     rng = np.random.default_rng(seed)
     ae = load_autoencoder(ae_b).eval()
-    captions, latents = [], []
+    texts, latents = [], []
     for c, s, d in list(itertools.product(COLOURS, SHAPES, DIRECTIONS))[::stride]:
         clip = render_shapes_clip(c, s, d, frames=16, size=64, rng=rng)
         video = torch.from_numpy(clip).permute(3, 0, 1, 2).float().div(127.5).sub(1.0)
         latents.append(ae.encode(video[None])[0])
-        captions.append(f"a {c} {s} moving {d}")
-    text = build_text_encoder(TextEncoderConfig(backend="minilm", minilm_max_length=16))
-    emb = text.encode(captions)
+        texts.append(f"a {c} {s} moving {d}")
+    emb = text_encoder().encode(texts)
     return torch.stack(latents).float(), emb.tokens.float(), emb.pooled.float()
 
 
@@ -154,166 +151,370 @@ def validation_loss(model, data, levels: int = 4, seed: int = 0) -> float:
     latents, tokens, pooled = data
     gen = torch.Generator().manual_seed(seed)
     total = 0.0
+    was_training = model.training
+    model.eval()
     for k in range(levels):
         t = torch.full((len(latents),), (k + 0.5) / levels)
         noise = torch.randn(latents.shape, generator=gen)
         x_t = flow.noisy_latents(latents, noise, t)
-        pred = model.eval().forward_video(x_t, t, tokens, pooled)
+        pred = model.forward_video(x_t, t, tokens, pooled)
         total += float((pred - flow.velocity_target(latents, noise)).pow(2).mean())
+    model.train(was_training)
     return total / levels
 
 
-def checkpoints(run: Path) -> list[tuple[int, Path]]:
-    found = sorted((run / "checkpoints").glob("step-*"))
-    return [(int(p.name.split("-")[1]), p) for p in found]
+@torch.no_grad()
+def adherence(model, ae_b: Path, prompts: int, steps: int) -> dict[str, float]:
+    """Colour / direction accuracy of `prompts` prompts (evenly over the 60), guidance 5."""
+    from vidcli.data.synthetic import COLOURS, DIRECTIONS, SHAPES, measure_shapes_clip
+    from vidcli.generate import load_generate_recipe
+    from vidcli.media import to_uint8_frames
+    from vidcli.models import load_autoencoder
+    from vidcli.placement import Placement
+    from vidcli.sampling.phases import sample_videos
+    from vidcli.sampling.pipeline import Pipeline
+
+    sample = load_generate_recipe(None, None, [f"sample.steps={steps}"]).sample
+    everything = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
+    chosen = [everything[round(i * len(everything) / prompts)] for i in range(prompts)]
+    was_training = model.training
+    pipe = Pipeline(
+        ae=load_autoencoder(ae_b).eval(),
+        text=text_encoder(),
+        dit=model.eval(),
+        placement=Placement.resolve(device="cpu"),
+    )
+    size = (sample.frames, sample.height, sample.width)
+    colour_ok = direction_ok = both = 0
+    for first in range(0, len(chosen), 10):
+        batch = chosen[first : first + 10]
+        texts = [f"a {c} {s} moving {d}" for c, s, d in batch]
+        videos = sample_videos(pipe, sample, texts, [sample.seed] * len(batch), size)
+        for (c, _s, d), video in zip(batch, videos, strict=True):
+            got_c, got_d = measure_shapes_clip(to_uint8_frames(video))
+            colour_ok += got_c == c
+            direction_ok += got_d == d
+            both += got_c == c and got_d == d
+    model.train(was_training)
+    n = len(chosen)
+    return {"colour": colour_ok / n, "direction": direction_ok / n, "both": both / n}
 
 
-def cached_adherence(run: Path) -> dict:
-    """Prompt adherence of a run's final checkpoint (kept in `run/adherence.json`)."""
-    cache = run / "adherence.json"
-    if not cache.is_file():
-        checkpoint = checkpoints(run)[-1][1]
-        script = REPO / "benchmarks" / "prompt_adherence.py"
-        log(f"prompt adherence of {checkpoint}")
-        done = subprocess.run(
-            [sys.executable, str(script), "--checkpoint", str(checkpoint), "--json"],
-            check=True,
-            capture_output=True,
-            text=True,
+# ---------------------------------------------------------------------------------------------
+# Training steps (train-dit's flow loss, adapt's alignment loss)
+
+
+class Trainer:
+    """Batches of 8 rows (caption dropout 0.1), AdamW, constant LR after `warmup` steps."""
+
+    def __init__(self, data: Data, patch: int, seed: int, batch: int = 8, warmup: int = 10):
+        from vidcli import flow
+
+        self.data, self.patch, self.batch, self.warmup = data, patch, batch, warmup
+        _, _, t, h, w = data.latent_b.shape
+        self.alpha = flow.training_shift_alpha(h, w, t)
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def batch_at(self) -> dict:
+        d = self.data
+        rows = torch.randperm(len(d.latent_b), generator=self.gen)[: self.batch]
+        tokens, pooled = d.tokens[rows].clone(), d.pooled[rows].clone()
+        drop = torch.rand(len(rows), generator=self.gen) < 0.1
+        tokens[drop], pooled[drop] = d.empty[0][0], d.empty[1][0]
+        return {
+            "latent": d.latent_b[rows],
+            "source_latent": d.latent_a[rows],
+            "text_tokens": tokens,
+            "text_pooled": pooled,
+            "generator": self.gen,
+        }
+
+    def flow(self, model, batch) -> torch.Tensor:
+        from vidcli.train.dit_loss import flow_loss
+
+        return flow_loss(model, batch, self.alpha, self.patch)[0]
+
+    def optimizer(self, model, lr: float):
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.999))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / self.warmup))
+        return opt, sched
+
+    def step(self, model, loss_fn, opt, sched) -> float:
+        loss = loss_fn(model, self.batch_at())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        sched.step()
+        return float(loss.detach())
+
+
+def align_loss_fn(model, source, trainer: Trainer):
+    from vidcli.train.adapt import SourceEmbedders, alignment_loss
+
+    loss = alignment_loss(
+        model, SourceEmbedders(source), lambda eng, b: (trainer.flow(eng, b), {}), 1.0
+    )
+    return lambda m, batch: loss(m, batch, 0)[0]
+
+
+def freeze_to_new_layers(model) -> None:
+    from vidcli.train.adapt import _is_new
+
+    for name, param in model.named_parameters():
+        param.requires_grad = _is_new(name)
+
+
+def with_lora(model, rank: int):
+    from vidcli.recipe import LORA_DEFAULT_TARGETS, LoRASection
+    from vidcli.train.lora import add_lora
+
+    # The new in/out layers adapt too (as the published align+lora did).
+    targets = [*LORA_DEFAULT_TARGETS, "img_in", "final_layer.linear"]
+    return add_lora(model, LoRASection(rank=rank, targets=targets))
+
+
+def all_trainable(model):
+    for param in model.parameters():
+        param.requires_grad = True
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The experiment
+
+
+def start_model(variant: str, source, data: Data, patch: int, seed: int, args, trainer: Trainer):
+    """(model at the start of fine-tuning, stage-1 FLOPs spent, stage-1 info)."""
+    from vidcli.models.mmdit import MMDiT
+    from vidcli.train.adapt import least_squares_alignment, swap_autoencoder
+
+    channels = data.latent_b.shape[1] * patch * patch
+    if variant == "scratch":
+        torch.manual_seed(seed)
+        config = dataclasses.replace(source.config, in_channels=channels, patch_size=patch)
+        return MMDiT(config), 0.0, {}
+    model = swap_autoencoder(source, channels, patch, seed)
+    if variant == "naive":
+        return model, 0.0, {}
+    if variant.startswith("lsq"):
+        info = least_squares_alignment(model, source, data.latent_b, data.latent_a)
+        return model, float(args.lsq_flops), info
+    # Iterative stage 1: only the new layers train, through the frozen body. align+full and
+    # align+lora of one seed start from the same stage 1 (run once, kept in memory).
+    key = (id(data), seed)
+    if key in _ALIGNED:
+        state, info = _ALIGNED[key]
+        model.load_state_dict(state)
+        return model, float(args.align_steps * args.flops["align"]), dict(info)
+    freeze_to_new_layers(model)
+    loss_fn = align_loss_fn(model, source, trainer)
+    opt, sched = trainer.optimizer(model, args.align_lr)
+    losses = [trainer.step(model, loss_fn, opt, sched) for _ in range(args.align_steps)]
+    info = {"align_loss": losses[-1] if losses else None}
+    _ALIGNED[key] = ({k: v.clone() for k, v in model.state_dict().items()}, info)
+    return model, float(args.align_steps * args.flops["align"]), dict(info)
+
+
+_ALIGNED: dict = {}
+
+
+def run_variant(name, variant, source, data, heldout, ae_b, patch, seed, args, done) -> list:
+    """Fine-tune one variant; rows at the equal-steps and equal-compute points."""
+    from vidcli.train.adapt import steps_for_budget
+
+    key = lambda budget: (name, variant, budget, seed)  # noqa: E731
+    if key("equal_steps") in done and key("equal_compute") in done:
+        return []
+    trainer = Trainer(data, patch, seed)
+    model, spent, info = start_model(variant, source, data, patch, seed, args, trainer)
+    lora = variant.endswith("lora")
+    model = with_lora(model, args.lora_rank) if lora else all_trainable(model)
+    step_cost = args.flops["lora" if lora else "full"]
+    stops = {
+        "equal_steps": args.steps,
+        "equal_compute": steps_for_budget(args.budget, step_cost, spent),
+    }
+    opt, sched = trainer.optimizer(model, args.lora_lr if lora else args.lr)
+    loss_fn = trainer.flow
+    rows, step, losses = [], 0, []
+    started = time.perf_counter()
+    for budget, stop in sorted(stops.items(), key=lambda kv: kv[1]):
+        while step < stop:
+            losses.append(trainer.step(model, loss_fn, opt, sched))
+            step += 1
+        row = {
+            "ae_b": name,
+            "channels": int(data.latent_b.shape[1]),
+            "variant": variant,
+            "budget": budget,
+            "seed": seed,
+            "steps": stop,
+            "stage1_flops": spent,
+            "flops": spent + stop * step_cost,
+            "train_loss": float(np.mean(losses[-10:])) if losses else None,
+            "val_loss": validation_loss(model, heldout),
+            **info,
+        }
+        if args.adherence_prompts:
+            row.update(adherence(model, ae_b, args.adherence_prompts, args.sample_steps))
+        row["seconds"] = time.perf_counter() - started
+        log(
+            f"{name} {variant} seed {seed} {budget} ({stop} steps): val {row['val_loss']:.4f} "
+            f"colour {row.get('colour')} direction {row.get('direction')}"
         )
-        cache.write_text(json.dumps(json.loads(done.stdout)["summary"]) + "\n")
-    return json.loads(cache.read_text())
+        rows.append(row)
+    return rows
+
+
+def measure_flops(source, data: Data, patch: int, args) -> dict[str, int]:
+    """FLOPs of one full, one LoRA and one alignment step (FlopCounterMode), and of the fit."""
+    from vidcli.train.adapt import least_squares_flops, step_flops, swap_autoencoder
+
+    channels = data.latent_b.shape[1] * patch * patch
+    trainer = Trainer(data, patch, seed=0)
+
+    def one(model, loss_fn):
+        batch = trainer.batch_at()
+        return lambda: loss_fn(model, batch).backward()
+
+    full = all_trainable(swap_autoencoder(source, channels, patch, 0))
+    lora = with_lora(swap_autoencoder(source, channels, patch, 0), args.lora_rank)
+    align = swap_autoencoder(source, channels, patch, 0)
+    freeze_to_new_layers(align)
+    flops = {
+        "full": step_flops(one(full, trainer.flow)),
+        "lora": step_flops(one(lora, trainer.flow)),
+        "align": step_flops(one(align, align_loss_fn(align, source, trainer))),
+    }
+    tokens = data.latent_b.shape[0] * data.latent_b[0, 0].numel() // (patch * patch)
+    d_a = source.config.in_channels
+    flops["lsq"] = 2 * least_squares_flops(channels, d_a, tokens)  # in and out fits
+    return flops
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["ae_b"], row["budget"], row["variant"]), []).append(row)
+    out = []
+    for (ae_b, budget, variant), got in sorted(groups.items()):
+        entry = {"ae_b": ae_b, "budget": budget, "variant": variant, "seeds": len(got)}
+        entry["steps"] = got[0]["steps"]
+        for field in ("val_loss", "colour", "direction", "both"):
+            values = [r[field] for r in got if r.get(field) is not None]
+            if values:
+                entry[field] = statistics.mean(values)
+                entry[f"{field}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        out.append(entry)
+    return out
+
+
+def parse_ae_b(values: list[str] | None) -> dict[str, Path]:
+    if not values:
+        return dict(DEFAULT_AE_B)
+    found = {}
+    for value in values:
+        name, _, path = value.partition("=")
+        found[name] = Path(path)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ae-b", type=Path, help="train-ae checkpoint of AE B")
-    parser.add_argument(
-        "--warm-start", type=Path, help="only write AE B's starting weights to this folder"
-    )
-    parser.add_argument("--out", type=Path, default=Path("runs/ae-adapt"))
-    parser.add_argument("--align-steps", type=int, default=100)
-    parser.add_argument("--steps", type=int, default=200, help="fine-tuning steps per variant")
+    parser.add_argument("--ae-b", action="append", help="NAME=PATH of an exported AE (repeat)")
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "ae-adapt")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--align-steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=50, help="fine-tuning steps (equal_steps)")
     parser.add_argument("--lr", type=float, default=3e-4, help="full fine-tuning / scratch")
     parser.add_argument("--align-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--skip-adherence", action="store_true")
-    parser.add_argument("--only", choices=("align", *VARIANTS), help="train one run, then stop")
+    parser.add_argument("--adherence-prompts", type=int, default=20, help="0: skip adherence")
+    parser.add_argument("--sample-steps", type=int, default=10)
+    parser.add_argument("--clips", type=int, default=240, help="training clips (of 240)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.warm_start:
-        print(warm_start_ae_b(args.warm_start))
-        return 0
-    if args.ae_b is None:
-        parser.error("--ae-b is required (or --warm-start)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from vidcli.models import load_autoencoder
+    from vidcli.train.adapt import load_source
+
     out = args.out.resolve()
-    cache = str(REPO / ".vidcli-cache")
-    ae_b, latents_a, latents_b = prepare(out, args.ae_b, cache)
-
-    adapt = {"adapt.source": str(DEMO_DIT), "dit.preset": "mmdit-demo"}
-    align_values = common(out, ae_b, latents_b, cache, args.align_steps, args.align_lr)
-    align_values.update(adapt)
-    align_values.update({"adapt.stage": "align", "adapt.source_latents": str(latents_a)})
-    aligned = out / "align" / "checkpoints" / f"step-{args.align_steps:07d}"
-
-    finetune = {**adapt, "adapt.stage": "finetune"}
-    runs = {
-        "align": align_values,
-        "naive": {**common(out, ae_b, latents_b, cache, args.steps, args.lr), **finetune},
-        "align+full": {
-            **common(out, ae_b, latents_b, cache, args.steps, args.lr),
-            **finetune,
-            "adapt.aligned": str(aligned),
-        },
-        "align+lora": {
-            **common(out, ae_b, latents_b, cache, args.steps, args.lora_lr),
-            **finetune,
-            "adapt.aligned": str(aligned),
-            "lora.rank": args.lora_rank,
-            # The new in/out layers adapt too: LoRA on them keeps the file a full description.
-            "lora.targets": [*_default_targets(), "img_in", "final_layer.linear"],
-        },
-        "scratch": {
-            **common(out, ae_b, latents_b, cache, args.steps, args.lr),
-            "dit.preset": "mmdit-demo",
-        },
+    out.mkdir(parents=True, exist_ok=True)
+    rows_file = out / "rows.jsonl"
+    rows = [json.loads(line) for line in rows_file.open()] if rows_file.is_file() else []
+    done = {(r["ae_b"], r["variant"], r["budget"], r["seed"]) for r in rows}
+    variants = [v for v in args.variants.split(",") if v]
+    source = load_source(str(DEMO_DIT))
+    latent_a = encode_clips(DEMO_AE, out / "latents-demo.pt", args.clips)
+    tokens, pooled, empty_tokens, empty_pooled = captions(out / "captions.pt")
+    tokens, pooled = tokens[: args.clips], pooled[: args.clips]
+    flops_by_ae = {}
+    for name, ae_path in parse_ae_b(args.ae_b).items():
+        wanted = itertools.product(variants, ("equal_steps", "equal_compute"), range(args.seeds))
+        if all((name, v, b, seed) in done for v, b, seed in wanted):
+            continue  # every row of this AE B is in rows.jsonl
+        latent_b = encode_clips(ae_path, out / f"latents-{name}.pt", args.clips)
+        ae = load_autoencoder(ae_path)
+        # B's patch: A's token grid (4x4 per latent frame on the demo AE at patch 2).
+        patch = max(1, source.config.patch_size * latent_b.shape[-1] // latent_a.shape[-1])
+        data = Data(latent_a, latent_b, tokens, pooled, (empty_tokens, empty_pooled))
+        args.flops = measure_flops(source, data, patch, args)
+        args.lsq_flops = args.flops["lsq"]
+        args.budget = args.align_steps * args.flops["align"] + args.steps * args.flops["full"]
+        flops_by_ae[name] = {**args.flops, "budget": args.budget, "patch": patch}
+        log(f"{name}: {ae.latent_channels} channels, patch {patch}, FLOPs {flops_by_ae[name]}")
+        heldout = held_out(ae_path)
+        for seed, variant in itertools.product(range(args.seeds), variants):
+            got = run_variant(
+                name, variant, source, data, heldout, ae_path, patch, seed, args, done
+            )
+            with rows_file.open("a") as f:
+                for row in got:
+                    f.write(json.dumps(row) + "\n")
+            rows += got
+    names = set(parse_ae_b(args.ae_b))
+    rows = [r for r in rows if r["ae_b"] in names and r["variant"] in variants]
+    rows = [r for r in rows if r["seed"] < args.seeds]
+    flops_file = out / "flops.json"
+    known = json.loads(flops_file.read_text()) if flops_file.is_file() else {}
+    flops_by_ae = {**known, **flops_by_ae}
+    flops_file.write_text(json.dumps(flops_by_ae, indent=2) + "\n")
+    result = {
+        "align_steps": args.align_steps,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "flops": flops_by_ae,
+        "rows": rows,
+        "summary": summarise(rows),
     }
-    # --only runs one variant (and its prompt adherence): variants can run side by side.
-    for name in [args.only] if args.only else runs:
-        if name.startswith("align+") and not aligned.is_dir():
-            train(out, "align", runs["align"])
-        run = train(out, name.replace("+", "-"), runs[name])
-        if name != "align" and not args.skip_adherence:
-            cached_adherence(run)
-    if args.only:
-        return 0
-
-    results = evaluate(out, ae_b, aligned, args)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, out / "ae-adapt-cpu.png")
+    (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
-        print(json.dumps(results))
+        print(json.dumps(result))
     else:
-        for name, row in results["variants"].items():
-            final = row["val_loss"][-1][1]
-            print(f"{name:<11} val loss {final:.4f}  adherence {row.get('adherence')}")
+        print(format_table(result["summary"]))
     return 0
 
 
-def _default_targets() -> list[str]:
-    from vidcli.recipe import LORA_DEFAULT_TARGETS
-
-    return list(LORA_DEFAULT_TARGETS)
-
-
-def evaluate(out: Path, ae_b: Path, aligned: Path, args) -> dict:
-    from vidcli.models import load_dit
-    from vidcli.train.adapt import load_source, swap_autoencoder
-
-    data = held_out(ae_b)
-    source = load_source(str(DEMO_DIT))
-    start_naive = validation_loss(swap_autoencoder(source, data[0].shape[1], 1, seed=0), data)
-    start_aligned = validation_loss(load_dit(aligned).float(), data)
-    starts = {"naive": start_naive, "align+full": start_aligned, "align+lora": start_aligned}
-    results: dict = {"align_steps": args.align_steps, "steps": args.steps, "variants": {}}
-    results["align_curve"] = [json.loads(line) for line in (out / "align" / "metrics.jsonl").open()]
-    for name in VARIANTS:
-        run = out / name.replace("+", "-")
-        cache = run / "val_loss.json"  # (step, loss) pairs, kept: adherence may come later
-        if not cache.is_file():
-            curve = [(0, starts[name])] if name in starts else []
-            saved = checkpoints(run)
-            for step, folder in [saved[len(saved) // 2], saved[-1]]:  # the middle and the end
-                curve.append((step, validation_loss(load_dit(folder).float(), data)))
-            cache.write_text(json.dumps(curve) + "\n")
-        curve = json.loads(cache.read_text())
-        metrics = [json.loads(line) for line in (run / "metrics.jsonl").open()]
-        row = {"val_loss": curve, "train_loss": [(m["step"], m["loss"]) for m in metrics]}
-        if not args.skip_adherence:
-            row["adherence"] = cached_adherence(run)
-        results["variants"][name] = row
-        log(f"{name}: val loss {curve[-1][1]:.4f}")
-    return results
+def _cell(entry: dict, field: str, pct: bool = False) -> str:
+    if field not in entry:
+        return "-"
+    m, s = entry[field], entry[f"{field}_std"]
+    return f"{100 * m:.0f} ± {100 * s:.0f} %" if pct else f"{m:.3f} ± {s:.3f}"
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name, row in results["variants"].items():
-        steps, losses = zip(*row["train_loss"], strict=True)
-        axes[0].plot(steps, losses, label=name)
-        steps, losses = zip(*row["val_loss"], strict=True)
-        axes[1].plot(steps, losses, marker="o", label=name)
-    axes[0].set(title="training flow loss (B latents)", xlabel="fine-tuning step", yscale="log")
-    axes[1].set(title="held-out flow loss", xlabel="fine-tuning step", yscale="log")
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+def format_table(summary: list[dict]) -> str:
+    return "\n".join(
+        f"{e['ae_b']:<7} {e['budget']:<13} {e['variant']:<11} {e['steps']:>4} steps  "
+        f"val {_cell(e, 'val_loss')}  colour {_cell(e, 'colour', True)}  "
+        f"direction {_cell(e, 'direction', True)}  (n={e['seeds']})"
+        for e in summary
+    )
 
 
 if __name__ == "__main__":

@@ -278,3 +278,90 @@ def _detached_outputs(*layers: nn.Module | None) -> Iterator[None]:
     finally:
         for handle in handles:
             handle.remove()
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-form stage 1: least-squares fits from paired latents
+
+
+def fit_linear(x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """M (d_out, d_in) minimising |y - x Mᵀ|² + λ|M|², λ = ridge * mean(diag(xᵀx)).
+
+    x (N, d_in), y (N, d_out): rows are paired samples. Solved in float64; exact (ridge 0) when
+    y is a linear map of x of full column rank.
+    """
+    x64, y64 = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+    gram = x64.T @ x64
+    if ridge:
+        gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    return torch.linalg.solve(gram, x64.T @ y64).T.to(x.dtype)
+
+
+@torch.no_grad()
+def least_squares_alignment(
+    model: MMDiT, source: MMDiT, z_b: torch.Tensor, z_a: torch.Tensor, ridge: float = 1e-4
+) -> dict[str, float]:
+    """Stage 1 in closed form: fit NEW_LAYERS of `model` (the swap) from paired latents.
+
+    z_b, z_a (N, C, T, H, W): B's and A's latents of the same clips, on the same token grid.
+    With tok_A ≈ M tok_B and tok_B ≈ N tok_A (least squares over every token):
+
+        img_in_B = img_in_A ∘ M          (the body sees what it saw on A's tokens)
+        final_B  = N ∘ final_A           (A's velocity prediction, mapped into B's space)
+        cond_in_B = cond_in_A ∘ M_cond   (fitted the same way on condition tokens)
+
+    Returns each fit's relative residual |y - x Mᵀ|² / |y|² (0: B is a linear map of A).
+    """
+    p_b, p_a = model.config.patch_size, source.config.patch_size
+    tok_b, tok_a = pack_latents(z_b, p_b), pack_latents(z_a, p_a)
+    if tok_b.shape[:2] != tok_a.shape[:2]:
+        raise ShapeError(
+            f"[adapt] least-squares alignment pairs tokens one to one: A gives {tok_a.shape[1]} "
+            f"tokens per clip and B {tok_b.shape[1]} (choose [dit] patch_size so they match)"
+        )
+    to_a, to_b = fit_linear(tok_b, tok_a, ridge), fit_linear(tok_a, tok_b, ridge)
+    model.img_in.weight.copy_(source.img_in.weight @ to_a)
+    model.img_in.bias.copy_(source.img_in.bias)
+    out_b, out_a = model.final_layer.linear, source.final_layer.linear
+    out_b.weight.copy_(to_b @ out_a.weight)
+    out_b.bias.copy_(to_b @ out_a.bias)
+    report = {"fit_in": _residual(tok_b, tok_a, to_a), "fit_out": _residual(tok_a, tok_b, to_b)}
+    if model.cond_in is not None and source.cond_in is not None:
+        cond_b = pack_latents(torch.cat((torch.ones_like(z_b[:, :1]), z_b), dim=1), p_b)
+        cond_a = pack_latents(torch.cat((torch.ones_like(z_a[:, :1]), z_a), dim=1), p_a)
+        to_a_cond = fit_linear(cond_b, cond_a, ridge)
+        model.cond_in.weight.copy_(source.cond_in.weight @ to_a_cond)
+        model.cond_in.bias.copy_(source.cond_in.bias)
+        report["fit_cond"] = _residual(cond_b, cond_a, to_a_cond)
+    return report
+
+
+def least_squares_flops(d_in: int, d_out: int, samples: int) -> int:
+    """Multiply-add FLOPs (2 per MAC) of one `fit_linear`: Gram, cross term, solve (LU, 2/3 d³)."""
+    return 2 * samples * d_in * d_in + 2 * samples * d_in * d_out + (2 * d_in**3) // 3
+
+
+def _residual(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> float:
+    x, y = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+    return float((y - x @ m.double().T).pow(2).sum() / y.pow(2).sum())
+
+
+# ---------------------------------------------------------------------------------------------
+# Compute accounting: equal budgets in FLOPs
+
+
+def step_flops(step: Callable[[], Any]) -> int:
+    """FLOPs one call of `step` runs (forward and backward), by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return int(counter.get_total_flops())
+
+
+def steps_for_budget(budget: float, flops_per_step: float, spent: float = 0.0) -> int:
+    """How many steps of `flops_per_step` fit in what is left of `budget` after `spent`."""
+    if flops_per_step <= 0:
+        raise ValueError("flops_per_step must be positive")
+    return max(0, int((budget - spent) // flops_per_step))
