@@ -12,24 +12,31 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidcli.models.dcae import AE_PRESETS, DCAE
+from vidcli.models.dcae import AE_PRESETS, DCAE, model
 from vidcli.models.dcae.model import RMSNorm, upsample_conv
 
 
-@pytest.mark.parametrize(
-    "scale, frames", [((2, 2), None), ((2, 2, 2), 3), ((1, 2, 2), 3), ((1, 2, 2), 1)]
-)
-def test_upsample_conv_equals_nearest_upsample_then_conv(scale, frames):
+def test_upsample_conv_equals_nearest_upsample_then_conv():
     torch.manual_seed(0)
-    dims = len(scale)
-    x = torch.randn(2, 5, *([frames] if dims == 3 else []), 6, 7, dtype=torch.float64)
-    w = torch.randn(4, 5, *[3] * dims, dtype=torch.float64)
+    x = torch.randn(2, 5, 6, 7, dtype=torch.float64)
+    w = torch.randn(4, 5, 3, 3, dtype=torch.float64)
     b = torch.randn(4, dtype=torch.float64)
-    conv = F.conv3d if dims == 3 else F.conv2d
-    want = conv(F.interpolate(x, scale_factor=scale, mode="nearest"), w, b, padding=1)
-    got = upsample_conv(x.float(), w.float(), b.float(), scale).double()
+    want = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, b, padding=1)
+    got = upsample_conv(x.float(), w.float(), b.float()).double()
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * want.abs().max().item())
+
+
+def test_up_block_takes_the_transposed_conv_only_where_it_saves_memory(monkeypatch):
+    """A wide low-resolution 2-D up block and every 3-D one keep nearest upsampling + conv."""
+    calls = []
+    monkeypatch.setattr(model, "upsample_conv", lambda *a: calls.append(a) or a[0])
+    wide = model.UpMain(2, 256, 256, "interpolate", temporal=False)
+    wide(torch.randn(1, 256, 4, 4))
+    model.UpMain(3, 8, 8, "interpolate", temporal=True)(torch.randn(1, 8, 2, 16, 16))
+    assert not calls
+    model.UpMain(2, 8, 8, "interpolate", temporal=False)(torch.randn(1, 8, 16, 16))
+    assert len(calls) == 1
 
 
 def test_upsample_conv_bf16_close_and_gradients_match():
@@ -37,14 +44,14 @@ def test_upsample_conv_bf16_close_and_gradients_match():
     x = torch.randn(1, 8, 5, 6, requires_grad=True)
     w = torch.randn(3, 8, 3, 3, requires_grad=True)
     want = F.conv2d(F.interpolate(x, scale_factor=2, mode="nearest"), w, None, padding=1)
-    got = upsample_conv(x, w, None, (2, 2))
+    got = upsample_conv(x, w, None)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     g = torch.randn_like(want)
     gx, gw = torch.autograd.grad(want, (x, w), g)
     hx, hw = torch.autograd.grad(got, (x, w), g)
     torch.testing.assert_close(hx, gx, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(hw, gw, rtol=1e-5, atol=1e-4)
-    low = upsample_conv(x.detach().bfloat16(), w.detach().bfloat16(), None, (2, 2)).float()
+    low = upsample_conv(x.detach().bfloat16(), w.detach().bfloat16(), None).float()
     assert ((low - want).norm() / want.norm()).item() < 1e-2
 
 

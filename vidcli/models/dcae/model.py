@@ -286,27 +286,32 @@ class UpMain(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.interpolate:
             return channel_to_space(self.conv(x), temporal=False)
+        weight = self.conv.conv.weight
+        upsampled_bytes = x.numel() * 4 * x.element_size()
+        derived_bytes = weight.numel() * 16 // 9 * 4 * 2  # fp32 4x4 taps, two stacks alive
+        if x.ndim == 4 and upsampled_bytes >= derived_bytes:
+            return upsample_conv(x, weight, self.conv.conv.bias)
+        # Video (3-D) up blocks and low-resolution wide ones keep the plain path: there the
+        # transposed conv's derived weights would outweigh the upsampled map they avoid (and
+        # the memory plan measures video decode peaks as linear in the tile volume).
         scale = (2 if _halves_time(x, self.temporal) else 1, 2, 2) if x.ndim == 5 else (2, 2)
-        return upsample_conv(x, self.conv.conv.weight, self.conv.conv.bias, scale)
+        return self.conv(F.interpolate(x, scale_factor=scale, mode="nearest"))
 
 
-def upsample_conv(x: Tensor, weight: Tensor, bias: Tensor | None, scale: tuple[int, ...]) -> Tensor:
-    """`conv3(nearest_upsample(x, scale), padding 1)` without building the upsampled map.
+def upsample_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`conv3x3(nearest_upsample_x2(x), padding 1)` of a 4-D x without the upsampled map.
 
-    Along a doubled axis, output 2i sees the input taps (i-1, i, i) and output 2i+1 the taps
+    Along each axis, output 2i sees the input taps (i-1, i, i) and output 2i+1 the taps
     (i, i, i+1): a stride-2 transposed conv with the 4 taps [w2, w1+w2, w0+w1, w0] produces
-    exactly those sums; a kept axis (stride 1) takes the flipped 3 taps. So one transposed conv
-    on the low-resolution input does 2x2 instead of 3x3 multiply-adds per output along every
-    doubled axis (4/9 in 2-D) and never materialises the upsampled map. The tap sums are fp32
-    elementwise adds (no GEMM), so they round the same wherever the weights sit in memory.
+    exactly those sums. So one transposed conv on the low-resolution input does 2x2 instead of
+    3x3 multiply-adds per output (4/9) and never materialises the upsampled map. The tap sums
+    are fp32 elementwise adds (no GEMM), so they round the same wherever the weights sit.
     """
-    w = weight.float().transpose(0, 1)  # (C_in, C_out, *3): the transposed conv's layout
-    for axis, s in enumerate(scale, start=2):
+    w = weight.float().transpose(0, 1)  # (C_in, C_out, 3, 3): the transposed conv's layout
+    for axis in (2, 3):
         w0, w1, w2 = w.unbind(axis)
-        taps = (w2, w1, w0) if s == 1 else (w2, w1 + w2, w0 + w1, w0)
-        w = torch.stack(taps, dim=axis)
-    conv = F.conv_transpose3d if len(scale) == 3 else F.conv_transpose2d
-    return conv(x, w.to(x.dtype), bias, stride=scale, padding=1)
+        w = torch.stack((w2, w1 + w2, w0 + w1, w0), dim=axis)
+    return F.conv_transpose2d(x, w.to(x.dtype), bias, stride=2, padding=1)
 
 
 class DownShortcut(nn.Module):
