@@ -41,10 +41,11 @@ from vidcli.sampling.t2i2v import condition_latent
 STEPS = 6
 PROMPTS = ["a red circle moving right"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-PSNR_FLOOR_DB = 10.0
+PSNR_FLOOR_DB = 12.0
 """Every allowed setting's latents are within this PSNR (peak: the plain latents' range) of the
-plain run of the same path and dtype: a broken combination (NaN, another layer's cache, a stale
-branch) lands far below it."""
+plain run of the same path and dtype. Measured on 2 CPU cores: lowest 16.5 dB (uniform:3 with
+LPL), uniform:3 alone 21 dB, the known breakages 27-inf dB once fixed; a NaN fails the finite
+check first, a stale branch or mis-indexed table fails the focused tests below."""
 CALIBRATED = ("teacache", "smoothcache", "ditfastattn")
 TESTED = {**OPTIONS, "dtype": tuple(DTYPES)}
 """fp16 is a CUDA compute dtype; the CPU matrix runs fp32 and bf16."""
