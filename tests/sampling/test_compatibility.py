@@ -45,7 +45,8 @@ PSNR_FLOOR_DB = 12.0
 """Every allowed setting's latents are within this PSNR (peak: the plain latents' range) of the
 plain run of the same path and dtype. Measured on 2 CPU cores: lowest 16.5 dB (uniform:3 with
 LPL), uniform:3 alone 21 dB, the known breakages 27-inf dB once fixed; a NaN fails the finite
-check first, a stale branch or mis-indexed table fails the focused tests below."""
+check first, a stale branch or a mis-indexed table fails the focused tests (below and in
+test_cache_streams.py)."""
 CALIBRATED = ("teacache", "smoothcache", "ditfastattn")
 TESTED = {**OPTIONS, "dtype": tuple(DTYPES)}
 """fp16 is a CUDA compute dtype; the CPU matrix runs fp32 and bf16."""
