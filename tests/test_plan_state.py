@@ -17,7 +17,7 @@ from vidcli.models.mmdit.model import MMDiT
 from vidcli.plans import meta, plan_generate, plan_train
 from vidcli.plans.state import cache_state_bytes, sparse_residual_bytes
 from vidcli.recipe import SampleSection, load_recipe
-from vidcli.sampling.cache import METHODS, CachedDiT, CacheSpec, build_policy
+from vidcli.sampling.cache import METHODS, CachedDiT, build_policy, parse_cache
 from vidcli.sampling.cache.calibration import Recorder
 
 STEPS = 8
@@ -71,21 +71,39 @@ def _held_bytes(value, seen: set[int]) -> int:
     return 0
 
 
+class HeldState(flow.SamplingHooks):
+    """The loop's hooks for a `CachedDiT` that also record the largest state its policy held
+    between evaluations (before the run's end resets it)."""
+
+    def __init__(self, cached: CachedDiT):
+        self.cached, self.most = cached, 0
+
+    def _record(self) -> None:
+        self.most = max(self.most, _held_bytes(self.cached.policy, set()))
+
+    def before_evaluation(self, info: flow.StepInfo) -> None:
+        self._record()
+        self.cached.before_evaluation(info)
+
+    def end_run(self) -> None:
+        self._record()
+        self.cached.end_run()
+
+
 @pytest.mark.parametrize("method", [m for m in METHODS if m != "none"])
-def test_cache_state_is_what_the_policy_holds_after_a_run(tiny, method):
+def test_cache_state_is_what_the_policy_holds_during_a_run(tiny, method):
     model, inputs, schedule = tiny
-    recorder = Recorder(STEPS)
+    recorder = CachedDiT(model, Recorder(STEPS), STEPS)
     with torch.no_grad():
-        flow.sample_i2v(CachedDiT(model, recorder, STEPS), schedule=schedule, hooks=None, **inputs)
-    spec = CacheSpec(method, METHODS[method].default)
-    policy = build_policy(spec, recorder.calibration(), STEPS, frames=T)
-    # Without the loop's hooks the policy is never reset at the end, so its state stays to count.
+        flow.sample_i2v(recorder, schedule=schedule, hooks=recorder, **inputs)
+    policy = build_policy(parse_cache(method), recorder.policy.calibration(), STEPS, frames=T)
+    cached = CachedDiT(model, policy, STEPS)
+    held = HeldState(cached)
     with torch.no_grad():
-        flow.sample_i2v(CachedDiT(model, policy, STEPS), schedule=schedule, hooks=None, **inputs)
-    held = _held_bytes(policy, set())
+        flow.sample_i2v(cached, schedule=schedule, hooks=held, **inputs)
     blocks = (len(model.double_blocks), len(model.single_blocks))
-    planned = cache_state_bytes(method, 2 * N, L_IMG, L_TXT, D, blocks, C * 4, 4)
-    assert planned == held
+    planned = cache_state_bytes(method, 2 * N, N, L_IMG, L_TXT, D, blocks, C * 4, 4)
+    assert planned == held.most
 
 
 def test_sparse_residuals_are_one_attention_output_per_layer(tiny):
@@ -210,8 +228,9 @@ def _plan_json(*args: str) -> dict:
 def test_generate_plan_cli_counts_the_cache_and_refuses():
     args = ["generate", "--recipe", OPENSORA_768, "--plan", "--device", "cuda"]
     plan = _plan_json(*args, "--gpu-memory", "80", "--set", "sample.cache='taylorseer'")
-    # TaylorSeer keeps each module output and its first difference: twice SmoothCache's state.
-    assert plan["cache_state_gb"] == pytest.approx(214.5, abs=0.1)
+    # TaylorSeer keeps each module output and its first difference, per CFG branch: twice
+    # SmoothCache's 107.2 GB, and one prompt's rows more (an older output a branch still views).
+    assert plan["cache_state_gb"] == pytest.approx(214.5 + 107.2 / 3, abs=0.1)
     assert not plan["fits"] and plan["notes"][0].startswith("[sample] cache = 'taylorseer'")
 
 

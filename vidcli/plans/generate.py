@@ -162,7 +162,7 @@ def plan_generate(
     dit_act = dit_inference_peak(dit, cfg_rows, latent, text_tokens, dtype) * ACTIVATION_MARGIN / GB
     p = dit.config.patch_size
     image_tokens = latent[1] * (latent[2] // p) * (latent[3] // p)
-    state = run_state(recipe, dit, cfg_rows, image_tokens, text_tokens, size)
+    state = run_state(recipe, dit, cfg_rows, batch_size, image_tokens, text_tokens, size)
     sp = recipe.launcher.sequence_parallel
     all_to_all_gb = 0.0
     if sp > 1:  # a rank holds its token share of the activations, plus one attention's exchange

@@ -1,22 +1,30 @@
 """Run-time state the DiT's weights and activations leave out: what a sampling run keeps between
 denoiser calls (a caching method's stored outputs, sparse attention's residuals).
 
-The byte counts follow what each policy in `vidcli.sampling.cache` stores per call, for B rows
-(every CFG branch of every prompt: `put_rows` keeps the widest layout seen), L_img image and
-L_txt text tokens of width D, in the compute dtype:
+The byte counts follow what each policy in `vidcli.sampling.cache` stores, for B rows (every
+CFG branch of every prompt: the widest layout seen), L_img image and L_txt text tokens of width
+D, in the compute dtype:
 
-| method | stored per row | |
+| method | stored | bytes / element |
 | --- | --- | --- |
-| uniform | the velocity tokens | L_img·C_out |
-| teacache, adacache, fbcache | two stack-level tensors (input/probe and residual) | 2·L_img·D |
-| taylorseer-lite | the stack residual and its `order` differences | (order+1)·L_img·D |
-| smoothcache | each module's output: double attn, img/txt MLPs; single out | (2·n_d+n_s)·L·D |
-| taylorseer | smoothcache's modules, each with `order` differences | (order+1)·(2·n_d+n_s)·L·D |
-| toca | per block: attention, MLP output and input, fp32 token ages | (n_d+n_s)·L·(3·D+4 B) |
-| ditfastattn | per attention layer: its output | (n_d+n_s)·L·D |
+| uniform | the velocity tokens | B·L_img·C_out |
+| teacache, adacache, fbcache | two stack-level tensors (input/probe and residual) | 2·B·L_img·D |
+| magcache | the stack residual | B·L_img·D |
+| easycache | 4 stack-level tensors (+ 2 scalars and a step count per prompt) | 4·B·L_img·D |
+| taylorseer-lite | stack residual, `order` differences, per branch | (o+1)·B·L_img·D + N·L_img·D |
+| smoothcache | each module's output: double attn, img/txt MLPs; single out | B·M |
+| taylorseer | smoothcache's modules, each with `order` differences, per branch | (o+1)·B·M + N·M |
+| foca | the last 3 full outputs of every module, per branch | 3·B·M + N·M |
+| speca | module outputs and first differences (+ an int64 step per row) | 2·B·M |
+| toca | per block: attention, MLP output and input, fp32 token ages | (n_d+n_s)·B·L·(3·D + 4 B) |
+| ditfastattn | per attention layer: its output | (n_d+n_s)·B·L·D |
 
-with L = L_img + L_txt, n_d double and n_s single blocks. Sparse attention with residual sharing
-(`[sample] sparse_residual`) keeps full - sparse per attention layer: (n_d+n_s)·L·D per row.
+with L = L_img + L_txt, M = (2·n_d+n_s)·L·D, n_d double and n_s single blocks, N prompts per
+CFG branch, o = 1. The per-branch methods keep views of a full call's output, so after a call
+with fewer branches (guidance oscillation) the older output stays alive beside N new rows.
+Sparse attention with residual sharing (`[sample] sparse_residual`) keeps full - sparse per
+attention layer: (n_d+n_s)·B·L·D. `tests/test_plan_state.py` checks every row against the
+bytes the policies hold during a sampling run.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ from vidcli.recipe import Recipe, SampleSection
 
 TAYLOR_ORDER = 1
 """`TaylorSeer` / `TaylorSeerLite`'s default order (the one `build_policy` builds)."""
+FOCA_HISTORY = 3
+"""FoCa keeps the last three full outputs of every module (BDF2 + Heun)."""
+EASYCACHE_TENSORS = 4
+"""EasyCache's previous input, last full input and output, and their difference."""
 AGE_BYTES = 4
 """ToCa's per-token age is a float32 tensor whatever the compute dtype."""
 # Stack-level caches: two tensors of (B, L_img, D) (teacache: block 0's modulated input and the
@@ -44,6 +56,7 @@ def cache_method(sample: SampleSection) -> str:
 def cache_state_bytes(
     method: str,
     rows: int,
+    prompts: int,
     image_tokens: int,
     text_tokens: int,
     width: int,
@@ -53,29 +66,47 @@ def cache_state_bytes(
 ) -> int:
     """Bytes a caching method keeps between denoiser calls (table in the module doc).
 
+    rows: B of the widest call; prompts: N rows per CFG branch. The per-branch methods keep each
+    branch's slice of a full call's output as a view, so after a call with fewer branches
+    (guidance oscillation) the older full-width output stays alive beside N new rows.
     blocks: (double, single) block counts; element: bytes per value of the compute dtype.
     """
     double, single = blocks
     tokens = image_tokens + text_tokens
-    stack = rows * image_tokens * width * element  # one (B, L_img, D) tensor
-    modules = rows * tokens * width * element * (2 * double + single)
+
+    def stack(r: int) -> int:  # one (r, L_img, D) tensor
+        return r * image_tokens * width * element
+
+    def modules(r: int) -> int:  # every module output of the stack for r rows
+        return r * tokens * width * element * (2 * double + single)
+
+    per_branch = {  # (held full-width outputs, per-row size)
+        "taylorseer": (TAYLOR_ORDER + 1, modules),
+        "taylorseer-lite": (TAYLOR_ORDER + 1, stack),
+        "foca": (FOCA_HISTORY, modules),
+    }
+    if method in per_branch:
+        count, size = per_branch[method]
+        return count * size(rows) + size(prompts)
     match method:
         case "none":
             return 0
         case "uniform":
             return rows * image_tokens * out_channels * element
-        case "taylorseer-lite":
-            return (TAYLOR_ORDER + 1) * stack
         case "smoothcache":
-            return modules
-        case "taylorseer":
-            return (TAYLOR_ORDER + 1) * modules
+            return modules(rows)
         case "toca":
             return (double + single) * rows * tokens * (3 * width * element + AGE_BYTES)
         case "ditfastattn":
             return (double + single) * rows * tokens * width * element
+        case "speca":  # widened module outputs and differences; each row's last full step
+            return (TAYLOR_ORDER + 1) * modules(rows) + rows * 8
+        case "magcache":
+            return stack(rows)
+        case "easycache":  # and per prompt: its error budget and rate, an int64 step count
+            return EASYCACHE_TENSORS * stack(rows) + prompts * (2 * element + 8)
     if method in STACK_PAIRS:
-        return 2 * stack
+        return 2 * stack(rows)
     raise ValueError(f"no state size for caching method {method!r}")
 
 
@@ -113,14 +144,16 @@ def refusal(
 
 
 def run_state(
-    recipe: Recipe, dit, rows: int, image_tokens: int, text_tokens: int, size: int
+    recipe: Recipe, dit, rows: int, prompts: int, image_tokens: int, text_tokens: int, size: int
 ) -> dict[str, float]:
-    """GB of sampling state on the device: "cache", "sparse" and their sum "sampling"."""
+    """GB of sampling state on the device: "cache", "sparse" and their sum "sampling".
+
+    rows: B of the widest denoiser call; prompts: N rows per CFG branch."""
     c = dit.config
     blocks = (len(dit.double_blocks), len(dit.single_blocks))
     method = cache_method(recipe.sample)
     cache = cache_state_bytes(
-        method, rows, image_tokens, text_tokens, c.hidden_size, blocks, c.in_channels, size
+        method, rows, prompts, image_tokens, text_tokens, c.hidden_size, blocks, c.in_channels, size
     )
     tokens = image_tokens + text_tokens
     sparse = sparse_residual_bytes(recipe.sample, rows, tokens, c.hidden_size, sum(blocks), size)
