@@ -72,7 +72,8 @@ def first_frames(
 
     place, stage = pipe.placement, pipe.t2i
     with place.autocast():
-        (emb,) = encode_text(pipe, prompts)
+        # The negative prompt serves an image DiT without guidance embedding (text CFG).
+        emb, neg = encode_text(pipe, prompts, [sample.negative_prompt])
         # The plan's t2i phase: the image models, and the video AE that encodes their frames.
         with place.on_device(t2i_dit=stage.dit, t2i_ae=stage.ae, ae=pipe.ae):
             images, refs = first_frame_conditions(
@@ -84,6 +85,7 @@ def first_frames(
                 size,
                 shift=sample.shift,
                 callback=on_step,
+                negative=(place.to_device(neg.tokens), place.to_device(neg.pooled)),
             )
     return ContentFrames(images, refs) if needs_content(pipe.ae) else refs
 

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from vidcli.console import log
-from vidcli.errors import UsageError
 from vidcli.placement import Placement
 from vidcli.recipe import Recipe
 
@@ -95,12 +94,9 @@ def image_stage(recipe: Recipe, text, placement: Placement):
     )
     ae = autoencoder_from_section(ae_section).eval()
     dit_section = DiTSection(preset=t2i.preset, path=t2i.path, overrides=t2i.overrides)
+    # A guidance-distilled DiT (flux-dev) samples with its guidance embedding; any other samples
+    # with text CFG at [t2i] guidance (`vidcli.sampling.t2i2v.sample_images`).
     dit = dit_from_section(dit_section, ae.latent_channels, text).eval()
-    if not dit.config.guidance_embed:
-        raise UsageError(
-            f"[t2i] preset {t2i.preset!r}: the image stage needs a guidance-distilled DiT "
-            "(guidance_embed = true, e.g. flux-dev)"
-        )
     placement.place(dit, "t2i_dit")
     placement.place(ae, "t2i_ae")
     steps = t2i.steps or recipe.sample.steps

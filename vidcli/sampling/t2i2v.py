@@ -4,6 +4,8 @@
    `[t2i] resolution` (image area ≈ resolution², the video's aspect ratio, sides multiples of
    AE compression × patch), with Flux's guidance vector and the resolution-dependent shift
    α = lin(H_lat·W_lat / p²) (one latent frame), Euler, `flow.sample_distilled`;
+   a DiT without guidance embedding (the Reducio demo's: the bundled demo MMDiT at one latent
+   frame) samples with text CFG against the negative prompt instead (`flow.sample_i2v`, t2v);
 2. its AE (Flux AE) decodes the image, which is resized to cover the video size and
    center-cropped (the reference resizes the saved PNG the same way);
 3. the video AE encodes it as the i2v condition (`condition_latent`), and the video model
@@ -43,13 +45,14 @@ class ImageStage:
     """The text-to-image models of t2i2v, loaded once: a distilled DiT and its AE."""
 
     dit: Any
-    """MMDiT with guidance_embed (Flux-dev)."""
+    """MMDiT with guidance_embed (Flux-dev), or a plain one sampled with text CFG."""
     ae: Any
     """Its 2-D autoencoder (Flux AE)."""
     resolution: int
     """Image area ≈ resolution² pixels."""
     guidance: float
-    """Distilled guidance scale (Flux-dev: 4.0)."""
+    """Distilled guidance scale (Flux-dev: 4.0); a DiT without guidance_embed: the text CFG
+    scale."""
     steps: int
     """Denoising steps."""
 
@@ -124,9 +127,16 @@ def sample_images(
     shift: bool = True,
     flow_shift: float | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    negative: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Guidance-distilled text-to-image: (N, 3, H, W) in [-1, 1] for text embeddings
-    tokens (N, L, D_txt), pooled (N, D_vec) and one seed per image; size = (H, W) in pixels."""
+    """Text-to-image: (N, 3, H, W) in [-1, 1] for text embeddings tokens (N, L, D_txt), pooled
+    (N, D_vec) and one seed per image; size = (H, W) in pixels.
+
+    A guidance-distilled DiT (`guidance_embed`, Flux-dev) gets `guidance` through its guidance
+    embedding, one row per image. Any other DiT (e.g. the bundled demo MMDiT at one latent frame)
+    samples with text CFG at scale `guidance` against `negative` = (tokens, pooled) of the
+    negative prompt (batch N or 1): 2N rows per step, v̂ = v_u + g·(v_c − v_u) (`flow.sample_i2v`
+    without an image condition)."""
     height, width = size
     channels, t_lat, h_lat, w_lat = ae.latent_shape(1, height, width)
     p = dit.config.patch_size
@@ -149,9 +159,30 @@ def sample_images(
     schedule = flow.inference_schedule(
         steps, h_lat * w_lat // (p * p), t_lat, shift=shift, flow_shift=alpha
     )
-    latents = flow.sample_distilled(
-        dit.forward_video, noise, schedule, tokens, pooled, guidance=guidance, callback=callback
-    )
+    # Image DiTs were all distilled before the CFG path: a config without the field is one.
+    if getattr(dit.config, "guidance_embed", True):
+        latents = flow.sample_distilled(
+            dit.forward_video, noise, schedule, tokens, pooled, guidance=guidance, callback=callback
+        )
+    else:
+        if negative is None:
+            raise ShapeError(
+                "a text-to-image DiT without guidance_embed samples with CFG: pass the negative "
+                "prompt's embeddings"
+            )
+        neg_tokens, neg_pooled = (x.to(device) for x in negative)
+        latents = flow.sample_i2v(
+            dit.forward_video,
+            noise,
+            schedule,
+            tokens,
+            pooled,
+            neg_tokens,
+            neg_pooled,
+            # Plain CFG at every step (no oscillation: one image, few steps).
+            guidance=flow.GuidanceConfig(text=guidance, image=1.0, text_osci=False),
+            callback=callback,
+        )
     weight = next(ae.parameters())
     images = ae.decode(latents.to(weight.device, weight.dtype)).float().cpu()
     return images[:, :, 0].clamp(-1, 1)
@@ -167,10 +198,12 @@ def first_frame_conditions(
     video_size: tuple[int, int, int],
     shift: bool = True,
     callback: Callable[[int, torch.Tensor], None] | None = None,
+    negative: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """t2i2v steps 1-3: the frame-0 images (N, 3, H, W) at the video size (T, H, W), and their
     i2v condition latents [(C, 1, H', W')] under the video AE. tokens/pooled: raw-prompt
-    embeddings."""
+    embeddings; negative: the negative prompt's (tokens, pooled), for an image DiT sampled with
+    CFG (see `sample_images`)."""
     frames, height, width = video_size
     multiple = stage.ae.spatial_compression * stage.dit.config.patch_size
     size = image_size(stage.resolution, height, width, multiple)
@@ -185,6 +218,7 @@ def first_frame_conditions(
         stage.guidance,
         shift=shift,
         callback=callback,
+        negative=negative,
     )
     images = cover_resize(images, height, width)
     return images, [condition_latent(video_ae, image, frames) for image in images]
