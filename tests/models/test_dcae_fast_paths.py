@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidcli.models.dcae import AE_PRESETS, DCAE, model
-from vidcli.models.dcae.model import RMSNorm, upsample_conv
+from vidcli.models.dcae import AE_PRESETS, DCAE, blocks
+from vidcli.models.dcae.blocks import RMSNorm, upsample_conv
 
 
 def test_upsample_conv_equals_nearest_upsample_then_conv():
@@ -30,12 +30,12 @@ def test_upsample_conv_equals_nearest_upsample_then_conv():
 def test_up_block_takes_the_transposed_conv_only_where_it_saves_memory(monkeypatch):
     """A wide low-resolution 2-D up block and every 3-D one keep nearest upsampling + conv."""
     calls = []
-    monkeypatch.setattr(model, "upsample_conv", lambda *a: calls.append(a) or a[0])
-    wide = model.UpMain(2, 256, 256, "interpolate", temporal=False)
+    monkeypatch.setattr(blocks, "upsample_conv", lambda *a: calls.append(a) or a[0])
+    wide = blocks.UpMain(2, 256, 256, "interpolate", temporal=False)
     wide(torch.randn(1, 256, 4, 4))
-    model.UpMain(3, 8, 8, "interpolate", temporal=True)(torch.randn(1, 8, 2, 16, 16))
+    blocks.UpMain(3, 8, 8, "interpolate", temporal=True)(torch.randn(1, 8, 2, 16, 16))
     assert not calls
-    model.UpMain(2, 8, 8, "interpolate", temporal=False)(torch.randn(1, 8, 16, 16))
+    blocks.UpMain(2, 8, 8, "interpolate", temporal=False)(torch.randn(1, 8, 16, 16))
     assert len(calls) == 1
 
 

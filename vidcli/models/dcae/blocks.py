@@ -1,0 +1,377 @@
+"""DC-AE building blocks: residual-autoencoding rearrangements, norms, convolutions, the
+EfficientViT linear-attention block, and the down/up sampling blocks with their shortcuts.
+
+Shape legend: B batch, C channels, T frames, H height, W width, N = T*H*W (or H*W) positions,
+G attention groups (heads x (1 + multi-scale branches)), d head dim. Spatial dims are written
+`*S`: (T, H, W) for video models, (H, W) for image models.
+
+Parameter names follow Open-Sora 2.0 / MIT efficientvit (`main`, `op_list`, `conv`, `norm`) so
+their checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from vidcli.models.dcae.config import DCAEConfig
+
+# ---------------------------------------------------------------------------------------------
+# Parameter-free rearrangements of residual autoencoding
+# ---------------------------------------------------------------------------------------------
+
+
+def channels_last(x: Tensor) -> Tensor:
+    """A 4-D x in channels-last layout; 5-D x unchanged.
+
+    Image DC-AEs run channels-last: the channel RMSNorm then reduces over contiguous memory
+    (a strided reduction over dim 1 cost the 256 px decoder's ResBlocks about 1.7x on CPU) and
+    the convolutions keep one layout instead of reordering around every norm. 3-D
+    convolutions stay channels-first: PyTorch's CPU conv3d measured over twice slower on
+    channels_last_3d input.
+    """
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
+
+def _same_layout(like: Tensor, x: Tensor) -> Tensor:
+    """x made contiguous, channels-last when `like` is a channels-last 4-D map."""
+    cl = like.ndim == 4 and like.is_contiguous(memory_format=torch.channels_last)
+    cl = cl and not like.is_contiguous()
+    return x.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+def space_to_channel(x: Tensor, temporal: bool) -> Tensor:
+    """(B, C, *S) -> (B, C*f, *S/2); new channel c*f + dt*4 + dh*2 + dw (f = 8 with T, else 4)."""
+    if x.ndim == 4:
+        y = rearrange(x, "b c (h i) (w j) -> b (c i j) h w", i=2, j=2)
+    elif temporal:
+        y = rearrange(x, "b c (t k) (h i) (w j) -> b (c k i j) t h w", k=2, i=2, j=2)
+    else:
+        y = rearrange(x, "b c t (h i) (w j) -> b (c i j) t h w", i=2, j=2)
+    return _same_layout(x, y)
+
+
+def channel_to_space(x: Tensor, temporal: bool) -> Tensor:
+    """Inverse of `space_to_channel`: (B, C*f, *S) -> (B, C, *S*2)."""
+    if x.ndim == 4:
+        y = rearrange(x, "b (c i j) h w -> b c (h i) (w j)", i=2, j=2)
+    elif temporal:
+        y = rearrange(x, "b (c k i j) t h w -> b c (t k) (h i) (w j)", k=2, i=2, j=2)
+    else:
+        y = rearrange(x, "b (c i j) t h w -> b c t (h i) (w j)", i=2, j=2)
+    return _same_layout(x, y)
+
+
+def average_channels(x: Tensor, out_channels: int) -> Tensor:
+    """Mean over consecutive groups of channels: (B, C, *S) -> (B, out_channels, *S)."""
+    return x.unflatten(1, (out_channels, -1)).mean(dim=2)
+
+
+def duplicate_channels(x: Tensor, out_channels: int) -> Tensor:
+    """Repeat every channel in place (adjacent copies): (B, C, *S) -> (B, out_channels, *S)."""
+    return x.repeat_interleave(out_channels // x.shape[1], dim=1)
+
+
+def _halves_time(x: Tensor, temporal: bool) -> bool:
+    """A temporal stage only rescales T when the clip has more than one frame."""
+    return temporal and x.ndim == 5 and x.shape[2] != 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Layers
+# ---------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """RMS over channels at each position, then a per-channel affine (weight and bias)."""
+
+    def __init__(self, channels: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Channels moved last: on a channels-last map (how the DC-AE runs) that is a free view and
+        # F.rms_norm reduces over contiguous memory. The statistics in fp32 keep bf16 activations
+        # from overflowing / losing bits; the affine runs in x's dtype as one fused pass.
+        y = F.rms_norm(x.movedim(1, -1).float(), (x.shape[1],), eps=self.eps).to(x.dtype)
+        return torch.addcmul(self.bias, y, self.weight).movedim(-1, 1)
+
+
+def build_norm(kind: str | None, channels: int, dims: int) -> nn.Module | None:
+    if kind is None:
+        return None
+    if kind == "rms":
+        return RMSNorm(channels)
+    return (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(channels)
+
+
+def build_act(kind: str | None) -> nn.Module | None:
+    return {None: None, "silu": nn.SiLU(), "relu": nn.ReLU()}[kind]
+
+
+class ConvLayer(nn.Module):
+    """conv (zero padding k//2 on every side) -> optional norm -> optional activation."""
+
+    def __init__(
+        self,
+        dims: int,
+        c_in: int,
+        c_out: int,
+        kernel: int = 3,
+        stride: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        norm: str | None = None,
+        act: str | None = None,
+    ):
+        super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        self.conv = conv(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=bias)
+        self.norm = build_norm(norm, c_out, dims)
+        self.act = build_act(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        if self.norm is not None:
+            x = self.norm(x)
+        return x if self.act is None else self.act(x)
+
+
+# ---------------------------------------------------------------------------------------------
+# Blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class ResBlockMain(nn.Module):
+    """conv3 (bias) -> act -> conv3 (no bias) -> norm; the identity shortcut lives in `Residual`."""
+
+    def __init__(self, dims: int, channels: int, norm: str, act: str):
+        super().__init__()
+        self.conv1 = ConvLayer(dims, channels, channels, act=act)
+        self.conv2 = ConvLayer(dims, channels, channels, bias=False, norm=norm)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv2(self.conv1(x))
+
+
+class LiteMLA(nn.Module):
+    """ReLU linear attention over all positions of a sample, with multi-scale q/k/v aggregation.
+
+    The 3C qkv channels are head-interleaved: head h owns channels [3dh, 3dh+3d) ordered q | k | v;
+    every aggregation branch adds `heads` more pseudo-heads.
+    """
+
+    eps = 1e-15
+
+    def __init__(self, dims: int, channels: int, head_dim: int, scales: tuple[int, ...], norm: str):
+        super().__init__()
+        conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        heads = channels // head_dim
+        self.head_dim = head_dim
+        self.qkv = ConvLayer(dims, channels, 3 * channels, kernel=1, bias=False)
+        self.aggreg = nn.ModuleList(
+            nn.Sequential(
+                conv(
+                    3 * channels, 3 * channels, k, padding=k // 2, groups=3 * channels, bias=False
+                ),
+                conv(3 * channels, 3 * channels, 1, groups=3 * heads, bias=False),
+            )
+            for k in scales
+        )
+        self.proj = ConvLayer(
+            dims, channels * (1 + len(scales)), channels, kernel=1, bias=False, norm=norm
+        )
+
+    def attend(self, qkv: Tensor) -> Tensor:
+        """(B, G*3d, *S) -> (B, G*d, *S): out_n = sum_m v_m (k_m . q_n) / sum_m (k_m . q_n)."""
+        spatial = qkv.shape[2:]
+        d = self.head_dim
+        # The two matmuls sum over every position: fp32 keeps long clips from losing precision.
+        # ("cpu" for meta tensors too: the memory plan runs this on `meta`, which has no autocast.)
+        with torch.autocast("cuda" if qkv.is_cuda else "cpu", enabled=False):
+            qkv = qkv.float().flatten(2).unflatten(1, (-1, 3 * d))  # (B, G, 3d, N)
+            q, k, v = F.relu(qkv[:, :, :d]), F.relu(qkv[:, :, d : 2 * d]), qkv[:, :, 2 * d :]
+            v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones yields the denominator
+            out = (v @ k.transpose(-1, -2)) @ q  # (B, G, d+1, N)
+            out = out[:, :, :d] / (out[:, :, d:] + self.eps)
+        return out.flatten(1, 2).unflatten(2, spatial)
+
+    def forward(self, x: Tensor) -> Tensor:
+        qkv = self.qkv(x)
+        branches = [qkv] + [agg(qkv) for agg in self.aggreg]
+        out = self.attend(torch.cat(branches, dim=1)).to(x.dtype)
+        return self.proj(out)
+
+
+class GLUMBConv(nn.Module):
+    """Pointwise expand x8 -> depthwise 3 conv -> value * act(gate) -> pointwise C -> norm."""
+
+    def __init__(self, dims: int, channels: int, norm: str, act: str, expand: int = 4):
+        super().__init__()
+        mid = channels * expand
+        self.inverted_conv = ConvLayer(dims, channels, 2 * mid, kernel=1, act=act)
+        self.depth_conv = ConvLayer(dims, 2 * mid, 2 * mid, groups=2 * mid)
+        self.point_conv = ConvLayer(dims, mid, channels, kernel=1, bias=False, norm=norm)
+        self.glu_act = build_act(act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        value, gate = self.depth_conv(self.inverted_conv(x)).chunk(2, dim=1)
+        return self.point_conv(value * self.glu_act(gate))
+
+
+class Residual(nn.Module):
+    """`main(x) + shortcut(x)`; the shortcut is the identity or a parameter-free rearrangement."""
+
+    def __init__(self, main: nn.Module, shortcut: nn.Module | None):
+        super().__init__()
+        self.main = main
+        self.shortcut = shortcut
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = self.main(x)
+        short = x if self.shortcut is None else self.shortcut(x)
+        # Without autograd the sum can reuse main's buffer (one full-size allocation less per
+        # block); with autograd it must not, as main's last op may have saved its output.
+        return out.add_(short) if not torch.is_grad_enabled() else out + short
+
+
+class EViTBlock(nn.Module):
+    """EfficientViT block: x + attention(x), then x + GLUMBConv(x)."""
+
+    def __init__(
+        self, dims: int, channels: int, head_dim: int, scales: tuple[int, ...], norm: str, act: str
+    ):
+        super().__init__()
+        self.context_module = Residual(LiteMLA(dims, channels, head_dim, scales, norm), None)
+        self.local_module = Residual(GLUMBConv(dims, channels, norm, act), None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.local_module(self.context_module(x))
+
+
+class ConvPixelUnshuffle(nn.Module):
+    """Conv to C_out/4, then space-to-channel: a down block's main path without striding."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = ConvLayer(dims, c_in, c_out // 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return space_to_channel(self.conv(x), temporal=False)
+
+
+def build_down_main(dims: int, c_in: int, c_out: int, kind: str, temporal: bool) -> nn.Module:
+    """Main path of a down block: strided conv (T too when `temporal`), or conv + unshuffle."""
+    if kind == "pixel_unshuffle":
+        return ConvPixelUnshuffle(dims, c_in, c_out)
+    stride = (2 if temporal else 1, 2, 2) if dims == 3 else 2
+    return ConvLayer(dims, c_in, c_out, stride=stride)
+
+
+class UpMain(nn.Module):
+    """Main path of an up block: nearest x2 then conv, or conv to C_out*4 then channel-to-space."""
+
+    def __init__(self, dims: int, c_in: int, c_out: int, kind: str, temporal: bool):
+        super().__init__()
+        self.temporal = temporal
+        self.interpolate = kind == "interpolate"
+        self.conv = ConvLayer(dims, c_in, c_out if self.interpolate else 4 * c_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.interpolate:
+            return channel_to_space(self.conv(x), temporal=False)
+        weight = self.conv.conv.weight
+        upsampled_bytes = x.numel() * 4 * x.element_size()
+        derived_bytes = weight.numel() * 16 // 9 * 4 * 2  # fp32 4x4 taps, two stacks alive
+        if x.ndim == 4 and upsampled_bytes >= derived_bytes:
+            return upsample_conv(x, weight, self.conv.conv.bias)
+        # Video (3-D) up blocks and low-resolution wide ones keep the plain path: there the
+        # transposed conv's derived weights would outweigh the upsampled map they avoid (and
+        # the memory plan measures video decode peaks as linear in the tile volume).
+        scale = (2 if _halves_time(x, self.temporal) else 1, 2, 2) if x.ndim == 5 else (2, 2)
+        return self.conv(F.interpolate(x, scale_factor=scale, mode="nearest"))
+
+
+def upsample_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """`conv3x3(nearest_upsample_x2(x), padding 1)` of a 4-D x without the upsampled map.
+
+    Along each axis, output 2i sees the input taps (i-1, i, i) and output 2i+1 the taps
+    (i, i, i+1): a stride-2 transposed conv with the 4 taps [w2, w1+w2, w0+w1, w0] produces
+    exactly those sums. So one transposed conv on the low-resolution input does 2x2 instead of
+    3x3 multiply-adds per output (4/9) and never materialises the upsampled map. The tap sums
+    are fp32 elementwise adds (no GEMM), so they round the same wherever the weights sit.
+    """
+    w = weight.float().transpose(0, 1)  # (C_in, C_out, 3, 3): the transposed conv's layout
+    for axis in (2, 3):
+        w0, w1, w2 = w.unbind(axis)
+        w = torch.stack((w2, w1 + w2, w0 + w1, w0), dim=axis)
+    return F.conv_transpose2d(x, w.to(x.dtype), bias, stride=2, padding=1)
+
+
+class DownShortcut(nn.Module):
+    """Space-to-channel, then average consecutive channel groups down to C_out."""
+
+    def __init__(self, c_out: int, temporal: bool):
+        super().__init__()
+        self.c_out, self.temporal = c_out, temporal
+
+    def forward(self, x: Tensor) -> Tensor:
+        return average_channels(space_to_channel(x, _halves_time(x, self.temporal)), self.c_out)
+
+
+class UpShortcut(nn.Module):
+    """Duplicate channels to C_out*f, then channel-to-space."""
+
+    def __init__(self, c_out: int, temporal: bool):
+        super().__init__()
+        self.c_out, self.temporal = c_out, temporal
+
+    def forward(self, x: Tensor) -> Tensor:
+        temporal = _halves_time(x, self.temporal)
+        return channel_to_space(
+            duplicate_channels(x, self.c_out * (8 if temporal else 4)), temporal
+        )
+
+
+class ChannelAverage(nn.Module):
+    def __init__(self, c_out: int):
+        super().__init__()
+        self.c_out = c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return average_channels(x, self.c_out)
+
+
+class ChannelDuplicate(nn.Module):
+    def __init__(self, c_out: int):
+        super().__init__()
+        self.c_out = c_out
+
+    def forward(self, x: Tensor) -> Tensor:
+        return duplicate_channels(x, self.c_out)
+
+
+class OpSequence(nn.Module):
+    """Modules applied in order, kept under `op_list` (the reference checkpoints' key)."""
+
+    def __init__(self, ops: list[nn.Module]):
+        super().__init__()
+        self.op_list = nn.ModuleList(ops)
+
+    def forward(self, x: Tensor) -> Tensor:
+        for op in self.op_list:
+            x = op(x)
+        return x
+
+
+def build_block(
+    cfg: DCAEConfig, kind: str, channels: int, scales: tuple[int, ...], norm: str, act: str
+) -> nn.Module:
+    dims = 3 if cfg.is_video else 2
+    if kind == "ResBlock":
+        return Residual(ResBlockMain(dims, channels, norm, act), None)
+    return EViTBlock(dims, channels, cfg.attention_head_dim, scales, norm, act)
