@@ -47,7 +47,7 @@ plain run of the same path and dtype. Measured on 2 CPU cores: lowest 16.5 dB (u
 LPL), uniform:3 alone 21 dB, the known breakages 27-inf dB once fixed; a NaN fails the finite
 check first, a stale branch or a mis-indexed table fails the focused tests (below and in
 test_cache_streams.py)."""
-CALIBRATED = ("teacache", "smoothcache", "ditfastattn")
+CALIBRATED = ("teacache", "smoothcache", "ditfastattn", "magcache")
 TESTED = {**OPTIONS, "dtype": tuple(DTYPES)}
 """fp16 is a CUDA compute dtype; the CPU matrix runs fp32 and bf16."""
 

@@ -3,7 +3,9 @@
 A run is described by one value per option (`Setting`): the `[sample]` solver, cache method, LPL,
 token merging (TDTM), sparse attention and its residual; the offload mode and compute dtype of the
 run's placement; the path (t2v, i2v from `--image`, t2i2v from `[t2i] enabled`, or a
-guidance-distilled DiT such as flux-dev t2i); and whether LoRAs are merged. Every pair of values
+guidance-distilled DiT such as flux-dev t2i); whether LoRAs are merged; and the DiT's
+quantization (`[sample] quantize`; fp8 and a missing torchao are refused by `check_quantize`,
+which depends on the device and the install, not on a pair). Every pair of values
 not in `REFUSED` works (tests/sampling/test_compatibility.py runs each allowed pair); a refused
 pair is a `UsageError` (exit 2) naming both options and why.
 
@@ -21,6 +23,7 @@ from pathlib import Path
 
 from vidcli.errors import UsageError
 from vidcli.placement import Placement
+from vidcli.quantize import QUANTIZE_MODES, check_quantize
 from vidcli.recipe import Recipe, SampleSection
 from vidcli.sampling.cache import METHODS, parse_cache
 
@@ -41,6 +44,7 @@ class Setting:
     dtype: str = "fp32"
     path: str = "t2v"
     lora: str = "off"
+    quantize: str = "none"
 
 
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -54,6 +58,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "dtype": ("fp32", "bf16", "fp16"),
     "path": ("t2v", "i2v", "t2i2v", "distilled"),
     "lora": ("off", "on"),
+    "quantize": QUANTIZE_MODES,
 }
 """Every option and its values, the default first."""
 
@@ -68,6 +73,7 @@ FLAGS = {
     "dtype": "--dtype",
     "path": "path",
     "lora": "--lora",
+    "quantize": "--quantize",
 }
 """How a user sets each option, for the refusal's message."""
 
@@ -117,6 +123,14 @@ REFUSED: tuple[Refusal, ...] = (
         ("on",),
         "token merging averages pairs of latent frames and a distilled image model samples one",
     ),
+    Refusal(
+        "quantize",
+        QUANTIZE_MODES[1:],
+        "offload",
+        ("model", "blocks"),
+        "torchao's quantized weights cannot move between host and device; lower the resolution, "
+        "frames or batch so the plan keeps every model resident",
+    ),
 )
 """Every pair that does not combine; everything else does."""
 
@@ -140,6 +154,7 @@ CLASS_CONDITIONAL: dict[str, tuple[str, ...]] = {
     "tdtm": ("off",),
     "sparse_attention": ("off",),
     "lora": ("off",),
+    "quantize": ("none",),
 }
 """The values a class-conditional run (DC-AE-Diffusion, `sampling.class_conditional`) takes: its
 released sampler drives a UViT/DiT without the video DiT's hooks, so only the defaults."""
@@ -163,6 +178,8 @@ SEQUENCE_PARALLEL_REFUSED: dict[str, dict[str, str]] = {
         "shard of the tokens",
         "toca": "it ranks tokens by score over the sequence, and a rank holds a shard of them",
         "ditfastattn": "it decides from each rank's shard of its attention outputs",
+        "speca": "it verifies each prompt's forecast on each rank's shard of the tokens",
+        "easycache": "it spends each prompt's error budget from each rank's shard of the tokens",
     },
     "tdtm": {"on": "token merging pairs latent frames that sit on different ranks"},
     "sparse_attention": {
@@ -171,7 +188,8 @@ SEQUENCE_PARALLEL_REFUSED: dict[str, dict[str, str]] = {
     },
 }
 """Option values a sequence-parallel run (`[launcher] sequence_parallel` > 1) refuses, and why.
-The other caches decide from the step (uniform, smoothcache, taylorseer) or from indicators that
+The other caches decide from the step (uniform, smoothcache, taylorseer, foca, magcache's
+calibrated curve) or from indicators that
 `StepRun.relative_l1` all-reduces over the group (teacache, fbcache)."""
 
 
@@ -199,6 +217,7 @@ def sample_setting(sample: SampleSection, **run: str) -> Setting:
         tdtm="on" if sample.tdtm_steps > 0 else "off",
         sparse_attention=sample.sparse_attention,
         sparse_residual="on" if sample.sparse_residual else "off",
+        quantize=sample.quantize,
         **run,
     )
 
@@ -227,6 +246,7 @@ def check_run(recipe: Recipe, placement: Placement, image: bool, lora: bool) -> 
     """Refuse a generate run whose options do not combine, before its models load."""
     setting = run_setting(recipe, placement, image, lora)
     check(setting)
+    check_quantize(setting.quantize, placement.device)
     check_sequence_parallel(setting, recipe.launcher.sequence_parallel)
 
 

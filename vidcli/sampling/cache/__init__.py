@@ -2,7 +2,7 @@
 
 `--cache METHOD[:VALUE]` / `[sample] cache = "METHOD[:VALUE]"` selects a method; VALUE is its
 threshold, or its refresh interval K for the periodic methods (uniform, toca, taylorseer,
-taylorseer-lite).
+taylorseer-lite, foca); speca takes `K[:TAU]`, its interval and its verification threshold.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ class Method:
     """"threshold" (a float >= 0) or "interval" (an integer K >= 1)."""
     default: float
     summary: str
+    second: float | None = None
+    """The default of a second value `METHOD:VALUE:SECOND` (a threshold >= 0), None: no second."""
 
     @property
     def integer(self) -> bool:
@@ -45,6 +47,10 @@ METHODS = {
         Method("fbcache", "threshold", 0.05, "skip the rest when block 0's residual is stable"),
         Method("taylorseer", "interval", 5, "full every K steps, Taylor-forecast in between"),
         Method("taylorseer-lite", "interval", 5, "TaylorSeer forecasting the whole stack"),
+        Method("foca", "interval", 5, "full every K steps, BDF2 + Heun forecast in between"),
+        Method("speca", "interval", 8, "per-sample forecast, verified, recomputed on failure", 0.1),
+        Method("magcache", "threshold", 0.1, "skip while calibrated residual-ratio error < δ"),
+        Method("easycache", "threshold", 0.1, "per-sample reuse until an error budget τ is spent"),
     )
 }
 
@@ -55,17 +61,21 @@ class CacheSpec:
 
     method: str
     value: float
+    second: float | None = None
 
     def __str__(self) -> str:
         if self.method == "none":
             return "none"
         value = int(self.value) if METHODS[self.method].integer else self.value
-        return f"{self.method}:{value}"
+        return f"{self.method}:{value}" + ("" if self.second is None else f":{self.second}")
 
 
 def method_list() -> str:
     return ", ".join(
-        f"{m.name}" + ("" if m.name == "none" else f"[:{m.value}]") for m in METHODS.values()
+        f"{m.name}"
+        + ("" if m.name == "none" else f"[:{m.value}]")
+        + ("" if m.second is None else "[:threshold]")
+        for m in METHODS.values()
     )
 
 
@@ -79,9 +89,26 @@ def parse_cache(spec: str, source: str = "--cache") -> CacheSpec:
         )
     method = METHODS[name]
     if not raw:
-        return CacheSpec(name, method.default)
+        return CacheSpec(name, method.default, method.second)
     if name == "none":
         raise UsageError(f"{source} {spec!r}: 'none' takes no value")
+    raw, _, raw_second = raw.partition(":")
+    second = method.second
+    if raw_second:
+        try:
+            second = float(raw_second) if method.second is not None else float("nan")
+        except ValueError:
+            second = float("nan")
+        if not (second == second and 0 <= second < float("inf")):
+            raise UsageError(
+                f"{source} {spec!r}: "
+                + (
+                    f"{name} takes METHOD:K:THRESHOLD with a threshold >= 0 "
+                    f"(e.g. {name}:{int(method.default)}:{method.second})"
+                    if method.second is not None
+                    else f"{name} takes one value"
+                )
+            )
     try:
         value = float(raw)
     except ValueError:
@@ -94,7 +121,7 @@ def parse_cache(spec: str, source: str = "--cache") -> CacheSpec:
         raise UsageError(
             f"{source} {spec!r}: {name} takes a threshold >= 0 (e.g. {name}:{method.default})"
         )
-    return CacheSpec(name, value)
+    return CacheSpec(name, value, second)
 
 
 def find_calibration(explicit: str, dit_path: str) -> CacheCalibration:
@@ -114,14 +141,18 @@ def build_policy(
 ) -> CachePolicy | None:
     """The policy of a spec for a run of `num_steps` steps (None for "none").
 
-    frames: latent frames (AdaCache's motion score). SmoothCache and DiTFastAttn need a
-    calibration for this step count; TeaCache falls back to f(x) = x without one.
+    frames: latent frames (AdaCache's motion score). SmoothCache, DiTFastAttn and MagCache
+    need a calibration for this step count; TeaCache falls back to f(x) = x without one.
     """
     from vidcli.sampling.cache import (
         adacache,
         ditfastattn,
+        easycache,
         fbcache,
+        foca,
+        magcache,
         smoothcache,
+        speca,
         taylorseer,
         teacache,
         toca,
@@ -159,6 +190,16 @@ def build_policy(
             return taylorseer.TaylorSeer(int(v))
         case "taylorseer-lite":
             return taylorseer.TaylorSeerLite(int(v))
+        case "foca":
+            return foca.FoCa(int(v))
+        case "speca":
+            return speca.SpeCa(int(v), spec.second)
+        case "magcache":
+            if steps not in calibration.magcache:
+                raise UsageError(f"magcache: {where} has no calibration for {steps} steps", hint)
+            return magcache.MagCache(v, calibration.magcache[steps])
+        case "easycache":
+            return easycache.EasyCache(v)
     raise AssertionError(spec.method)
 
 

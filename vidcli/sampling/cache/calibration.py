@@ -8,7 +8,9 @@
   model output (paper §4.1; the authors' fitting script is unpublished); "teacache_pairs" keeps
   the pairs per step count, so calibrating another step count refits on all of them;
 - "smoothcache": {steps: {module type: E[j-1][i]}} layer-output error curves;
-- "ditfastattn": {steps: losses[n][layer][candidate]} one-layer-at-a-time output losses.
+- "ditfastattn": {steps: losses[n][layer][candidate]} one-layer-at-a-time output losses;
+- "magcache": {steps: γ[n]} MagCache's residual magnitude ratios (γ[0] = 1), from one sample: the
+  first calibration prompt's conditional rows.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from vidcli.sampling.cache.hooks import (
     relative_l1,
     take_rows,
 )
+from vidcli.sampling.cache.magcache import magnitude_ratio
 from vidcli.sampling.cache.modules import Key, ModuleHook, Value, module_types
 from vidcli.sampling.cache.smoothcache import LOOKAHEAD
 from vidcli.sampling.cache.teacache import indicator
@@ -47,6 +50,7 @@ class CacheCalibration:
     teacache_pairs: dict[str, list[list[float]]] = field(default_factory=dict)
     smoothcache: dict[str, dict[str, list[list[float | None]]]] = field(default_factory=dict)
     ditfastattn: dict[str, list[list[list[float]]]] = field(default_factory=dict)
+    magcache: dict[str, list[float]] = field(default_factory=dict)
     source: str = ""
     """Where it was loaded from (not saved)."""
 
@@ -57,6 +61,7 @@ class CacheCalibration:
             "teacache_pairs": self.teacache_pairs,
             "smoothcache": self.smoothcache,
             "ditfastattn": self.ditfastattn,
+            "magcache": self.magcache,
         }
 
     def merge(self, other: CacheCalibration) -> CacheCalibration:
@@ -69,6 +74,7 @@ class CacheCalibration:
             pairs,
             {**self.smoothcache, **other.smoothcache},
             {**self.ditfastattn, **other.ditfastattn},
+            {**self.magcache, **other.magcache},
             self.source,
         )
 
@@ -94,6 +100,7 @@ def load_calibration(path: str | Path) -> CacheCalibration:
         data.get("teacache_pairs") or {},
         data.get("smoothcache") or {},
         data.get("ditfastattn") or {},
+        data.get("magcache") or {},
         str(path),
     )
 
@@ -146,13 +153,14 @@ class Recorder(CachePolicy):
         self.error_count: dict[str, np.ndarray] = {}
         self.losses_sum = None
         self.runs = 0
+        self.magnitude_ratios = [1.0] * num_steps
         self.reset()
 
     def reset(self) -> None:
         self.history: dict[Key, list[Value]] = {}
         self.attention: dict[int, Value] = {}
         self.previous_attention: dict[int, Value] = {}
-        self.prev_m = self.prev_out = None
+        self.prev_m = self.prev_out = self.prev_residual = None
         self.depth = 0
         self.step = 0
 
@@ -193,6 +201,11 @@ class Recorder(CachePolicy):
             trunks.append(trunk)
             trunk = run.run_blocks(trunk, i, i + 1, lambda j: _RecordingHook(j, self))
         out = run.head(trunk.image)
+        if self.runs == 1:  # MagCache calibrates on one sample: prompt 0's conditional row
+            residual = (trunk.image - run.embedded.x)[0]
+            if self.prev_residual is not None:
+                self.magnitude_ratios[run.step] = magnitude_ratio(residual, self.prev_residual)
+            self.prev_residual = residual
         if self.prev_m is not None:
             B = run.batch
             x = relative_l1(m, take_rows(self.prev_m, B))
@@ -226,7 +239,13 @@ class Recorder(CachePolicy):
         coefficients, curves, losses = self.result()
         steps = str(self.num_steps)
         pairs = [list(p) for p in self.pairs]
-        return CacheCalibration(coefficients, {steps: pairs}, {steps: curves}, {steps: losses})
+        return CacheCalibration(
+            coefficients,
+            {steps: pairs},
+            {steps: curves},
+            {steps: losses},
+            {steps: list(self.magnitude_ratios)},
+        )
 
     def result(self) -> tuple[list[float], dict, list | None]:
         """(TeaCache coefficients, SmoothCache curves, DiTFastAttn losses) over all runs."""
