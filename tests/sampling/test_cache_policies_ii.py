@@ -4,6 +4,8 @@ file), sampled with CFG so every policy sees two branches."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ from vidcli.models.mmdit.model import MMDiT
 from vidcli.sampling.cache import CacheCalibration, CachedDiT, CacheSpec, build_policy, parse_cache
 from vidcli.sampling.cache.calibration import Recorder, load_calibration, save_calibration
 from vidcli.sampling.cache.foca import combine, foca_weights
-from vidcli.sampling.cache.magcache import MAX_SKIPS, RETENTION
+from vidcli.sampling.cache.magcache import MAX_SKIPS, RETENTION, MagCache
 from vidcli.sampling.cache.speca import SpeCa, taylor1
 
 STEPS = 14
@@ -195,3 +197,40 @@ def test_parse_speca_interval_and_threshold():
     for bad in ("speca:6:x", "speca:6:-1", "foca:5:0.1", "speca:0.5"):
         with pytest.raises(UsageError):
             parse_cache(bad)
+
+
+class BranchRun:
+    """A `StepRun` stand-in: its stack residual at step t is t + 100 in the cond row and -t in
+    the uncond row, so an output tells which step each branch's residual was computed at."""
+
+    def __init__(self, step: int, branches: tuple[str, ...], num_steps: int = 20):
+        self.step, self.branches, self.num_steps, self.rows, self.kind = step, branches, 20, 1, ""
+        self.batch, self.last = len(branches), step == num_steps - 1
+        self.embedded = SimpleNamespace(x=torch.zeros(len(branches), 2, 3))
+
+    def compute(self) -> torch.Tensor:
+        marks = {"cond": self.step + 100.0, "uncond": -float(self.step)}
+        return torch.cat([torch.full((1, 2, 3), marks[b]) for b in self.branches])
+
+    def head(self, image: torch.Tensor) -> torch.Tensor:
+        return image
+
+
+def test_magcache_counts_each_branch_from_its_own_last_computed_step():
+    # γ = 0.9 everywhere: E after 1, 2, 3 steps = 0.1, 0.29, 0.56, so δ = 0.3 allows 2 skips.
+    # From step 4 odd steps run the cond row only (guidance oscillation). Step 9 computes cond
+    # alone; at step 10 the uncond row is 4 steps old (E = 0.1 + 0.19 + 0.27 + 0.34 > δ), so the
+    # call is computed although cond's own error is only 0.1.
+    policy = MagCache(0.3, [1.0] + [0.9] * 19)
+    computed: dict[str, int] = {}
+    kinds = []
+    for step in range(12):
+        branches = ("cond",) if step >= 4 and step % 2 else ("cond", "uncond")
+        run = BranchRun(step, branches)
+        out = policy(run)
+        kinds.append(run.kind)
+        if run.kind != "skipped":
+            computed.update({b: step for b in branches})
+        expected = [computed["cond"] + 100.0, -float(computed["uncond"])][: len(branches)]
+        assert out[:, 0, 0].tolist() == expected, f"step {step}"
+    assert kinds[4:] == ["skipped", "skipped", "", "skipped", "skipped", "", "", "skipped"]

@@ -5,11 +5,12 @@ budget, and only the prompts over budget run the full DiT in a batched call.
 What it reuses: the stack's transformation vector Δ = (last block's image output) - (embedded
 input), kept per (CFG branch, prompt) and per evaluation stream; a reused step returns x + Δ.
 
-Rule per prompt (all its CFG rows together; ‖·‖ the L1 norm):
+Rule per row (one prompt in one CFG branch; ‖·‖ the L1 norm over the row):
 - at a full step c after an earlier full step p, the transformation rate
   k = (‖o_c - o_p‖ / ‖o_p‖) / (‖x_c - x_p‖ / ‖x_p‖), o the stack output, x its input;
-- at every later step t the estimated output change k · ‖x_t - x_{t-1}‖ / ‖x_{t-1}‖ is added to
-  the accumulator E; Δ is reused while E < τ, else the prompt is computed and E = 0.
+- at every later call t the estimated output change k · ‖x_t - x_prev‖ / ‖x_prev‖ (x_prev the
+  row's input at its previous call) is added to its accumulator E; a prompt reuses Δ while all
+  its rows in the call have E < τ, else all its rows are computed and their E = 0.
 The first 3 steps are full (k needs two full steps), so τ = 0 computes every step.
 
 Published EasyCache differs: it measures input and output on the latent and the velocity, uses a
@@ -27,9 +28,14 @@ from vidcli.sampling.cache.samples import charge, merge_rows, sample_rows, sub_r
 WARMUP_STEPS = 3
 
 
-def sample_norms(t: torch.Tensor, branches: int) -> torch.Tensor:
-    """L1 norm of each prompt's rows over all branches: (branches·N, ...) -> (N,)."""
-    return t.abs().flatten(1).sum(1).view(branches, -1).sum(0)
+def row_norms(t: torch.Tensor) -> torch.Tensor:
+    """L1 norm of each row: (B, ...) -> (B,)."""
+    return t.abs().flatten(1).sum(1)
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """‖a - b‖ / ‖b‖ per row."""
+    return row_norms(a - b) / row_norms(b).clamp_min(1e-12)
 
 
 class _Rows:
@@ -59,25 +65,27 @@ class EasyCache(CachePolicy):
 
     def reset(self) -> None:
         self.previous_x, self.full_x, self.full_o, self.delta = _Rows(), _Rows(), _Rows(), _Rows()
-        self.rate: torch.Tensor | None = None
-        """(N,) transformation rate k of each prompt (None before its second full step)."""
-        self.budget: torch.Tensor | None = None
-        """(N,) accumulated estimated output change E since each prompt's last full step."""
-        self.full_steps: torch.Tensor | None = None
-        """(N,) full evaluations of each prompt so far."""
+        self.rate, self.budget, self.full_steps = _Rows(), _Rows(), _Rows()
+        """Per row (CFG branch x prompt): transformation rate k, accumulated estimate E since the
+        row's last full step, and the row's full evaluations so far. Rows, not prompts: under
+        guidance oscillation a conditional-only step refreshes the conditional rows only."""
 
     def __call__(self, run: StepRun) -> torch.Tensor:
-        x, n, nb, B = run.embedded.x, run.rows, len(run.branches), run.batch
-        if self.budget is None:
-            self.budget, self.rate = x.new_zeros(n), x.new_zeros(n)
-            self.full_steps = torch.zeros(n, dtype=torch.long)
-        compute = torch.ones(n, dtype=torch.bool)
-        if run.step >= WARMUP_STEPS and self.previous_x.value is not None:
-            before = self.previous_x.read(B)
-            change = sample_norms(x - before, nb) / sample_norms(before, nb).clamp_min(1e-12)
-            self.budget += self.rate * change
-            compute = (self.budget >= self.tau) | (self.full_steps < 2)
-        self.previous_x.write(torch.arange(B), x, B)
+        x, n, B = run.embedded.x, run.rows, run.batch
+        everything = torch.arange(B)
+        if self.previous_x.value is None or self.previous_x.value.shape[0] < B:
+            # a new branch: its rows start with no history (its prompts are computed)
+            width = B if self.budget.value is None else self.budget.value.shape[0]
+            fresh = everything[width:]
+            self.budget.write(fresh, x.new_zeros(len(fresh)), B)
+            self.rate.write(fresh, x.new_zeros(len(fresh)), B)
+            self.full_steps.write(fresh, x.new_zeros(len(fresh)), B)
+            self.previous_x.write(fresh, x[fresh], B)
+        budget = self.budget.read(B) + self.rate.read(B) * relative(x, self.previous_x.read(B))
+        self.budget.write(everything, budget, B)
+        self.previous_x.write(everything, x, B)
+        over = (budget >= self.tau) | (self.full_steps.read(B) < 2) | (run.step < WARMUP_STEPS)
+        compute = over.view(-1, n).any(0)
         computed = [s for s in range(n) if compute[s]]
         reused = [s for s in range(n) if not compute[s]]
         parts = []
@@ -90,21 +98,19 @@ class EasyCache(CachePolicy):
         return run.head(merge_rows(parts, B))
 
     def _compute(self, run: StepRun, samples: list[int]) -> torch.Tensor:
-        """The full DiT on prompts `samples`, updating their Δ, rate and budget."""
-        sub, rows, index = sub_run(run, samples), sample_rows(run, samples), torch.tensor(samples)
-        x, nb = sub.embedded.x, len(run.branches)
+        """The full DiT on prompts `samples`, updating their rows' Δ, rate and budget."""
+        sub, rows = sub_run(run, samples), sample_rows(run, samples)
+        x, B = sub.embedded.x, run.batch
         o = sub.compute()
         charge(run, sub)
-        had = (self.full_steps[index] > 0).to(x.device)
+        had = self.full_steps.read(B)[rows] > 0
         if had.any():
-            o_p, x_p = self.full_o.read(run.batch)[rows], self.full_x.read(run.batch)[rows]
-            out_change = sample_norms(o - o_p, nb) / sample_norms(o_p, nb).clamp_min(1e-12)
-            in_change = sample_norms(x - x_p, nb) / sample_norms(x_p, nb).clamp_min(1e-12)
-            rate = out_change / in_change.clamp_min(1e-12)
-            self.rate[index] = torch.where(had, rate, self.rate[index])
-        self.full_o.write(rows, o, run.batch)
-        self.full_x.write(rows, x, run.batch)
-        self.delta.write(rows, o - x, run.batch)
-        self.budget[index] = 0.0
-        self.full_steps[index] += 1
+            o_p, x_p = self.full_o.read(B)[rows], self.full_x.read(B)[rows]
+            rate = relative(o, o_p) / relative(x, x_p).clamp_min(1e-12)
+            self.rate.write(rows, torch.where(had, rate, self.rate.read(B)[rows]), B)
+        self.full_o.write(rows, o, B)
+        self.full_x.write(rows, x, B)
+        self.delta.write(rows, o - x, B)
+        self.budget.write(rows, torch.zeros_like(rows, dtype=x.dtype), B)
+        self.full_steps.write(rows, self.full_steps.read(B)[rows] + 1, B)
         return o

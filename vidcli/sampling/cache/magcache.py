@@ -6,9 +6,10 @@ computed step, kept per CFG branch (rows) and per evaluation stream; a skipped s
 
 Rule: γ_t = mean over tokens of ‖r_t‖ / ‖r_{t-1}‖, calibrated once per step count from one
 uncached sample (the first calibration prompt's conditional rows; `calibration.Recorder`). Since
-the last computed step, the ratio R = ∏γ and the error E = Σ|1 - R| accumulate over the skipped
-steps; step t is skipped while E < δ and at most MAX_SKIPS steps in a row, else computed (R = 1,
-E = 0). The first RETENTION of the steps and the last step are computed.
+a branch's last computed step, the ratio R = ∏γ and the error E = Σ|1 - R| accumulate over the
+steps; step t is skipped while every branch of the call has E < δ and at most MAX_SKIPS steps
+since its last computed one, else computed (which restarts R and E of the call's branches). The
+first RETENTION of the steps and the last step are computed.
 
 Published MagCache differs: it calibrates the conditional and unconditional branches' curves
 separately and interpolates a curve to other step counts; here one curve (conditional) serves every
@@ -44,25 +45,36 @@ class MagCache(CachePolicy):
 
     def reset(self) -> None:
         self.residual: torch.Tensor | None = None
-        self.ratio, self.error, self.skips = 1.0, 0.0, 0
+        self.computed: dict[str, int] = {}
+        """Per CFG branch: the step its residual was last computed at."""
+
+    def error(self, since: int, step: int) -> float:
+        """E = Σ_j |1 - ∏_{i<=j} γ_i| over the steps j after `since` up to `step`."""
+        ratio, error = 1.0, 0.0
+        for j in range(since + 1, step + 1):
+            ratio *= self.ratios[j]
+            error += abs(1 - ratio)
+        return error
 
     def __call__(self, run: StepRun) -> torch.Tensor:
-        x = run.embedded.x
+        x, branches = run.embedded.x, run.branches
+        # Under guidance oscillation a conditional-only step refreshes one branch: each branch
+        # accumulates from its own last computed step, and the call is skipped only if all can.
         compute = (
-            self.residual is None
-            or self.residual.shape[0] < run.batch  # a branch with no residual yet
+            any(b not in self.computed for b in branches)
             or run.step < RETENTION * run.num_steps
             or run.last
+            or any(
+                run.step - self.computed[b] > MAX_SKIPS
+                or self.error(self.computed[b], run.step) >= self.delta
+                for b in branches
+            )
         )
-        if not compute:
-            self.ratio *= self.ratios[run.step]
-            self.error += abs(1 - self.ratio)
-            self.skips += 1
-            compute = not (self.error < self.delta and self.skips <= MAX_SKIPS)
         if not compute:
             run.kind = "skipped"
             return run.head(x + take_rows(self.residual, run.batch))
-        self.ratio, self.error, self.skips = 1.0, 0.0, 0
+        for b in branches:
+            self.computed[b] = run.step
         image = run.compute()
         self.residual = put_rows(self.residual, image - x)
         return run.head(image)
