@@ -234,3 +234,14 @@ def test_magcache_counts_each_branch_from_its_own_last_computed_step():
         expected = [computed["cond"] + 100.0, -float(computed["uncond"])][: len(branches)]
         assert out[:, 0, 0].tolist() == expected, f"step {step}"
     assert kinds[4:] == ["skipped", "skipped", "", "skipped", "skipped", "", "", "skipped"]
+
+
+def test_benchmark_pairs_are_held_out_from_tuning_and_calibration():
+    from vidcli.benchmark.caching import CALIBRATION_PROMPTS, HELD_OUT_PAIRS, TUNING_PROMPTS
+
+    prompts = [p for p, _ in HELD_OUT_PAIRS]
+    seeds = [s for _, s in HELD_OUT_PAIRS]
+    assert len(set(HELD_OUT_PAIRS)) >= 8
+    assert not set(prompts) & (set(TUNING_PROMPTS) | set(CALIBRATION_PROMPTS))
+    # tuning seeds are the recipe's (seed + i, small), calibration's 1000 + i
+    assert not set(seeds) & (set(range(100)) | set(range(1000, 1000 + len(CALIBRATION_PROMPTS))))
