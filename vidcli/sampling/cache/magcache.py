@@ -13,8 +13,9 @@ first RETENTION of the steps and the last step are computed.
 
 Published MagCache differs: it calibrates the conditional and unconditional branches' curves
 separately and interpolates a curve to other step counts; here one curve (conditional) serves every
-branch and a step count needs its own calibration. K = 4 and the retention ratio 0.2 are the
-published defaults as recalled, not re-read.
+branch and a step count needs its own calibration. MAX_SKIPS = 4 and RETENTION = 0.2 are those of
+the authors' Wan2.1 script (with δ = 0.12 there); their ComfyUI nodes default to K = 2 (checked in
+public copies, 2026-12).
 """
 
 from __future__ import annotations
