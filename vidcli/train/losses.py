@@ -151,15 +151,21 @@ class PatchDiscriminator3D(nn.Module):
             ]
         layers.append(nn.Conv3d(widths[-1], 1, 3, 1, 1))
         self.net = nn.Sequential(*layers)
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        init_gan_weights(self)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.net(video)
+
+
+def init_gan_weights(discriminator: nn.Module) -> None:
+    """The PatchGAN initialisation both Open-Sora and Reducio use: N(0, 0.02) convolutions,
+    N(1, 0.02) BatchNorm scales, zero BatchNorm shifts."""
+    for m in discriminator.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ from torch import nn
 
 from vidcli.metrics import psnr
 from vidcli.models.reducio import ReducioVAE, normalize_latent, sample_posterior
-from vidcli.train.losses import hinge_d_loss
+from vidcli.train.losses import hinge_d_loss, init_gan_weights
 
 KL_WEIGHT = 1e-6
 """Upstream's `kl_weight`."""
@@ -64,12 +64,7 @@ class ReducioDiscriminator3D(nn.Module):
             layers.append(nn.LeakyReLU(0.2))
         layers.append(nn.Conv3d(widths[-1], 1, (1, 4, 4), 1, (0, 1, 1)))
         self.net = nn.Sequential(*layers)
-        for m in self.modules():
-            if isinstance(m, nn.Conv3d):
-                nn.init.normal_(m.weight, 0.0, 0.02)
-            elif isinstance(m, nn.BatchNorm3d):
-                nn.init.normal_(m.weight, 1.0, 0.02)
-                nn.init.zeros_(m.bias)
+        init_gan_weights(self)
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.net(video)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from vidcli.errors import CheckpointError, UsageError
 from vidcli.fileio import atomic_folder
@@ -42,8 +42,9 @@ def build_autoencoder(preset: str | DCAEConfig, **overrides: Any) -> DCAE:
     return DCAE(resolve_config(preset, **overrides))
 
 
-def load_state_dict_strict(model: DCAE, sd: dict[str, Tensor], source: str) -> None:
-    """Copy `sd` into the model (upcasting/downcasting to its dtype); any mismatch raises."""
+def load_state_dict_strict(model: nn.Module, sd: dict[str, Tensor], source: str) -> None:
+    """Copy `sd` into `model` (cast to its dtypes; assigned where the model is on `meta`); any
+    missing, unexpected or misshaped key raises CheckpointError naming `source`."""
     own = model.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
@@ -54,11 +55,11 @@ def load_state_dict_strict(model: DCAE, sd: dict[str, Tensor], source: str) -> N
     ]
     if missing or unexpected or wrong:
         raise CheckpointError(
-            f"{source}: weights do not match the DC-AE config: {len(missing)} missing "
+            f"{source}: weights do not match the model: {len(missing)} missing "
             f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}, "
             f"{len(wrong)} shape mismatches {wrong[:3]}"
         )
-    model.load_state_dict(sd, strict=True)
+    model.load_state_dict(sd, strict=True, assign=any(v.is_meta for v in own.values()))
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from vidcli.errors import CheckpointError, UsageError
+from vidcli.errors import UsageError
 from vidcli.models import dcae
+from vidcli.models.dcae.loading import load_state_dict_strict
 from vidcli.models.dcae_diffusion.config import (
     DiTConfig,
     NetworkConfig,
@@ -73,25 +74,6 @@ def _name_from_folder(folder: Path) -> str:
             f"{folder}: no {CONFIG_FILE} with a model_name; pass the released name"
         ) from None
     return str(name)
-
-
-def load_state_dict_strict(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Copy `sd` into `model`; any missing, unexpected or misshaped key raises CheckpointError."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    wrong = [
-        f"{k} {tuple(sd[k].shape)}!={tuple(v.shape)}"
-        for k, v in own.items()
-        if k in sd and sd[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong:
-        raise CheckpointError(
-            f"{source}: weights do not match the model: {len(missing)} missing {missing[:3]}, "
-            f"{len(unexpected)} unexpected {unexpected[:3]}, {len(wrong)} shape mismatches "
-            f"{wrong[:3]}"
-        )
-    model.load_state_dict(sd, strict=True, assign=any(v.is_meta for v in own.values()))
 
 
 def load_released(path: str | Path, name: str | None = None) -> DCAEDiffusion:
