@@ -2,13 +2,15 @@
 
 `vidcli.plans` decides; these helpers carry the decision out:
 - `stream_blocks`: the DiT's non-block layers live on the device, its transformer blocks on the
-  CPU, each moved to the device for its own forward (the plan's `blocks` offload);
+  host, each copied to the device for its own forward while the next one's copy runs on a side
+  stream (the plan's `blocks` offload);
 - `decode_with_retry`: an out-of-memory error during the AE decode retries with tiles half the
   size (down to one latent unit per tile) instead of ending the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Callable
 
@@ -24,33 +26,105 @@ from vidcli.models.dcae.config import TilingConfig
 FIRST_TILING = TilingConfig(spatial_tile=256, temporal_tile=32, overlap=0.25)
 
 
+class BlockStream:
+    """The host weights of a DiT's transformer blocks and the device copies in flight.
+
+    Each block's parameters and buffers are held on the host (pinned once, on CUDA, so copies
+    run asynchronously). When block i starts, its device copy replaces the host tensors in the
+    block (copied now unless prefetched) and block i+1's copy starts on a side stream, overlapping
+    block i's compute; an event orders the copy before the use. When block i ends, its host
+    tensors come back and the device copy is dropped: weights are not written back, inference
+    does not change them. On the CPU there is no stream and no copy (`to` returns the host
+    tensor), so the same code runs synchronously and computes exactly what an unstreamed model
+    does.
+    """
+
+    def __init__(self, blocks: list[nn.Module], device: torch.device):
+        self.device = device
+        cuda = device.type == "cuda"
+        self.copier = torch.cuda.Stream(device) if cuda else None
+        self.index = {id(block): i for i, block in enumerate(blocks)}
+        self.host: list[list[tuple[dict, str, torch.Tensor]]] = []
+        pinned: dict[int, torch.Tensor] = {}  # a tensor shared inside the blocks is pinned once
+        for block in blocks:
+            block.to("cpu")
+            slots = []
+            for module in block.modules():
+                for table in (module._parameters, module._buffers):
+                    for name, tensor in table.items():
+                        if tensor is None:
+                            continue
+                        if cuda:
+                            if id(tensor) not in pinned:
+                                pinned[id(tensor)] = _pinned(tensor)
+                            table[name] = pinned[id(tensor)]
+                        slots.append((table, name, table[name]))
+            self.host.append(slots)
+        self.ready: dict[int, tuple[list[torch.Tensor], torch.cuda.Event | None]] = {}
+
+    def fetch(self, i: int) -> None:
+        """Start copying block i's weights to the device (on the side stream on CUDA)."""
+        stream = torch.cuda.stream(self.copier) if self.copier else contextlib.nullcontext()
+        with stream:
+            copies = [t.detach().to(self.device, non_blocking=True) for _, _, t in self.host[i]]
+        event = None
+        if self.copier is not None:
+            event = torch.cuda.Event()
+            event.record(self.copier)
+        self.ready[i] = (copies, event)
+
+    def arrive(self, block: nn.Module, args) -> None:
+        """Pre-hook: block i computes on its device copy; block i+1's copy starts."""
+        i = self.index[id(block)]
+        if i not in self.ready:
+            self.fetch(i)
+        copies, event = self.ready.pop(i)
+        self.ready.clear()  # a block prefetched but skipped (a cache) is dropped, not kept
+        if event is not None:
+            compute = torch.cuda.current_stream(self.device)
+            compute.wait_event(event)
+            for copy in copies:  # freed copies wait for the compute that reads them
+                copy.record_stream(compute)
+        for (table, name, _), copy in zip(self.host[i], copies, strict=True):
+            table[name] = copy
+        self.fetch((i + 1) % len(self.host))  # after the last block: the next call's first
+
+    def leave(self, block: nn.Module, args, out) -> None:
+        """Post-hook: the host tensors return; the device copy is dropped, not copied back."""
+        for table, name, host in self.host[self.index[id(block)]]:
+            table[name] = host
+
+
+def _pinned(tensor: torch.Tensor) -> torch.Tensor:
+    """A page-locked host copy of `tensor`, a Parameter again when it was one."""
+    data = tensor.detach().cpu().pin_memory()
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(data, requires_grad=tensor.requires_grad)
+    return data
+
+
 def stream_blocks(model: nn.Module, device: torch.device) -> Callable[[], None]:
-    """Keep `model`'s `double_blocks` / `single_blocks` on the CPU and run each on `device`.
+    """Keep `model`'s `double_blocks` / `single_blocks` on the host and run each on `device`,
+    the next block's copy prefetched while one computes (`BlockStream`).
 
     Everything else in the model moves to `device` now. Returns a function that removes the
-    hooks (the blocks stay on the CPU).
+    hooks (the blocks stay on the host).
     """
-    blocks = [*model.double_blocks, *model.single_blocks]
     for name, child in model.named_children():
         if name not in ("double_blocks", "single_blocks"):
             child.to(device)
-
-    # Hooks return None: a value returned by a hook would replace the block's inputs or output.
-    def arrive(block: nn.Module, args) -> None:
-        block.to(device)
-
-    def leave(block: nn.Module, args, out) -> None:
-        block.to("cpu")
-
+    blocks = [*model.double_blocks, *model.single_blocks]
+    stream = BlockStream(blocks, device)
+    # The hooks return None: a value returned by a hook would replace the block's inputs or output.
     handles = []
     for block in blocks:
-        block.to("cpu")
-        handles.append(block.register_forward_pre_hook(arrive))
-        handles.append(block.register_forward_hook(leave))
+        handles.append(block.register_forward_pre_hook(stream.arrive))
+        handles.append(block.register_forward_hook(stream.leave))
 
     def remove() -> None:
         for handle in handles:
             handle.remove()
+        stream.ready.clear()
 
     return remove
 

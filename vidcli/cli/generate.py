@@ -130,6 +130,15 @@ def generate(
     ] = None,
     nproc: NprocOpt = None,
     plan: PlanOpt = False,
+    link_gb_s: Annotated[
+        float | None,
+        typer.Option(
+            "--link-gb-s",
+            min=0.001,
+            help="--plan: host-to-device GB/s for block streaming's transfer time (default 25, "
+            "PCIe 4.0 x16).",
+        ),
+    ] = None,
     gpu_memory: GpuMemoryOpt = None,
     set_values: SetOpt = None,
     print_recipe: PrintRecipeOpt = False,
@@ -198,9 +207,16 @@ def generate(
             )
         if plan:
             from vidcli import plans
+            from vidcli.plans.generate import LINK_GB_S
 
             return plans.generate_plan(
-                loaded, device, dtype, gpu_memory, batch_size, image is not None
+                loaded,
+                device,
+                dtype,
+                gpu_memory,
+                batch_size,
+                image is not None,
+                link_gb_s=LINK_GB_S if link_gb_s is None else link_gb_s,
             )
         options = pipeline.GenerateOptions(
             prompts=pipeline.collect_prompts(prompts or [], prompts_file),

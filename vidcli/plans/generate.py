@@ -5,7 +5,8 @@ component on the GPU at a time: text encoders -> t2i -> DiT -> AE, like diffuser
 offload) or `blocks` (`model`, and the DiT's transformer blocks streamed to the GPU one at a
 time), and an AE decode: untiled, or the tile size with the least redundant work whose peak
 fits. Between `none` and `model` the least decode work wins (ties: less offload); `blocks` is
-used only when neither fits.
+used only when neither fits, and the plan states what its streaming costs per denoiser call: the
+blocks' bytes over the host-to-device link (`LINK_GB_S`, overridable).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ OFFLOAD_MODES = ("none", "model", "blocks")
 SPATIAL_TILES = (1024, 768, 512, 384, 256, 192, 128, 64)
 TEMPORAL_TILES = (128, 64, 32, 16, 8)
 TILE_OVERLAP = 0.25
+LINK_GB_S = 25.0
+"""Host-to-device bandwidth the plan assumes for block streaming, GB/s: PCIe 4.0 x16's effective
+rate from pinned memory (`generate --plan --link-gb-s` overrides it)."""
 
 
 @dataclass
@@ -88,6 +92,15 @@ class GeneratePlan:
     the DiT's weights on every rank)."""
     all_to_all_gb: float = 0.0
     """One attention call's exchange buffers per rank, inside `dit_activation_gb` (N > 1)."""
+    link_gb_s: float = LINK_GB_S
+    """The host-to-device bandwidth assumed for block streaming."""
+    streamed_gb: float = 0.0
+    """The DiT blocks' bytes copied to the device per denoiser call (offload `blocks`; else 0)."""
+
+    @property
+    def transfer_ms_per_call(self) -> float:
+        """The block copies of one denoiser call at `link_gb_s` (0 without block streaming)."""
+        return self.streamed_gb * GB / (self.link_gb_s * 1e9) * 1e3
 
     def stdout_lines(self) -> list[str]:
         lines = [
@@ -122,6 +135,13 @@ class GeneratePlan:
             f"offload: {self.offload}; peak {self.peak_gb:.2f} GB: "
             + ("fits" if self.fits else f"does not fit; needs {self.smallest_device_gb:.1f} GB"),
         ]
+        if self.streamed_gb:
+            lines.insert(
+                -1,
+                f"block streaming: {self.streamed_gb:.2f} GB per denoiser call, "
+                f"{self.transfer_ms_per_call:.0f} ms at {self.link_gb_s:g} GB/s (prefetched: "
+                "hidden behind a block's compute when that takes longer)",
+            )
         return lines + [f"note: {n}" for n in self.notes]
 
 
@@ -132,10 +152,12 @@ def plan_generate(
     gpu_memory_gb: float | None,
     batch_size: int = 1,
     image_condition: bool = False,
+    link_gb_s: float = LINK_GB_S,
 ) -> GeneratePlan:
     """The generation plan for `recipe.sample`'s size on a device with `gpu_memory_gb`.
 
     gpu_memory_gb None: no limit (CPU), so nothing is offloaded or tiled beyond the recipe.
+    link_gb_s: host-to-device bandwidth, for the block-streaming transfer time.
     """
     sample = recipe.sample
     ae = meta_autoencoder(recipe.ae).to(dtype)
@@ -266,6 +288,8 @@ def plan_generate(
         notes=notes,
         sequence_parallel=sp,
         all_to_all_gb=all_to_all_gb,
+        link_gb_s=link_gb_s,
+        streamed_gb=block_params(dit) * size / GB if offload == "blocks" else 0.0,
     )
 
 
@@ -425,6 +449,7 @@ def generate_plan(
     gpu_memory_gb: float | None,
     batch_size: int = 1,
     image_condition: bool = False,
+    link_gb_s: float = LINK_GB_S,
 ) -> GeneratePlan:
     """`vidcli generate --plan`: resolve `--device` / `--dtype` / `--gpu-memory`, then plan."""
     from vidcli.devices import resolve_device, resolve_dtype
@@ -437,4 +462,5 @@ def generate_plan(
         device_memory_gb(where, gpu_memory_gb),
         batch_size=batch_size,
         image_condition=image_condition,
+        link_gb_s=link_gb_s,
     )
