@@ -101,8 +101,12 @@ class Placement:
         return module
 
     def enter(self, module: nn.Module, role: Role) -> nn.Module:
-        """`role`'s phase begins: the model on the device (a streaming DiT moves its own blocks)."""
-        if not self.streamed(role):
+        """`role`'s phase begins: the model on the device (a streaming DiT moves its own blocks).
+
+        A model already there is not moved: a quantized DiT's torchao weights cannot be swapped
+        by `module.to` under inference mode (`vidcli.quantize`).
+        """
+        if not self.streamed(role) and not on_device(module, self.device):
             module.to(self.device)
         return module
 
@@ -137,3 +141,11 @@ class Placement:
     def name(self) -> str:
         """The device as `--device` spells it: cpu, cuda:0, cuda:1, ..."""
         return str(self.device)
+
+
+def on_device(module: nn.Module, device: torch.device) -> bool:
+    """True when every parameter and buffer of `module` is on `device` (`cuda`: any index)."""
+    return all(
+        t.device.type == device.type and device.index in (None, t.device.index)
+        for t in [*module.parameters(), *module.buffers()]
+    )

@@ -253,6 +253,9 @@ class SampleSection:
     cache_calibration: str = ""
     """Calibration JSON of the caching methods (`vidcli benchmark --caching --calibrate`); empty:
     cache-calibration.json in the [dit] path folder, when there is one."""
+    quantize: Literal["none", "int8-wo", "fp8"] = "none"
+    """Quantized DiT linear layers through torchao (`pip install -e ".[quant]"`): int8-wo (int8
+    weights, any device) or fp8 (CUDA, compute capability 8.9+); every model stays resident."""
 
 
 @dataclass

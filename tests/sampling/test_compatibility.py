@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import importlib.util
 import itertools
 import math
 from pathlib import Path
@@ -30,6 +31,7 @@ from vidcli.cli import app
 from vidcli.generate import _valid_size, load_generate_recipe
 from vidcli.models.adapters import LoRAWeights, apply_lora_options, save_lora
 from vidcli.placement import Placement
+from vidcli.quantize import quantize_linears
 from vidcli.recipe import load_recipe
 from vidcli.sampling import acceleration
 from vidcli.sampling.cache import cache_for_sample, calibration
@@ -48,8 +50,13 @@ LPL), uniform:3 alone 21 dB, the known breakages 27-inf dB once fixed; a NaN fai
 check first, a stale branch or a mis-indexed table fails the focused tests (below and in
 test_cache_streams.py)."""
 CALIBRATED = ("teacache", "smoothcache", "ditfastattn", "magcache")
-TESTED = {**OPTIONS, "dtype": tuple(DTYPES)}
-"""fp16 is a CUDA compute dtype; the CPU matrix runs fp32 and bf16."""
+TESTED = {
+    **OPTIONS,
+    "dtype": tuple(DTYPES),
+    "quantize": ("none", "int8-wo") if importlib.util.find_spec("torchao") else ("none",),
+}
+"""fp16 is a CUDA compute dtype; the CPU matrix runs fp32 and bf16. fp8 needs CUDA at SM 8.9+;
+int8-wo runs where torchao is installed (the `quant` extra, in `dev`)."""
 
 
 def allowed_settings() -> list[Setting]:
@@ -122,13 +129,14 @@ class Stand:
 
     def pipe(self, setting: Setting) -> Pipeline:
         base = self.base(setting.dtype)
-        if setting.offload == "none" and setting.lora == "off":
+        if setting.offload == "none" and setting.lora == "off" and setting.quantize == "none":
             return base
-        # The run's own copy of the DiT, placed (and LoRA-merged) as generate does.
+        # The run's own copy of the DiT, placed (and LoRA-merged, quantized) as generate does.
         placement = Placement(torch.device("cpu"), base.dtype, setting.offload)
         dit = placement.place(copy.deepcopy(base.dit), "dit")
         if setting.lora == "on":
             apply_lora_options(dit, [str(self.lora(dit))])
+        quantize_linears(dit, setting.quantize)
         return dataclasses.replace(base, dit=dit, placement=placement)
 
     def lora(self, dit: torch.nn.Module) -> Path:
@@ -275,9 +283,12 @@ def test_allowed_setting_samples_close_to_the_plain_run(stands, setting):
 
 
 def refused_pairs() -> list[Setting]:
-    """One setting per refused pair of values."""
+    """One setting per refused pair of values a CPU run of `vidcli generate` can ask for (the
+    offload pairs: tests/test_quantize.py)."""
     settings = []
     for rule in REFUSED:
+        if not {rule.first, rule.second} <= set(CLI_ARGS):
+            continue
         for x, y in itertools.product(rule.first_values, rule.second_values):
             settings.append(Setting(**{rule.first: x, rule.second: y}))
     return settings
@@ -289,6 +300,8 @@ CLI_ARGS = {
     "tdtm": lambda v: ["--tdtm-steps", "2"],
     "sparse_attention": lambda v: ["--sparse-attention", v],
     "path": lambda v: [],
+    "quantize": lambda v: ["--quantize", v],
+    "lora": lambda v: ["--lora", "never-read.safetensors"],  # refused before any LoRA loads
 }
 
 

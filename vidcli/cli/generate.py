@@ -93,6 +93,13 @@ def generate(
         str | None,
         typer.Option(help="off, window, sta or frame_tile (more keys: --set sample.sparse_*)."),
     ] = None,
+    quantize: Annotated[
+        str | None,
+        typer.Option(
+            help="DiT linear weights: none, int8-wo or fp8 (CUDA SM 8.9+); needs torchao "
+            '(pip install -e ".[quant]").'
+        ),
+    ] = None,
     image: Annotated[Path | None, typer.Option(help="First-frame image: image-to-video.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output file, or a folder for several prompts.")
@@ -166,6 +173,7 @@ def generate(
             ("lpl", "true" if lpl else None),
             ("tdtm_steps", tdtm_steps),
             ("sparse_attention", sparse_attention),
+            ("quantize", quantize),
         ):
             if value is not None:
                 overrides.append(f"sample.{key}={value}")

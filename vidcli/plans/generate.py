@@ -6,7 +6,8 @@ offload) or `blocks` (`model`, and the DiT's transformer blocks streamed to the 
 time), and an AE decode: untiled, or the tile size with the least redundant work whose peak
 fits. Between `none` and `model` the least decode work wins (ties: less offload); `blocks` is
 used only when neither fits, and the plan states what its streaming costs per denoiser call: the
-blocks' bytes over the host-to-device link (`LINK_GB_S`, overridable).
+blocks' bytes over the host-to-device link (`LINK_GB_S`, overridable). A quantized DiT
+(`[sample] quantize`) counts its quantized weights.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from vidcli.plans.sizes import (
     text_widths,
 )
 from vidcli.plans.state import refusal, run_state
+from vidcli.quantize import quantized_bytes
 from vidcli.recipe import Recipe, SampleSection
 from vidcli.sequence_parallel import exchange_elements, token_share
 
@@ -92,6 +94,8 @@ class GeneratePlan:
     the DiT's weights on every rank)."""
     all_to_all_gb: float = 0.0
     """One attention call's exchange buffers per rank, inside `dit_activation_gb` (N > 1)."""
+    quantize: str = "none"
+    """`[sample] quantize`: the DiT's weights in `components` are the quantized bytes."""
     link_gb_s: float = LINK_GB_S
     """The host-to-device bandwidth assumed for block streaming."""
     streamed_gb: float = 0.0
@@ -104,7 +108,9 @@ class GeneratePlan:
 
     def stdout_lines(self) -> list[str]:
         lines = [
-            f"plan for {self.device} ({self.dtype}), "
+            f"plan for {self.device} ({self.dtype}"
+            + ("" if self.quantize == "none" else f", DiT linears {self.quantize}")
+            + "), "
             f"{'no limit' if self.gpu_memory_gb is None else f'{self.gpu_memory_gb:g} GB'}",
             f"latent {self.latent_shape}: {self.image_tokens} image + {self.text_tokens} text "
             f"tokens, {self.cfg_rows} CFG rows per denoiser call",
@@ -173,7 +179,8 @@ def plan_generate(
     text_tokens, _, _ = text_widths(recipe.text)
     t2i_components, t2i_act, t2i_dit = _t2i_stage(recipe, dtype, text_tokens, batch_size)
     components += t2i_components
-    components.append(ComponentMemory("dit", param_count(dit), param_count(dit) * size / GB))
+    dit_gb = quantized_bytes(dit, sample.quantize, size) / GB
+    components.append(ComponentMemory("dit", param_count(dit), dit_gb))
     components.append(ComponentMemory("ae", param_count(ae), param_count(ae) * size / GB))
 
     # A guidance-distilled DiT runs one row per prompt; CFG runs two, and the image condition
@@ -242,9 +249,10 @@ def plan_generate(
     # Moving whole models on and off the device costs a few seconds per prompt, decoding
     # overlapping tiles costs a fraction of every decode, streaming blocks costs a transfer of
     # the DiT per denoiser call: least decode work wins between `none` and `model`, and
-    # `blocks` is the last resort.
+    # `blocks` is the last resort. A quantized DiT cannot move: every model stays resident.
+    quantized = sample.quantize != "none"
     chosen = None
-    for modes in (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:]):
+    for modes in ((OFFLOAD_MODES[0],),) if quantized else (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:]):
         fitting = [
             (work, OFFLOAD_MODES.index(offload), offload, tiling, coder)
             for offload in modes
@@ -256,11 +264,18 @@ def plan_generate(
             chosen = offload, tiling, coder, work, phases(offload, coder)
             break
     least = min(options, key=lambda o: o[1])
-    smallest = max(phases("blocks", least[1]).values()) + RESERVED_GB
+    last = "none" if quantized else "blocks"
+    smallest = max(phases(last, least[1]).values()) + RESERVED_GB
     fits = chosen is not None
     if chosen is None:
-        chosen = ("blocks", *least, phases("blocks", least[1]))
-        notes.append(refusal(recipe, state, smallest, gpu_memory_gb, batch_size))
+        chosen = (last, *least, phases(last, least[1]))
+        notes.append(
+            f"[sample] quantize = '{sample.quantize}' keeps every model resident and does not "
+            f"fit in {gpu_memory_gb:g} GB (needs {smallest:.1f} GB); set it to 'none' to let "
+            "the plan offload"
+            if quantized
+            else refusal(recipe, state, smallest, gpu_memory_gb, batch_size)
+        )
     offload, tiling, (decode_gb, _), work, ph = chosen
     if recipe.text.backend == "t5-clip" and not Path(recipe.text.t5_path, "config.json").is_file():
         notes.append("T5 / CLIP sizes from the released t5-v1_1-xxl / clip-vit-large-patch14")
@@ -288,6 +303,7 @@ def plan_generate(
         notes=notes,
         sequence_parallel=sp,
         all_to_all_gb=all_to_all_gb,
+        quantize=sample.quantize,
         link_gb_s=link_gb_s,
         streamed_gb=block_params(dit) * size / GB if offload == "blocks" else 0.0,
     )

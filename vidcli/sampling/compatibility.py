@@ -131,6 +131,14 @@ REFUSED: tuple[Refusal, ...] = (
         "torchao's quantized weights cannot move between host and device; lower the resolution, "
         "frames or batch so the plan keeps every model resident",
     ),
+    Refusal(
+        "quantize",
+        QUANTIZE_MODES[1:],
+        "lora",
+        ("on",),
+        "LoRA deltas are added to the loaded weights, and torchao's int8/fp8 weights take no "
+        "in-place add",
+    ),
 )
 """Every pair that does not combine; everything else does."""
 

@@ -14,6 +14,7 @@ import torch
 
 from vidcli.console import log
 from vidcli.placement import Placement
+from vidcli.quantize import quantize_linears
 from vidcli.recipe import Recipe
 
 EMA_FILE = "ema.safetensors"
@@ -76,6 +77,8 @@ def load_pipeline(recipe: Recipe, placement: Placement | None = None, ema: bool 
     if ema and recipe.dit.path:
         load_ema_weights(dit, Path(recipe.dit.path))
     placement.place(dit, "dit")
+    # Quantized where it computes, once placed: torchao's weights do not move (`vidcli.quantize`).
+    quantize_linears(dit, recipe.sample.quantize)
     placement.place(ae, "ae")
     t2i = image_stage(recipe, text, placement) if recipe.t2i.enabled else None
     return Pipeline(ae=ae, text=text, dit=dit, placement=placement, t2i=t2i)
