@@ -176,7 +176,10 @@ def adherence(model, ae_b: Path, prompts: int, steps: int) -> dict[str, float]:
 
     sample = load_generate_recipe(None, None, [f"sample.steps={steps}"]).sample
     everything = list(itertools.product(COLOURS, SHAPES, DIRECTIONS))
-    chosen = [everything[round(i * len(everything) / prompts)] for i in range(prompts)]
+    # Stride 37 (coprime with the 60 prompts' 5 colours x 3 shapes x 4 directions): any n
+    # consecutive picks cycle through the directions and colours (an even stride of 10 picks
+    # only 'left' and 'up').
+    chosen = [everything[(37 * i) % len(everything)] for i in range(prompts)]
     was_training = model.training
     pipe = Pipeline(
         ae=load_autoencoder(ae_b).eval(),
@@ -344,6 +347,9 @@ def run_variant(name, variant, source, data, heldout, ae_b, patch, seed, args, d
         while step < stop:
             losses.append(trainer.step(model, loss_fn, opt, sched))
             step += 1
+        if rows and rows[-1]["steps"] == stop:  # both budgets at one point: measured once
+            rows.append({**rows[-1], "budget": budget})
+            continue
         row = {
             "ae_b": name,
             "channels": int(data.latent_b.shape[1]),
@@ -411,6 +417,29 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
+def goal(summary: list[dict]) -> dict[str, dict]:
+    """Per AE B at equal compute: the best AE-Adapt variant (lowest mean held-out loss) against
+    naive; met = loss >= 20 % below naive and colour and direction both higher."""
+    out = {}
+    for ae_b in sorted({e["ae_b"] for e in summary}):
+        rows = {
+            e["variant"]: e for e in summary if e["ae_b"] == ae_b and e["budget"] == "equal_compute"
+        }
+        adapted = [e for v, e in rows.items() if v.startswith(("align", "lsq"))]
+        if "naive" not in rows or not adapted:
+            continue
+        naive, best = rows["naive"], min(adapted, key=lambda e: e["val_loss"])
+        drop = 1.0 - best["val_loss"] / naive["val_loss"]
+        higher = all(best.get(k, 0.0) > naive.get(k, 0.0) for k in ("colour", "direction"))
+        out[ae_b] = {
+            "best": best["variant"],
+            "val_loss_drop": drop,
+            "adherence_higher": higher,
+            "met": drop >= 0.2 and higher,
+        }
+    return out
+
+
 def parse_ae_b(values: list[str] | None) -> dict[str, Path]:
     if not values:
         return dict(DEFAULT_AE_B)
@@ -438,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", type=int, default=240, help="training clips (of 240)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -493,9 +523,12 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "summary": summarise(rows),
     }
+    result["goal"] = goal(result["summary"])
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     if args.json:
         print(json.dumps(result))
+    elif args.markdown:
+        print(markdown_tables(result["summary"]))
     else:
         print(format_table(result["summary"]))
     return 0
@@ -506,6 +539,25 @@ def _cell(entry: dict, field: str, pct: bool = False) -> str:
         return "-"
     m, s = entry[field], entry[f"{field}_std"]
     return f"{100 * m:.0f} ± {100 * s:.0f} %" if pct else f"{m:.3f} ± {s:.3f}"
+
+
+def markdown_tables(summary: list[dict]) -> str:
+    """One table per AE B x budget: mean ± standard deviation over seeds."""
+    out = []
+    for (ae_b, budget), group in itertools.groupby(summary, lambda e: (e["ae_b"], e["budget"])):
+        out += [
+            f"**{ae_b}, {budget.replace('_', ' ')}**",
+            "",
+            "| variant | fine-tuning steps | held-out loss | colour | direction | seeds |",
+            "|---|---|---|---|---|---|",
+        ]
+        for e in sorted(group, key=lambda e: VARIANTS.index(e["variant"])):
+            out.append(
+                f"| {e['variant']} | {e['steps']} | {_cell(e, 'val_loss')} | "
+                f"{_cell(e, 'colour', True)} | {_cell(e, 'direction', True)} | {e['seeds']} |"
+            )
+        out.append("")
+    return "\n".join(out)
 
 
 def format_table(summary: list[dict]) -> str:

@@ -8,13 +8,22 @@ from the demo AE (4x8x8, 16 channels) with its latent projections widened to `ch
 
 and the decoder reads Qᵀ z_B's first 16 rows, so the starting AE B reconstructs exactly as the demo
 AE does while its latent has `channels` channels, `channels - 16` of them content the decoder
-does not need (a nonlinear function of the clip, not a linear map of z_A). The encoder-output
-and decoder-input shortcuts of the demo AE (channel averaging / duplication) are folded into the
-centre taps of those convs (they cannot map 64 -> 128 channels). `vidcli train-ae` on
-`recipes/demo-ae-f8c{32,128}.toml` then trains it further (bounded steps):
+does not need (a nonlinear function of the clip, not a linear map of z_A). The demo AE's
+latent shortcuts (channel averaging out of the encoder, duplication into the decoder) are folded
+into A's convs and taken out of B's centre taps, so B keeps the same shortcuts. `vidcli train-ae`
+on `recipes/demo-ae-f8c{32,64}.toml` then trains it further (bounded steps):
 
-    python benchmarks/ae_adapt_aes.py --channels 128 --out runs/ae-b-f8c128-init
-    vidcli train-ae recipes/demo-ae-f8c128.toml --set ae.path='"runs/ae-b-f8c128-init"' ...
+    python benchmarks/ae_adapt_aes.py --channels 64 --out runs/ae-b-f8c64-init
+    vidcli train-ae recipes/demo-ae-f8c64.toml --set ae.path='"runs/ae-b-f8c64-init"'
+    python -c "from pathlib import Path; from vidcli.demo import export_autoencoder; \
+        export_autoencoder(Path('runs/demo-ae-f8c64/checkpoints/step-0000020'), \
+        Path('runs/ae-b-f8c64'))"
+    python benchmarks/ae_adapt_aes.py --psnr runs/ae-b-f8c64
+
+64 is the most channels this body takes: DCAEConfig requires the last width (64) to be a
+multiple of latent_channels even with the latent shortcuts off, and with them off `Encoder`'s
+output Residual adds the identity (64 channels) to the conv's output. A 128-channel AE B needs
+those two fixed in vidcli/models/dcae (or a wider last stage, trained from scratch).
 """
 
 from __future__ import annotations
