@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from vidcli.models.mmdit.model import Embedded
-from vidcli.sampling.cache.hooks import StepRun, Trunk
+from vidcli.sampling.cache.hooks import StepRun
 
 
 def sample_rows(run: StepRun, samples: Sequence[int]) -> torch.Tensor:
@@ -33,12 +33,6 @@ def sub_run(run: StepRun, samples: Sequence[int]) -> StepRun:
     embedded = Embedded(*(_rows(t, index, b) for t in e))
     sub = StepRun(run.model, embedded, run.step, run.num_steps, len(samples), run.branches)
     return sub
-
-
-def sub_trunk(trunk: Trunk, index: torch.Tensor) -> Trunk:
-    """The rows `index` of a hidden state."""
-    h = None if trunk.h is None else trunk.h[index]
-    return Trunk(trunk.x[index], trunk.ctx[index], h)
 
 
 def merge_rows(parts: Sequence[tuple[torch.Tensor, torch.Tensor]], batch: int) -> torch.Tensor:

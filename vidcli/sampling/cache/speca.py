@@ -37,8 +37,8 @@ TOKEN_STRIDE = 8
 
 
 def _per_row(t: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """k (rows,) broadcast over t's trailing dimensions."""
-    return k.to(t.dtype).view(-1, *([1] * (t.dim() - 1)))
+    """k (rows,) broadcast over t's trailing dimensions (the clocks live on the CPU, t may not)."""
+    return k.to(device=t.device, dtype=t.dtype).view(-1, *([1] * (t.dim() - 1)))
 
 
 def taylor1(d0: Value, d1: Value, offset: torch.Tensor) -> Value:
