@@ -77,7 +77,8 @@ def generate(
         typer.Option(
             "--cache",
             help="Training-free DiT caching METHOD[:VALUE]: none, uniform:K, teacache, adacache, "
-            "toca:K, smoothcache, ditfastattn, fbcache, taylorseer:K, taylorseer-lite:K.",
+            "toca:K, smoothcache, ditfastattn, fbcache, taylorseer:K, taylorseer-lite:K, foca:K, "
+            "speca:K[:TAU], magcache:DELTA, easycache:TAU.",
         ),
     ] = None,
     solver: Annotated[
