@@ -31,12 +31,13 @@ class BlockStream:
 
     Each block's parameters and buffers are held on the host (pinned once, on CUDA, so copies
     run asynchronously). When block i starts, its device copy replaces the host tensors in the
-    block (copied now unless prefetched) and block i+1's copy starts on a side stream, overlapping
-    block i's compute; an event orders the copy before the use. When block i ends, its host
-    tensors come back and the device copy is dropped: weights are not written back, inference
-    does not change them. On the CPU there is no stream and no copy (`to` returns the host
-    tensor), so the same code runs synchronously and computes exactly what an unstreamed model
-    does.
+    block (copied now unless prefetched) and block i+1's copy starts on a side stream,
+    overlapping block i's compute; an event orders the copy before the use. The first block of
+    a call is copied when it starts, so no copy stays on the device between calls. When block i
+    ends, its host tensors come back and the device copy is dropped: weights are not written
+    back, inference does not change them. On the CPU there is no stream and no copy (`to`
+    returns the host tensor), so the same code runs synchronously and computes exactly what an
+    unstreamed model does.
     """
 
     def __init__(self, blocks: list[nn.Module], device: torch.device):
@@ -87,7 +88,8 @@ class BlockStream:
                 copy.record_stream(compute)
         for (table, name, _), copy in zip(self.host[i], copies, strict=True):
             table[name] = copy
-        self.fetch((i + 1) % len(self.host))  # after the last block: the next call's first
+        if i + 1 < len(self.host):  # the last block prefetches nothing: no copy outlives a call
+            self.fetch(i + 1)
 
     def leave(self, block: nn.Module, args, out) -> None:
         """Post-hook: the host tensors return; the device copy is dropped, not copied back."""
