@@ -474,6 +474,13 @@ def main(argv: list[str] | None = None) -> int:
     from vidcli.models import load_autoencoder
     from vidcli.train.adapt import load_source
 
+    missing = [f"{n}={p}" for n, p in parse_ae_b(args.ae_b).items() if not p.is_dir()]
+    if missing:
+        parser.error(
+            f"no exported AE at {', '.join(missing)}: build it first "
+            "(benchmarks/ae_adapt_aes.py, then vidcli train-ae recipes/demo-ae-f8c*.toml and "
+            "the export; docs/benchmarks.md, AE-Adapt)"
+        )
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / "rows.jsonl"
