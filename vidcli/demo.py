@@ -12,6 +12,10 @@ Re-creating it (README, "The demo model"):
 sees unit-variance latents); `dit` exports the EMA weights in bfloat16 to keep the package small.
 The export goes to `--out DIR`; replacing the installed package's own demo takes the explicit
 `--overwrite-package`, so a stray run cannot clobber what `vidcli generate` uses.
+
+The Reducio demo (`recipes/reducio-demo.toml`, weights in `vidcli/assets/reducio-demo/`) is
+exported the same way: `reducio-ae` writes the EMA Reducio-VAE (fp32, no scaling: its latents are
+layer-normed), `reducio-dit` the EMA motion-latent DiT in bfloat16 (docs/reducio.md).
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from vidcli.errors import UsageError
 
 DEMO_DIR = Path(__file__).parent / "assets" / "demo"
 DEMO_RECIPE = DEMO_DIR / "recipe.toml"
+REDUCIO_DEMO_DIR = Path(__file__).parent / "assets" / "reducio-demo"
+"""The Reducio demo's weights (`ae/`, `dit/`), read by recipes/reducio-demo.toml."""
 
 
 def _ema_state(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -61,6 +67,22 @@ def export_autoencoder(checkpoint: Path, out_dir: Path, clips: int = 64) -> Path
     return save_autoencoder(export, out_dir)
 
 
+@torch.no_grad()
+def export_reducio_autoencoder(checkpoint: Path, out_dir: Path) -> Path:
+    """The checkpoint's EMA Reducio-VAE, fp32 (its latents are layer-normed: no scale)."""
+    from vidcli.models.reducio import load_reducio, save_reducio
+
+    model = load_reducio(checkpoint)
+    # The EMA holds the trained parameters; the fixed sinusoid tables (pos_embed) stay.
+    state = model.state_dict()
+    ema = _ema_state(checkpoint)
+    unknown = sorted(set(ema) - set(state))
+    if unknown:
+        raise UsageError(f"{checkpoint}: EMA keys {unknown[:3]} are not the Reducio-VAE's")
+    model.load_state_dict({**state, **ema})
+    return save_reducio(model, out_dir)
+
+
 def export_dit(checkpoint: Path, out_dir: Path) -> Path:
     """The checkpoint's EMA DiT in bfloat16 (loaders upcast it to float32)."""
     from vidcli.models.mmdit import load_dit, save_dit
@@ -79,27 +101,39 @@ def export_dir(part: str, out: Path | None, overwrite: bool, overwrite_package: 
             f"--overwrite-package (replace {DEMO_DIR / part})"
         )
     if out is None:
+        if part.startswith("reducio-"):
+            return REDUCIO_DEMO_DIR / part.removeprefix("reducio-")
         return DEMO_DIR / part
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out}: folder is not empty; add --overwrite to replace it")
     return out
 
 
+EXPORTERS = {
+    "ae": export_autoencoder,
+    "dit": export_dit,
+    "reducio-ae": export_reducio_autoencoder,
+    "reducio-dit": export_dit,
+}
+"""`python -m vidcli.demo PART`: the exporter of each part."""
+
+
 def main(argv: list[str] | None = None) -> int:
     from vidcli.console import report_error
 
     parser = argparse.ArgumentParser(prog="python -m vidcli.demo", description=__doc__)
-    parser.add_argument("part", choices=("ae", "dit"))
+    parser.add_argument("part", choices=tuple(EXPORTERS))
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--out", type=Path, help="folder to export into")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument(
         "--overwrite-package",
         action="store_true",
-        help="replace the installed package's demo model (vidcli/assets/demo/PART)",
+        help="replace the installed package's demo model (vidcli/assets/demo/PART; "
+        "reducio-PART: vidcli/assets/reducio-demo/PART)",
     )
     args = parser.parse_args(argv)
-    exporter = export_autoencoder if args.part == "ae" else export_dit
+    exporter = EXPORTERS[args.part]
     try:
         out_dir = export_dir(args.part, args.out, args.overwrite, args.overwrite_package)
         out = exporter(args.checkpoint.resolve(), out_dir)
