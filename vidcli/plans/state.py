@@ -10,7 +10,7 @@ D, in the compute dtype:
 | uniform | the velocity tokens | B·L_img·C_out |
 | teacache, adacache, fbcache | two stack-level tensors (input/probe and residual) | 2·B·L_img·D |
 | magcache | the stack residual | B·L_img·D |
-| easycache | 4 stack-level tensors (+ 2 scalars and a step count per prompt) | 4·B·L_img·D |
+| easycache | 4 stack-level tensors (+ 3 scalars per CFG row) | 4·B·L_img·D |
 | taylorseer-lite | stack residual, `order` differences, per branch | (o+1)·B·L_img·D + N·L_img·D |
 | smoothcache | each module's output: double attn, img/txt MLPs; single out | B·M |
 | taylorseer | smoothcache's modules, each with `order` differences, per branch | (o+1)·B·M + N·M |
@@ -103,8 +103,8 @@ def cache_state_bytes(
             return (TAYLOR_ORDER + 1) * modules(rows) + rows * 8
         case "magcache":
             return stack(rows)
-        case "easycache":  # and per prompt: its error budget and rate, an int64 step count
-            return EASYCACHE_TENSORS * stack(rows) + prompts * (2 * element + 8)
+        case "easycache":  # and per CFG row: its error budget, rate and full-step count
+            return EASYCACHE_TENSORS * stack(rows) + rows * 3 * element
     if method in STACK_PAIRS:
         return 2 * stack(rows)
     raise ValueError(f"no state size for caching method {method!r}")
