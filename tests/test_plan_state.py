@@ -9,11 +9,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import tiny_cfg_dit
 from torch import nn
 
 from vidcli import flow
-from vidcli.models.mmdit.config import MMDiTConfig
-from vidcli.models.mmdit.model import MMDiT
 from vidcli.plans import meta, plan_generate, plan_train
 from vidcli.plans.state import cache_state_bytes, sparse_residual_bytes
 from vidcli.recipe import SampleSection, load_recipe
@@ -28,30 +27,7 @@ OPENSORA_768 = "recipes/opensora-v2-768px.toml"
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    cfg = MMDiTConfig(
-        in_channels=C * 4,
-        vec_in_dim=8,
-        context_in_dim=12,
-        hidden_size=D,
-        num_heads=2,
-        depth=2,
-        depth_single_blocks=3,
-        axes_dim=(4, 6, 6),
-        cond_embed=True,
-        fused_qkv=False,
-        use_liger_rope=True,
-    )
-    model = MMDiT(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    inputs = dict(
-        noise=torch.randn(N, C, T, H, W, generator=g),
-        txt=torch.randn(N, L_TXT, 12, generator=g),
-        y_vec=torch.randn(N, 8, generator=g),
-        neg_txt=torch.randn(1, L_TXT, 12, generator=g),
-        neg_y_vec=torch.randn(1, 8, generator=g),
-    )
-    return model, inputs, flow.inference_schedule(STEPS, H * W // 4, T)
+    return tiny_cfg_dit(STEPS, (N, C, T, H, W), text_tokens=L_TXT, hidden_size=D, single_blocks=3)
 
 
 def _held_bytes(value, seen: set[int]) -> int:

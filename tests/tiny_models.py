@@ -35,3 +35,46 @@ def save_tiny_t5_clip(root: Path):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return t5.eval(), clip.eval(), tokenizer
+
+
+def tiny_cfg_dit(
+    steps: int,
+    shape: tuple[int, int, int, int, int],
+    text_tokens: int = 5,
+    hidden_size: int = 32,
+    single_blocks: int = 2,
+):
+    """A tiny video-layout MMDiT with i2v conditioning, seeded inputs for `shape` = (N, C, T, H, W)
+    latents with their negative-prompt rows, and the inference schedule of `steps` steps.
+
+    Returns (model, inputs, schedule); the cache and plan tests run CFG sampling on it.
+    """
+    from vidcli import flow
+    from vidcli.models.mmdit.config import MMDiTConfig
+    from vidcli.models.mmdit.model import MMDiT
+
+    n, c, t, h, w = shape
+    torch.manual_seed(0)
+    cfg = MMDiTConfig(
+        in_channels=c * 4,
+        vec_in_dim=8,
+        context_in_dim=12,
+        hidden_size=hidden_size,
+        num_heads=2,
+        depth=2,
+        depth_single_blocks=single_blocks,
+        axes_dim=(4, 6, 6),
+        cond_embed=True,
+        fused_qkv=False,
+        use_liger_rope=True,
+    )
+    model = MMDiT(cfg).eval()
+    g = torch.Generator().manual_seed(1)
+    inputs = dict(
+        noise=torch.randn(n, c, t, h, w, generator=g),
+        txt=torch.randn(n, text_tokens, 12, generator=g),
+        y_vec=torch.randn(n, 8, generator=g),
+        neg_txt=torch.randn(1, text_tokens, 12, generator=g),
+        neg_y_vec=torch.randn(1, 8, generator=g),
+    )
+    return model, inputs, flow.inference_schedule(steps, h * w // 4, t)

@@ -8,11 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_models import tiny_cfg_dit
 
 from vidcli import flow
 from vidcli.errors import UsageError
-from vidcli.models.mmdit.config import MMDiTConfig
-from vidcli.models.mmdit.model import MMDiT
 from vidcli.sampling.cache import CacheCalibration, CachedDiT, CacheSpec, build_policy, parse_cache
 from vidcli.sampling.cache.calibration import Recorder, load_calibration, save_calibration
 from vidcli.sampling.cache.foca import combine, foca_weights
@@ -25,30 +24,7 @@ N, C, T, H, W = 2, 4, 3, 4, 4
 
 @pytest.fixture(scope="module")
 def tiny():
-    torch.manual_seed(0)
-    cfg = MMDiTConfig(
-        in_channels=C * 4,
-        vec_in_dim=8,
-        context_in_dim=12,
-        hidden_size=32,
-        num_heads=2,
-        depth=2,
-        depth_single_blocks=2,
-        axes_dim=(4, 6, 6),
-        cond_embed=True,
-        fused_qkv=False,
-        use_liger_rope=True,
-    )
-    model = MMDiT(cfg).eval()
-    g = torch.Generator().manual_seed(1)
-    inputs = dict(
-        noise=torch.randn(N, C, T, H, W, generator=g),
-        txt=torch.randn(N, 5, 12, generator=g),
-        y_vec=torch.randn(N, 8, generator=g),
-        neg_txt=torch.randn(1, 5, 12, generator=g),
-        neg_y_vec=torch.randn(1, 8, generator=g),
-    )
-    return model, inputs, flow.inference_schedule(STEPS, H * W // 4, T)
+    return tiny_cfg_dit(STEPS, (N, C, T, H, W))
 
 
 @pytest.fixture(scope="module")
