@@ -85,7 +85,7 @@ if sabotage == "ids":  # position ids created without device=
     dit_loss.make_image_ids = lambda *shape, device=None: real_ids(*shape)
 recipe = load_recipe(sys.argv[4], overrides)
 with fake_device():
-    result = launcher.run_worker(stage, recipe, None)
+    result = launcher.run_worker(stage_module.run, recipe, None)
 print(json.dumps({"steps": result.steps, "loss": result.final_loss}))
 """
 
