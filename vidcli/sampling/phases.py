@@ -72,8 +72,13 @@ def first_frames(
 
     place, stage = pipe.placement, pipe.t2i
     with place.autocast():
-        # The negative prompt serves an image DiT without guidance embedding (text CFG).
-        emb, neg = encode_text(pipe, prompts, [sample.negative_prompt])
+        # An image DiT without guidance embedding samples with text CFG: it needs the negative.
+        negative = None
+        if getattr(getattr(stage.dit, "config", None), "guidance_embed", True):
+            (emb,) = encode_text(pipe, prompts)
+        else:
+            emb, neg = encode_text(pipe, prompts, [sample.negative_prompt])
+            negative = (place.to_device(neg.tokens), place.to_device(neg.pooled))
         # The plan's t2i phase: the image models, and the video AE that encodes their frames.
         with place.on_device(t2i_dit=stage.dit, t2i_ae=stage.ae, ae=pipe.ae):
             images, refs = first_frame_conditions(
@@ -85,7 +90,7 @@ def first_frames(
                 size,
                 shift=sample.shift,
                 callback=on_step,
-                negative=(place.to_device(neg.tokens), place.to_device(neg.pooled)),
+                negative=negative,
             )
     return ContentFrames(images, refs) if needs_content(pipe.ae) else refs
 
