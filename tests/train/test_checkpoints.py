@@ -236,6 +236,8 @@ try:
 except UsageError as err:
     seen |= {"error": str(err), "hint": err.hint}
 (out / f"rank{rank}.json").write_text(json.dumps(seen))
+# Exiting with the checkpoint group's gloo threads still running aborts the process.
+dist.destroy_process_group()
 """
 
 
