@@ -250,6 +250,14 @@ def test_attention_and_kernel_benches_cover_each_backend():
     assert kernel["speedup"] == pytest.approx(kernel["reference_s"] / kernel["kernel_s"])
 
 
+def test_kernel_bench_runs_in_the_dtype_asked_for():
+    result = bench.run(bench.BenchmarkOptions(kernels=True, dtype="bf16", repeat=1))
+    low, full = result.kernels  # bf16 inputs, then float32 inputs for the equal-work row
+    assert (low["dtype"], full["dtype"]) == ("bfloat16", "float32")
+    assert not low["equal_work"] and full["equal_work"]
+    assert 0 < low["max_abs_err"] < 1e-2  # bf16 rounding, not float32's 1e-7
+
+
 def test_kernel_rows_say_when_the_work_differs():
     from vidcli.benchmark.kernels import attention_rows
 

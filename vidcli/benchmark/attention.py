@@ -12,15 +12,16 @@ import torch
 import torch.nn.functional as F
 
 from vidcli.benchmark.options import SEED, WARMUP, Settings
+from vidcli.devices import resolve_dtype
 from vidcli.timing import Timing, time_interleaved, time_once
 from vidcli_kernels.attention import attention_backend
 
 
-def attention_sizes(device: torch.device) -> tuple[int, int, tuple[int, ...], torch.dtype]:
-    """(heads, head_dim, token counts, dtype): mmdit-s heads on CPU, the 11B's on CUDA."""
+def attention_sizes(device: torch.device) -> tuple[int, int, tuple[int, ...]]:
+    """(heads, head_dim, token counts): mmdit-s heads on CPU, the 11B's on CUDA."""
     if device.type == "cuda":
-        return 24, 128, (4096, 18944, 74240), torch.bfloat16
-    return 6, 64, (256, 1024, 2048), torch.float32
+        return 24, 128, (4096, 18944, 74240)
+    return 6, 64, (256, 1024, 2048)
 
 
 def _attention_backends(device: torch.device) -> dict[str, Any]:
@@ -59,7 +60,8 @@ def attention_bench(s: Settings) -> list[dict[str, Any]]:
     """Forward and forward+backward time of each attention backend at a few token counts; at
     each count the backends are timed interleaved (A B C A B C ...)."""
     device = torch.device(s.device)
-    heads, dim, token_counts, dtype = attention_sizes(device)
+    heads, dim, token_counts = attention_sizes(device)
+    dtype = resolve_dtype(s.dtype, device)
     rows = []
     for tokens in token_counts:
         torch.manual_seed(SEED)

@@ -15,6 +15,7 @@ import torch
 
 from vidcli.benchmark.attention import attention_sizes
 from vidcli.benchmark.options import SEED, WARMUP, Settings
+from vidcli.devices import resolve_dtype
 from vidcli.timing import median_ratio, time_interleaved, time_once
 
 REFERENCE_COMPUTE = torch.float32
@@ -22,10 +23,9 @@ REFERENCE_COMPUTE = torch.float32
 
 
 def kernels_bench(s: Settings) -> list[dict[str, Any]]:
-    """Each vidcli_kernels kernel against its reference at the device's attention dtype."""
+    """Each vidcli_kernels kernel against its reference at `--dtype`."""
     device = torch.device(s.device)
-    *_, dtype = attention_sizes(device)
-    return attention_rows(device, dtype, s.repeat)
+    return attention_rows(device, resolve_dtype(s.dtype, device), s.repeat)
 
 
 def attention_rows(device: torch.device, dtype: torch.dtype, repeat: int) -> list[dict[str, Any]]:
@@ -34,7 +34,7 @@ def attention_rows(device: torch.device, dtype: torch.dtype, repeat: int) -> lis
     from vidcli_kernels.attention import attention, attention_backend
     from vidcli_kernels.attention import attention_reference as ref_fn
 
-    heads, dim, token_counts, _ = attention_sizes(device)
+    heads, dim, token_counts = attention_sizes(device)
     tokens = token_counts[0]
     rows = []
     for input_dtype in dict.fromkeys((dtype, REFERENCE_COMPUTE)):
