@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from tiny_models import micro_reducio
 
 from vidcli.data import provenance
 from vidcli.data.datasets import LatentDataset
@@ -19,28 +20,6 @@ from vidcli.placement import Placement
 from vidcli.recipe import SampleSection
 from vidcli.sampling import phases
 from vidcli.sampling.pipeline import Pipeline
-
-# A Reducio-VAE small enough for CPU tests: 4-frame clips, ×2 in time, ×2 in space, 4 channels;
-# one fusion block at full resolution reads content level 0.
-MICRO = {
-    "embed_dim": 4,
-    "ddconfig": {
-        "ch": 32,
-        "ch_in": 32,
-        "ch_mult": [1, 1],
-        "ch_fuse": [-1, 0],
-        "num_res_blocks": 1,
-        "temp_res": 4,
-        "f_t": 1,
-        "z_channels": 4,
-    },
-    "ddconfig_2d": {"ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1},
-}
-
-
-def micro_reducio():
-    torch.manual_seed(0)
-    return build_autoencoder("reducio-tiny", **MICRO).eval()
 
 
 def clips(batch: int = 2, size: int = 16) -> torch.Tensor:

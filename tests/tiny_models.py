@@ -78,3 +78,29 @@ def tiny_cfg_dit(
         neg_y_vec=torch.randn(1, 8, generator=g),
     )
     return model, inputs, flow.inference_schedule(steps, h * w // 4, t)
+
+
+# A Reducio-VAE small enough for CPU tests: 4-frame clips, ×2 in time, ×2 in space, 4 latent
+# channels; one fusion block at full resolution reads content level 0.
+MICRO_REDUCIO = {
+    "embed_dim": 4,
+    "ddconfig": {
+        "ch": 32,
+        "ch_in": 32,
+        "ch_mult": [1, 1],
+        "ch_fuse": [-1, 0],
+        "num_res_blocks": 1,
+        "temp_res": 4,
+        "f_t": 1,
+        "z_channels": 4,
+    },
+    "ddconfig_2d": {"ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1},
+}
+
+
+def micro_reducio():
+    """A seeded micro Reducio-VAE (`reducio-tiny` resized by MICRO_REDUCIO), in eval mode."""
+    from vidcli.models import build_autoencoder
+
+    torch.manual_seed(0)
+    return build_autoencoder("reducio-tiny", **MICRO_REDUCIO).eval()

@@ -7,10 +7,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
+from tiny_models import micro_reducio
 from tiny_runs import REPO, subprocess_env
 
-from vidcli.models import build_autoencoder
 from vidcli.models.reducio import save_reducio
 
 # 4-frame clips, ×2 in time and space, 4 latent channels (as tests/test_content_frames.py).
@@ -36,22 +35,7 @@ def vidcli(*args: str, code: int = 0) -> subprocess.CompletedProcess:
 def micro_recipe(tmp_path_factory):
     """recipes/reducio-dit.toml on a saved micro Reducio-VAE, 4-frame 16 px clips, a 2-block DiT."""
     root = tmp_path_factory.mktemp("reducio-dit")
-    torch.manual_seed(0)
-    overrides = {
-        "embed_dim": 4,
-        "ddconfig": {
-            "ch": 32,
-            "ch_in": 32,
-            "ch_mult": [1, 1],
-            "ch_fuse": [-1, 0],
-            "num_res_blocks": 1,
-            "temp_res": 4,
-            "f_t": 1,
-            "z_channels": 4,
-        },
-        "ddconfig_2d": {"ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1},
-    }
-    save_reducio(build_autoencoder("reducio-tiny", **overrides).eval(), root / "vae")
+    save_reducio(micro_reducio(), root / "vae")
     recipe = root / "micro.toml"
     recipe.write_text(
         f"include = {json.dumps(str(REPO / 'recipes' / 'reducio-dit.toml'))}\n"

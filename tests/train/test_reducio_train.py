@@ -10,31 +10,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny_models import MICRO_REDUCIO, micro_reducio
 from tiny_runs import REPO, recipe_args, subprocess_env
 
-from vidcli.models import build_autoencoder, load_autoencoder
+from vidcli.models import load_autoencoder
 from vidcli.train import reducio_ae as ra
-
-# 4-frame clips, ×2 in time and space, 4 latent channels (as tests/test_content_frames.py).
-MICRO = {
-    "embed_dim": 4,
-    "ddconfig": {
-        "ch": 32,
-        "ch_in": 32,
-        "ch_mult": [1, 1],
-        "ch_fuse": [-1, 0],
-        "num_res_blocks": 1,
-        "temp_res": 4,
-        "f_t": 1,
-        "z_channels": 4,
-    },
-    "ddconfig_2d": {"ch": 32, "ch_mult": [1, 1], "num_res_blocks": 1},
-}
-
-
-def micro_reducio():
-    torch.manual_seed(0)
-    return build_autoencoder("reducio-tiny", **MICRO)
 
 
 def clips(size: int = 16) -> torch.Tensor:
@@ -60,7 +40,7 @@ def test_outlier_penalty_by_hand():
 
 
 def test_the_loss_is_l1_plus_weighted_kl_and_outlier_terms_on_a_fixed_batch():
-    model, x = micro_reducio(), clips()
+    model, x = micro_reducio().train(), clips()
     engine = SimpleNamespace(module=model)
     train = SimpleNamespace(lpips_weight=0.0, gan_start=-1, gan_weight=0.05)
     torch.manual_seed(7)
@@ -102,7 +82,7 @@ def test_discriminator_rate_is_a_tenth_then_ramps_to_one():
 
 
 def test_adaptive_weight_uses_the_gradients_at_the_decoders_last_conv():
-    model, x = micro_reducio(), clips(32)  # the PatchGAN needs 32 px
+    model, x = micro_reducio().train(), clips(32)  # the PatchGAN needs 32 px
     d = ra.ReducioDiscriminator3D(base=8).eval()
     x_hat, _, _, features = ra.forward(model, x, torch.zeros(2, 4, 2, 16, 16))
     weight = ra.adaptive_weight(
@@ -124,7 +104,7 @@ def test_train_ae_lowers_the_loss_then_runs_the_gan_and_saves_a_loadable_vae(tmp
     recipe = tmp_path / "micro.toml"
     recipe.write_text(
         f"include = {json.dumps(str(REPO / 'recipes' / 'reducio-tiny.toml'))}\n[ae]\n"
-        f"overrides = {_toml(MICRO)}\n"
+        f"overrides = {_toml(MICRO_REDUCIO)}\n"
     )
     values = {
         "data.source": "synthetic:shapes:4",
