@@ -260,8 +260,9 @@ class SampleSection:
 
 @dataclass
 class T2ISection:
-    """`[t2i]`: the text-to-image stage of t2i2v (Open-Sora v2's `use_t2i2v`): a guidance-distilled
-    DiT (Flux-dev) draws frame 0, the video model then samples image-to-video from it."""
+    """`[t2i]`: the text-to-image stage of t2i2v (Open-Sora v2's `use_t2i2v`): an image DiT draws
+    frame 0 (a guidance-distilled one like Flux-dev at its distilled guidance, a plain one with
+    text CFG at `guidance`), the video model then samples image-to-video from it."""
 
     enabled: bool = False
     """Run t2i2v: draw frame 0 first (off: plain text-to-video)."""
