@@ -339,6 +339,7 @@ def run(options: CachingOptions) -> CachingResult:
         "seeds": seeds,
         "size": list(size),
         "device": pipe.device,
+        "dtype": str(pipe.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "clock": "process CPU time" if pipe.device == "cpu" else "wall clock",
         "baseline_dit_s": [_dit(t) for t in baseline],
