@@ -19,6 +19,7 @@ from typing import Any
 
 from vidcli import generate
 from vidcli.console import configure, explain_error, report_error, to_jsonable
+from vidcli.launch import leave_process_group
 from vidcli.recipe import load_recipe
 
 
@@ -49,6 +50,8 @@ def worker_main(argv: list[str] | None = None) -> int:
             message, _, exit_code = explain_error(err)
             args.result.write_text(json.dumps({"error": message, "exit_code": exit_code}))
         return code
+    finally:
+        leave_process_group()
     if rank0:
         args.result.write_text(json.dumps(to_jsonable(result)))
     return 0

@@ -58,6 +58,15 @@ def init_process_group() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def leave_process_group() -> None:
+    """Destroy the process groups before a rank exits: a gloo group's threads still running at
+    interpreter exit abort the process (SIGABRT), turning a finished rank into a failed one."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def torchrun_command(module: str, args: list[str], nproc: int) -> list[str]:
     """`python -m torch.distributed.run` running `python -m module args` on `nproc` local ranks."""
     command = [sys.executable, "-m", "torch.distributed.run"]

@@ -126,6 +126,7 @@ from safetensors.torch import save_file
 from torch import nn
 from vidcli.recipe import Recipe, LauncherSection, TrainSection
 from vidcli.train import checkpoint as ckpt, loop
+from vidcli.launch import leave_process_group
 from vidcli.train.launcher import init_process_group, make_engine
 
 out, resume, cfg = Path(sys.argv[1]), sys.argv[2] or None, json.loads(sys.argv[3])
@@ -182,6 +183,7 @@ counts["resumed_from"] = result.resumed_from
 with gather(list(model.parameters()), enabled=zero_stage == 3):
     counts["weights"] = {k: v.flatten().tolist() for k, v in model.state_dict().items()}
 (out / f"rank{rank}.json").write_text(json.dumps(counts))
+leave_process_group()
 """
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from vidcli.console import configure, explain_error, report_error, to_jsonable
+from vidcli.launch import leave_process_group
 from vidcli.recipe import load_recipe
 from vidcli.train.launcher import run_worker
 from vidcli.train.stages import STAGES
@@ -31,6 +32,8 @@ def worker_main(argv: list[str] | None = None) -> int:
             message, _, exit_code = explain_error(err)
             args.result.write_text(json.dumps({"error": message, "exit_code": exit_code}))
         return code
+    finally:
+        leave_process_group()
     if int(os.environ.get("RANK", "0")) == 0:
         args.result.write_text(json.dumps(to_jsonable(result)))
     return 0
