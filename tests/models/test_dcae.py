@@ -253,6 +253,41 @@ def test_build_rejects_unknown_presets_and_fields():
         build_autoencoder("dc-ae-tiny", encoder_widths=(8, 16, 16, 48, 48, 48))
 
 
+WIDE_LATENT = {"latent_channels": 128, "encoder_out_shortcut": False, "decoder_in_shortcut": False}
+
+
+def test_latent_projections_without_shortcuts_are_plain_convs():
+    # The demo body's last width is 64: 128 latent channels only build with the shortcuts off,
+    # and then the projections are the bare 3x3x3 convs (no identity or averaging added).
+    torch.manual_seed(0)
+    model = build_autoencoder("dc-ae-demo", **WIDE_LATENT).eval()
+    video = torch.randn(1, 3, 8, 16, 16)
+    enc, dec = model.encoder, model.decoder
+    with torch.no_grad():
+        h = enc.project_in(video)
+        for stage in enc.stages:
+            h = stage(h)
+        conv = enc.project_out.main.op_list[0].conv
+        expected = torch.nn.functional.conv3d(h, conv.weight, conv.bias, padding=1)
+        z = enc(video)
+        assert z.shape == (1, 128, 2, 2, 2)
+        assert_max_rel(z, expected, 1e-5)
+        conv = dec.project_in.main.conv
+        expected = torch.nn.functional.conv3d(z, conv.weight, conv.bias, padding=1)
+        assert_max_rel(dec.project_in(z), expected, 1e-5)
+        assert model.decode(z).shape == video.shape
+
+
+@pytest.mark.parametrize("on", ["encoder_out_shortcut", "decoder_in_shortcut"])
+def test_latent_shortcut_needs_width_multiple_of_latent_channels(on):
+    side = on.split("_")[0]
+    with pytest.raises(
+        UsageError,
+        match=rf"last {side} width 64 is not a multiple of latent_channels 128 \(needed by {on}",
+    ):
+        build_autoencoder("dc-ae-demo", **{**WIDE_LATENT, on: True})
+
+
 def test_save_load_round_trip(tiny, tmp_path, video_vectors):
     folder = save_autoencoder(tiny, tmp_path / "ae")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]

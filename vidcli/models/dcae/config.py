@@ -151,10 +151,13 @@ class DCAEConfig:
                         "do not divide for the shortcut (need 4*W_in % W_out == 0 down, "
                         "4*W_out % W_in == 0 up)"
                     )
-            if widths[-1] % self.latent_channels:
+            # Only the latent shortcut groups the last width's channels (averaged out of the
+            # encoder, duplicated into the decoder); without it the conv maps any widths.
+            flag = "encoder_out_shortcut" if side == "encoder" else "decoder_in_shortcut"
+            if getattr(self, flag) and widths[-1] % self.latent_channels:
                 raise UsageError(
                     f"DC-AE config: last {side} width {widths[-1]} is not a multiple of "
-                    f"latent_channels {self.latent_channels}"
+                    f"latent_channels {self.latent_channels} (needed by {flag} = true)"
                 )
         if self.downsample == "pixel_unshuffle" and any(w % 4 for w in self.encoder_widths[1:]):
             raise UsageError("DC-AE config: pixel_unshuffle down blocks need widths % 4 == 0")

@@ -70,8 +70,11 @@ class Encoder(nn.Module):
                 ops.append(Residual(main, short))
             self.stages.append(OpSequence(ops))
         out_conv = OpSequence([ConvLayer(dims, widths[-1], cfg.latent_channels)])
-        short = ChannelAverage(cfg.latent_channels) if cfg.encoder_out_shortcut else None
-        self.project_out = Residual(out_conv, short)
+        self.project_out = (
+            Residual(out_conv, ChannelAverage(cfg.latent_channels))
+            if cfg.encoder_out_shortcut
+            else MainOnly(out_conv)
+        )
         self.gradient_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
@@ -89,8 +92,12 @@ class Decoder(nn.Module):
         super().__init__()
         dims = 3 if cfg.is_video else 2
         widths, depths, tflags = cfg.decoder_widths, cfg.decoder_depths, cfg.temporal_upsample
-        short = ChannelDuplicate(widths[-1]) if cfg.decoder_in_shortcut else None
-        self.project_in = Residual(ConvLayer(dims, cfg.latent_channels, widths[-1]), short)
+        in_conv = ConvLayer(dims, cfg.latent_channels, widths[-1])
+        self.project_in = (
+            Residual(in_conv, ChannelDuplicate(widths[-1]))
+            if cfg.decoder_in_shortcut
+            else MainOnly(in_conv)
+        )
         self.stages = nn.ModuleList()
         for s, depth in enumerate(depths):
             ops: list[nn.Module] = []
@@ -123,6 +130,18 @@ class Decoder(nn.Module):
             for op in stage.op_list:
                 x = _run(op, x, self.gradient_checkpointing)
         return self.project_out(x).contiguous()
+
+
+class MainOnly(nn.Module):
+    """`main(x)` alone: a latent projection with its shortcut off (the plain conv, as in MIT's
+    and diffusers' DC-AE), under `Residual`'s parameter names so checkpoints load either way."""
+
+    def __init__(self, main: nn.Module):
+        super().__init__()
+        self.main = main
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.main(x)
 
 
 def _run(op: nn.Module, x: Tensor, grad_ckpt: bool) -> Tensor:
