@@ -10,20 +10,18 @@ and the decoder reads Qᵀ z_B's first 16 rows, so the starting AE B reconstruct
 AE does while its latent has `channels` channels, `channels - 16` of them content the decoder
 does not need (a nonlinear function of the clip, not a linear map of z_A). The demo AE's
 latent shortcuts (channel averaging out of the encoder, duplication into the decoder) are folded
-into A's convs and taken out of B's centre taps, so B keeps the same shortcuts. `vidcli train-ae`
-on `recipes/demo-ae-f8c{32,64}.toml` then trains it further (bounded steps):
+into A's convs and taken out of B's centre taps, so B keeps the same shortcuts where the body's
+last width (64) is a multiple of `channels`; past it (128 channels) B's shortcuts are off and its
+projections are plain convs (as in MIT's and diffusers' DC-AE without the shortcut).
+`vidcli train-ae` on `recipes/demo-ae-f8c{32,64,128}.toml` then trains it further (bounded
+steps):
 
-    python benchmarks/ae_adapt_aes.py --channels 64 --out runs/ae-b-f8c64-init
-    vidcli train-ae recipes/demo-ae-f8c64.toml --set ae.path='"runs/ae-b-f8c64-init"'
+    python benchmarks/ae_adapt_aes.py --channels 128 --out runs/ae-b-f8c128-init
+    vidcli train-ae recipes/demo-ae-f8c128.toml --set ae.path='"runs/ae-b-f8c128-init"'
     python -c "from pathlib import Path; from vidcli.demo import export_autoencoder; \
-        export_autoencoder(Path('runs/demo-ae-f8c64/checkpoints/step-0000020'), \
-        Path('runs/ae-b-f8c64'))"
-    python benchmarks/ae_adapt_aes.py --psnr runs/ae-b-f8c64
-
-64 is the most channels this body takes: DCAEConfig requires the last width (64) to be a
-multiple of latent_channels even with the latent shortcuts off, and with them off `Encoder`'s
-output Residual adds the identity (64 channels) to the conv's output. A 128-channel AE B needs
-those two fixed in vidcli/models/dcae (or a wider last stage, trained from scratch).
+        export_autoencoder(Path('runs/demo-ae-f8c128/checkpoints/step-0000020'), \
+        Path('runs/ae-b-f8c128'))"
+    python benchmarks/ae_adapt_aes.py --psnr runs/ae-b-f8c128
 """
 
 from __future__ import annotations
@@ -53,7 +51,16 @@ def widened_ae(channels: int, seed: int = 0, clips: int = 8):
     c_a = cfg_a.latent_channels
     if channels <= c_a:
         raise ValueError(f"channels must exceed the demo AE's {c_a}")
-    cfg = dataclasses.replace(cfg_a, latent_channels=channels, scaling_factor=None)
+    # B keeps A's latent shortcuts where its last widths are multiples of `channels`; past
+    # them (128 channels on widths of 64) they go off and the projections are plain convs.
+    cfg = dataclasses.replace(
+        cfg_a,
+        latent_channels=channels,
+        scaling_factor=None,
+        encoder_out_shortcut=cfg_a.encoder_out_shortcut
+        and cfg_a.encoder_widths[-1] % channels == 0,
+        decoder_in_shortcut=cfg_a.decoder_in_shortcut and cfg_a.decoder_widths[-1] % channels == 0,
+    )
     state = demo.state_dict()
     gen = torch.Generator().manual_seed(seed)
     w_enc, b_enc = state[f"{ENC_OUT}.weight"].clone(), state[f"{ENC_OUT}.bias"].clone()
@@ -90,13 +97,13 @@ def widened_ae(channels: int, seed: int = 0, clips: int = 8):
 def _shortcuts(cfg, width: int, latent: int, decoder: bool = False) -> torch.Tensor:
     """The encoder-output (latent x width) / decoder-input (width x latent) shortcut as a matrix:
     channel averaging over groups of width // latent, channel duplication back (0 when off)."""
+    if not (cfg.decoder_in_shortcut if decoder else cfg.encoder_out_shortcut):
+        return torch.zeros(width, latent) if decoder else torch.zeros(latent, width)
     group = width // latent
     avg = torch.zeros(latent, width)
     for k in range(latent):
         avg[k, k * group : (k + 1) * group] = 1.0 / group
-    if decoder:
-        return (avg.T * group) if cfg.decoder_in_shortcut else torch.zeros(width, latent)
-    return avg if cfg.encoder_out_shortcut else torch.zeros(latent, width)
+    return avg.T * group if decoder else avg
 
 
 def _last_activations(ae, clips: int) -> torch.Tensor:
