@@ -17,16 +17,21 @@ steps = (budget - its stage-1 FLOPs) / its step FLOPs (the least-squares fit is 
 `equal_steps` gives every variant `--steps` fine-tuning steps (stage 1 not counted).
 
 AE Bs (benchmarks/ae_adapt_aes.py): the demo AE with its latent projections widened to 32 and
-64 channels, trained further with `vidcli train-ae` on recipes/demo-ae-f8c{32,64}.toml; any
-exported AE can be given as --ae-b NAME=PATH (the DiT's patch is chosen so that B's token grid
-is A's). Everything trains in this process (the training step is train-dit's `flow_loss` and
-adapt's `alignment_loss`), so the many short runs share one text encoder and one latent cache.
+128 channels (the defaults; 64 as well in docs/benchmarks.md), trained further with
+`vidcli train-ae` on recipes/demo-ae-f8c{32,64,128}.toml; any exported AE can be given as
+--ae-b NAME=PATH (the DiT's patch is chosen so that B's token grid is A's). Everything trains
+in this process (the training step is train-dit's `flow_loss` and adapt's `alignment_loss`), so
+the many short runs share one text encoder and one latent cache.
 
 Reported per AE B x variant x budget x seed: held-out flow loss (fresh clips, fixed noise and t)
 and prompt adherence (colour / direction of the generated blob, `measure_shapes_clip`) on
 --adherence-prompts prompts. Rows are kept in OUT/rows.jsonl: an interrupted run continues.
 
     python benchmarks/ae_adapt.py --json          # the defaults (see docs/benchmarks.md)
+
+The defaults (40 stage-1 + 40 fine-tuning steps, 120 clips, 3 seeds, 10 prompts x 8 sampling
+steps, 1 thread) are sized to finish both AE Bs within an hour on the shared 2-core CPU: a full
+step there costs ~1.1 s, an evaluation (held-out loss + adherence) ~12 s.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import os
 import statistics
 import sys
 import time
@@ -50,7 +56,19 @@ DEMO_DIT = REPO / "vidcli" / "assets" / "demo" / "dit"
 DEMO_AE = REPO / "vidcli" / "assets" / "demo" / "ae"
 SOURCE = "synthetic:shapes:240"
 VARIANTS = ("naive", "align+full", "align+lora", "lsq+full", "lsq+lora", "scratch")
-DEFAULT_AE_B = {"f8c32": REPO / "runs" / "ae-b-f8c32", "f8c64": REPO / "runs" / "ae-b-f8c64"}
+DEFAULT_AE_B = {"f8c128": REPO / "runs" / "ae-b-f8c128", "f8c32": REPO / "runs" / "ae-b-f8c32"}
+# The arguments a row depends on: rows.jsonl resumes only rows run with the same ones.
+SETTINGS = (
+    "align_steps",
+    "steps",
+    "clips",
+    "lr",
+    "align_lr",
+    "lora_lr",
+    "lora_rank",
+    "adherence_prompts",
+    "sample_steps",
+)
 
 
 def log(message: str) -> None:
@@ -356,6 +374,7 @@ def run_variant(name, variant, source, data, heldout, ae_b, patch, seed, args, d
             "variant": variant,
             "budget": budget,
             "seed": seed,
+            "settings": settings_of(args),
             "steps": stop,
             "stage1_flops": spent,
             "flops": spent + stop * step_cost,
@@ -440,6 +459,10 @@ def goal(summary: list[dict]) -> dict[str, dict]:
     return out
 
 
+def settings_of(args) -> dict:
+    return {k: getattr(args, k) for k in SETTINGS}
+
+
 def parse_ae_b(values: list[str] | None) -> dict[str, Path]:
     if not values:
         return dict(DEFAULT_AE_B)
@@ -456,19 +479,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "ae-adapt")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--align-steps", type=int, default=60)
-    parser.add_argument("--steps", type=int, default=50, help="fine-tuning steps (equal_steps)")
+    parser.add_argument("--align-steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=40, help="fine-tuning steps (equal_steps)")
     parser.add_argument("--lr", type=float, default=3e-4, help="full fine-tuning / scratch")
     parser.add_argument("--align-lr", type=float, default=1e-3)
     parser.add_argument("--lora-lr", type=float, default=1e-3)
     parser.add_argument("--lora-rank", type=int, default=16)
-    parser.add_argument("--adherence-prompts", type=int, default=20, help="0: skip adherence")
-    parser.add_argument("--sample-steps", type=int, default=10)
-    parser.add_argument("--clips", type=int, default=240, help="training clips (of 240)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's own)")
+    parser.add_argument("--adherence-prompts", type=int, default=10, help="0: skip adherence")
+    parser.add_argument("--sample-steps", type=int, default=8)
+    parser.add_argument("--clips", type=int, default=120, help="training clips (of 240)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's own)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     if args.threads:
         torch.set_num_threads(args.threads)
     from vidcli.models import load_autoencoder
@@ -485,6 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     rows_file = out / "rows.jsonl"
     rows = [json.loads(line) for line in rows_file.open()] if rows_file.is_file() else []
+    rows = [r for r in rows if r.get("settings") == settings_of(args)]
     done = {(r["ae_b"], r["variant"], r["budget"], r["seed"]) for r in rows}
     variants = [v for v in args.variants.split(",") if v]
     source = load_source(str(DEMO_DIT))
@@ -527,6 +552,10 @@ def main(argv: list[str] | None = None) -> int:
         "steps": args.steps,
         "seeds": args.seeds,
         "flops": flops_by_ae,
+        # This invocation's wall time (rows resumed from rows.jsonl cost nothing here) and the
+        # machine's 1/5/15-minute load averages at its end: the timings depend on both.
+        "wall_s": time.perf_counter() - started,
+        "loadavg": os.getloadavg(),
         "rows": rows,
         "summary": summarise(rows),
     }
