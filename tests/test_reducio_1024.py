@@ -12,8 +12,12 @@ from typer.testing import CliRunner
 
 from vidcli.cli import app
 from vidcli.models import build_autoencoder
+from vidcli.models.content import content_latent
+from vidcli.models.dcae import TilingConfig
+from vidcli.models.mmdit import build_dit
 from vidcli.placement import Placement
-from vidcli.plans.meta import saved_for_backward
+from vidcli.plans import generate as gp
+from vidcli.plans.meta import measure_peak, saved_for_backward
 from vidcli.plans.sizes import ACTIVATION_MARGIN, GB, RESERVED_GB, dit_inputs, meta_dit
 from vidcli.recipe import load_recipe
 from vidcli.sampling.compatibility import check_run
@@ -88,3 +92,59 @@ def test_train_plan_for_8_ranks_of_80_gb():
     states = plan["weights_gb"] + plan["grads_gb"] + plan["optimizer_gb"] + plan["ema_gb"]
     assert plan["peak_gb"] == pytest.approx(states + plan["activations_gb"] + RESERVED_GB)
     assert plan["peak_gb"] < 80
+
+
+def test_generate_plan_for_80_gb_decodes_in_the_reference_tiles():
+    plan = _plan_json(
+        "generate", "--recipe", str(GENERATE), "--plan", "--device", "cuda", "--gpu-memory", "80",
+        "a red kite over the sea",
+    )  # fmt: skip
+    assert plan["dtype"] == "bf16" and plan["offload"] == "none" and plan["fits"]
+    assert plan["latent_shape"] == [16, 4, 32, 32] and plan["image_tokens"] == 4096
+    assert plan["tiling"] == {"spatial_tile": 256, "temporal_tile": 16, "overlap": 0.25}
+    phases = plan["phases_gb"]
+    assert set(phases) == {"text", "t2i", "encode", "dit", "decode"}
+    resident = sum(c["weight_gb"] for c in plan["components"])
+    assert phases["text"] == pytest.approx(resident)
+    ae = _reducio()
+    tiling = TilingConfig(spatial_tile=256, temporal_tile=16, overlap=0.25)
+    # Decode: the whole tiled decode of 16 frames at 1024² measured on meta (fused SDPA for the
+    # cross-attention), plus the video's fp32 copy before `.cpu()`.
+    z = torch.empty(1, 16, 4, 32, 32, device="meta", dtype=BF16)
+    image = torch.empty(1, 3, 1024, 1024, device="meta", dtype=BF16)
+    decode = measure_peak(lambda: ae.decode(z, content=image, tiling=tiling)) * ACTIVATION_MARGIN
+    decode += 3 * 16 * 1024 * 1024 * 4
+    assert phases["decode"] - resident == pytest.approx(decode / GB, rel=0.05)
+    # Encode: the DiT's condition, the content frame held still and encoded in the same tiles,
+    # plus the expanded clip on the device.
+    ae.tiling = tiling
+    encode = measure_peak(lambda: content_latent(ae, image)) * ACTIVATION_MARGIN
+    encode += 3 * 16 * 1024 * 1024 * 2
+    assert phases["encode"] - resident == pytest.approx(encode / GB, rel=0.05)
+    # t2i: Flux-dev's whole forward at 1024² (one row: guidance-distilled) or its AE's decode.
+    flux = build_dit("flux-dev", device="meta").to(BF16)
+    inputs = dit_inputs(flux, 1, (16, 1, 128, 128), 512, BF16)
+    held = sum(t.nbytes for t in inputs.values() if t is not None)
+    forward = measure_peak(lambda: flux(**inputs)) + held
+    flux_ae = build_autoencoder("flux-ae", device="meta").eval().to(BF16)
+    latent = torch.empty(1, 16, 1, 128, 128, device="meta", dtype=BF16)
+    t2i = max(forward, measure_peak(lambda: flux_ae.decode(latent))) * ACTIVATION_MARGIN
+    assert phases["t2i"] - resident == pytest.approx(t2i / GB, rel=1e-6)
+    assert plan["peak_gb"] == pytest.approx(max(phases.values()) + RESERVED_GB)
+    assert plan["peak_gb"] < 80
+    # Untiled would fit too, with less work, but it decodes another video than upstream's.
+    assert plan["decode_untiled_gb"] + resident + RESERVED_GB < 80
+    assert plan["decode_work"] > 1
+
+
+def test_reference_tiles_win_over_tiles_with_less_work():
+    recipe = load_recipe(GENERATE)
+    options = gp.decode_options(_reducio(), recipe.sample, BF16)
+    work = {o[0]["spatial_tile"]: o[2] for o in options[1:]}
+    assert work[192] < work[256]  # 6 x 7-row tiles cover 32 rows with less overlap than 4 x 10
+    plan = gp.plan_generate(recipe, torch.device("cuda"), BF16, 80)
+    assert plan.tiling["spatial_tile"] == 256 and not any("spatial_tile" in n for n in plan.notes)
+    # Four videos at once on 16 GB: the reference tiles do not fit, a smaller tile is named.
+    small = gp.plan_generate(recipe, torch.device("cuda"), BF16, 16, batch_size=4)
+    assert small.fits and small.tiling["spatial_tile"] < 256
+    assert any("spatial_tile = 256 does not fit" in n for n in small.notes)

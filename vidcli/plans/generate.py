@@ -12,6 +12,7 @@ blocks' bytes over the host-to-device link (`LINK_GB_S`, overridable). A quantiz
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,8 +202,13 @@ def plan_generate(
         dit_act = dit_act * token_share(image_tokens, text_tokens, sp) + all_to_all_gb
 
     # Decoded video on the device: the decoder's output plus its fp32 copy before `.cpu()`.
-    options = decode_options(ae, sample, dtype, batch_size)
+    reference = reference_tiling(recipe, ae)
+    options = decode_options(ae, sample, dtype, batch_size, reference)
     untiled_gb = options[0][1][0]
+    if reference is not None and reference[0] < max(sample.height, sample.width):
+        # A conditioned AE's reference tiles define its output (Reducio: upstream's
+        # use_tiling=True), not only its memory: the untiled decode is another video.
+        options = options[1:]
     # i2v and t2i2v encode each first frame held still for the whole clip, one image at a time,
     # in the decode's tiles (`t2i2v.condition_latent`); the expanded clip is copied to the device.
     clip_voxels = sample.frames * sample.height * sample.width
@@ -250,13 +256,17 @@ def plan_generate(
     # overlapping tiles costs a fraction of every decode, streaming blocks costs a transfer of
     # the DiT per denoiser call: least decode work wins between `none` and `model`, and
     # `blocks` is the last resort. A quantized DiT cannot move: every model stays resident.
+    # Reference tiles (`reference_tiling`) come before any other tile, whatever their work, and
+    # even with `blocks`: other tiles decode another video, the fallback when nothing else fits.
     quantized = sample.quantize != "none"
+    mode_tiers = ((OFFLOAD_MODES[0],),) if quantized else (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:])
+    option_tiers = (options,) if reference is None else (options[:1], options[1:])
     chosen = None
-    for modes in ((OFFLOAD_MODES[0],),) if quantized else (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:]):
+    for tier, modes in itertools.product(option_tiers, mode_tiers):
         fitting = [
             (work, OFFLOAD_MODES.index(offload), offload, tiling, coder)
             for offload in modes
-            for tiling, coder, work in options
+            for tiling, coder, work in tier
             if budget is None or max(phases(offload, coder).values()) <= budget
         ]
         if fitting:
@@ -277,6 +287,11 @@ def plan_generate(
             else refusal(recipe, state, smallest, gpu_memory_gb, batch_size)
         )
     offload, tiling, (decode_gb, _), work, ph = chosen
+    if reference is not None and tiling is not None and tiling["spatial_tile"] != reference[0]:
+        notes.append(
+            f"[ae] spatial_tile = {reference[0]} does not fit: the decode runs in "
+            f"{tiling['spatial_tile']} px tiles, a different video from the reference tiling's"
+        )
     if recipe.text.backend == "t5-clip" and not Path(recipe.text.t5_path, "config.json").is_file():
         notes.append("T5 / CLIP sizes from the released t5-v1_1-xxl / clip-vit-large-patch14")
     return GeneratePlan(
@@ -361,8 +376,22 @@ def _coder_bytes_per_voxel(ae: nn.Module, dtype: torch.dtype, decode: bool) -> f
     return peak / (frames * (s_lat * sc) ** 2)
 
 
+def reference_tiling(recipe: Recipe, ae: nn.Module) -> tuple[int, float] | None:
+    """(tile stride px, overlap) of `[ae]` when its tiles define the decoded video: a
+    conditioned AE (Reducio) with `[ae] tiling` on; None otherwise (tiles only save memory)."""
+    if not (needs_content(ae) and recipe.ae.tiling):
+        return None
+    if recipe.ae.spatial_tile % ae.spatial_compression:
+        return None  # the AE refuses such tiles itself, naming the multiple
+    return recipe.ae.spatial_tile, recipe.ae.tile_overlap
+
+
 def decode_options(
-    ae: nn.Module, sample: SampleSection, dtype: torch.dtype, batch: int = 1
+    ae: nn.Module,
+    sample: SampleSection,
+    dtype: torch.dtype,
+    batch: int = 1,
+    reference: tuple[int, float] | None = None,
 ) -> list[tuple[dict[str, Any] | None, tuple[float, int], float]]:
     """[(tiling or None, (decode GB, video voxels per tile), work)] from untiled to the smallest
     tile, least work first, for `batch` videos of `sample`'s size decoded at once.
@@ -370,11 +399,13 @@ def decode_options(
     work = voxels decoded / voxels of the video (overlapping tiles decode some voxels twice), so
     the plan tiles only as much as memory requires: big devices decode at untiled speed. The
     decoded video stays on the device with its fp32 copy made before `.cpu()`.
+    reference: a conditioned AE's recipe tiles (`reference_tiling`): the tiles after untiled are
+    that stride, then the smaller ones at its overlap.
     """
     from vidcli.models.dcae.tiling import tile_spans
 
     if needs_content(ae):
-        return _content_decode_options(ae, sample, dtype, batch)
+        return _content_decode_options(ae, sample, dtype, batch, reference)
     per_voxel = _coder_bytes_per_voxel(ae, dtype, decode=True) * ACTIVATION_MARGIN
     clip = sample.frames * sample.height * sample.width
     video_gb = batch * 3 * clip * (dtype_size(dtype) + 4) / GB
@@ -407,10 +438,15 @@ def decode_options(
 
 
 def _content_decode_options(
-    ae: nn.Module, sample: SampleSection, dtype: torch.dtype, batch: int
+    ae: nn.Module,
+    sample: SampleSection,
+    dtype: torch.dtype,
+    batch: int,
+    reference: tuple[int, float] | None,
 ) -> list[tuple[dict[str, Any] | None, tuple[float, int], float]]:
     """`decode_options` of an AE that decodes from a content frame (Reducio): untiled, then its
-    reference tiles (spatial only, all frames in each: tiles of (1 + overlap)·S at stride S).
+    reference tiles (spatial only, all frames in each: tiles of (1 + overlap)·S at stride S):
+    every stride of `SPATIAL_TILES`, or with `reference` (S, overlap) S and the smaller ones.
 
     Measured on `meta` with the cross-attention as fused SDPA (`measure_peak`): the untiled
     decode whole, content encode included; a tiled one as one tile's decode, plus the content
@@ -434,28 +470,34 @@ def _content_decode_options(
     features = ae.encode_content(probe).features
     feature_bytes = sum(f.numel() * f.element_size() for f in features) / sc**2  # per pixel
     found = [(None, (peak(h_lat, w_lat) / GB + copy_gb, clip), 1.0)]
-    for spatial in SPATIAL_TILES:
+    overlap, strides, first = TILE_OVERLAP, SPATIAL_TILES, None
+    if reference is not None:
+        first, overlap = reference
+        strides = (first, *(s for s in SPATIAL_TILES if s < first))
+    for spatial in strides:
         stride = spatial // sc
         if spatial % sc or spatial >= max(height, width):
             continue  # one tile covers the whole video: that is the untiled decode
-        if int(stride * TILE_OVERLAP) < 1:
+        if int(stride * overlap) < 1 and spatial != first:
             continue  # tiles this small share no latent row to blend: every edge would show
-        tile = int(stride * (1 + TILE_OVERLAP))
+        tile = int(stride * (1 + overlap))
         lat_spans = [[(a, min(a + tile, n)) for a in range(0, n, stride)] for n in (h_lat, w_lat)]
         work = 1.0
         for axis, total in zip(lat_spans, (h_lat, w_lat), strict=True):
             work *= sum(b - a for a, b in axis) / total
         tile_h, tile_w = (max(b - a for a, b in axis) for axis in lat_spans)
         tiled_px = math.prod(
-            sum(min(a + int(spatial * (1 + TILE_OVERLAP)), n) - a for a in range(0, n, spatial))
+            sum(min(a + int(spatial * (1 + overlap)), n) - a for a in range(0, n, spatial))
             for n in (height, width)
         )
         grid = feature_bytes * batch * tiled_px * ACTIVATION_MARGIN
         video = batch * 3 * clip * size
-        tiling = {"spatial_tile": spatial, "temporal_tile": frames, "overlap": TILE_OVERLAP}
+        tiling = {"spatial_tile": spatial, "temporal_tile": frames, "overlap": overlap}
         gb = (peak(tile_h, tile_w) + grid + video) / GB + copy_gb
         found.append((tiling, (gb, frames * tile_h * tile_w * sc * sc), work))
-    return found[:1] + sorted(found[1:], key=lambda option: (option[2], -option[1][1]))
+    # Tiles by work, the recipe's stride (`first`) before all others.
+    tiles = sorted(found[1:], key=lambda o: (o[0]["spatial_tile"] != first, o[2], -o[1][1]))
+    return found[:1] + tiles
 
 
 def generate_plan(
