@@ -2,7 +2,9 @@
 
 Each lever is checked against the straightforward PyTorch it stands for: the transposed-conv
 upsample against nearest upsampling + conv, the channels-last RMSNorm against its definition,
-and the in-place residual sum (inference only) against the autograd path. End-to-end equality
+the oneDNN 1 x 1 conv against `F.conv2d` in float64, the one-pass down/up shortcuts against
+the generic rearrangements, and the in-place residual sum (inference only) against the
+autograd path. End-to-end equality
 with the reference vectors and diffusers stays in test_dcae.py / test_dcae_diffusers.py.
 """
 
@@ -13,7 +15,18 @@ import torch
 import torch.nn.functional as F
 
 from vidcli.models.dcae import AE_PRESETS, DCAE, blocks
-from vidcli.models.dcae.blocks import RMSNorm, upsample_conv
+from vidcli.models.dcae.blocks import (
+    PointwiseConv2d,
+    RMSNorm,
+    average_channels,
+    channel_to_space,
+    channels_last,
+    duplicate_channels,
+    pooled_space_to_channel,
+    repeated_channel_to_space,
+    space_to_channel,
+    upsample_conv,
+)
 
 
 def test_upsample_conv_equals_nearest_upsample_then_conv():
@@ -85,3 +98,54 @@ def test_inference_path_equals_autograd_path():
     assert z_grad.requires_grad
     torch.testing.assert_close(z, z_grad.detach(), rtol=0, atol=0)
     torch.testing.assert_close(rec, rec_grad.detach(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("layout", ["channels_last", "contiguous"])
+def test_pointwise_conv_takes_onednn_and_matches_conv2d(monkeypatch, groups, layout):
+    torch.manual_seed(0)
+    conv = PointwiseConv2d(8, 12, 1, groups=groups, bias=groups == 1)
+    x = torch.randn(2, 8, 5, 7)
+    if layout == "channels_last":
+        x = channels_last(x)
+    b = None if conv.bias is None else conv.bias.double()
+    want = F.conv2d(x.double(), conv.weight.double(), b, groups=groups)
+    calls = []
+    onednn = torch.mkldnn_convolution
+    monkeypatch.setattr(torch, "mkldnn_convolution", lambda *a: calls.append(1) or onednn(*a))
+    with torch.no_grad():
+        got = conv(x)
+    fast = 1 if torch.backends.mkldnn.is_available() else 0
+    assert len(calls) == fast
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    # autograd and other dtypes keep nn.Conv2d's path
+    assert conv(x).requires_grad and len(calls) == fast
+    with torch.no_grad():
+        conv.to(torch.float64)(x.double())
+    assert len(calls) == fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels", [4, 6])
+def test_one_pass_shortcuts_equal_the_generic_rearrangements(dtype, channels):
+    torch.manual_seed(0)
+    x = channels_last(torch.randn(2, channels, 6, 10).to(dtype))
+    plain = x.contiguous()
+    for g in (1, 2, 4):
+        c_out = 4 * channels // g
+        want = average_channels(space_to_channel(plain, temporal=False), c_out)
+        got = pooled_space_to_channel(x, c_out)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        # g = 4 sums the 2 x 2 cell pairwise where mean() sums it in order: one rounding apart
+        tol = 0 if g < 4 else (1e-6 if dtype == torch.float32 else 1e-2)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+        assert torch.equal(blocks.DownShortcut(c_out, temporal=False)(x), got)
+    for r in (1, 2, 4):
+        c_out = r * channels // 4
+        if c_out * 4 != r * channels:
+            continue
+        want = channel_to_space(duplicate_channels(plain, 4 * c_out), temporal=False)
+        got = repeated_channel_to_space(x, c_out)
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(got, want)
+        assert torch.equal(blocks.UpShortcut(c_out, temporal=False)(x), got)

@@ -74,6 +74,46 @@ def duplicate_channels(x: Tensor, out_channels: int) -> Tensor:
     return x.repeat_interleave(out_channels // x.shape[1], dim=1)
 
 
+def _is_channels_last_4d(x: Tensor) -> bool:
+    return x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last)
+
+
+def pooled_space_to_channel(x: Tensor, out_channels: int) -> Tensor:
+    """`average_channels(space_to_channel(x), out_channels)` of a channels-last 4-D x, in one pass.
+
+    (B, C, H, W) -> (B, out_channels, H/2, W/2) channels-last, for groups g = 4C / out_channels
+    of 1, 2 or 4. Each group holds one input channel's 2 x 2 cell (c*4 + i*2 + j), so the mean
+    is a sum of 1, 2 or 4 strided views, scaled by 1/g (a power of two: exact). The generic path
+    materialises the 4C-channel map and reduces over a strided dim: about 10x slower at 256 px.
+    """
+    b, c, h, w = x.shape
+    g = 4 * c // out_channels
+    v = x.permute(0, 2, 3, 1).unflatten(1, (h // 2, 2)).unflatten(3, (w // 2, 2))  # b h i w j c
+    if g >= 2:
+        v = (v[:, :, :, :, 0] + v[:, :, :, :, 1]).unsqueeze(4)
+    if g == 4:
+        v = (v[:, :, 0] + v[:, :, 1]).unsqueeze(2)
+    if g > 1:
+        v = v.mul_(1.0 / g)
+    # (b, h/2, w/2, c, i, j) flattened: channel c*(4/g) + i*(2/g') + j, as space_to_channel orders
+    return v.permute(0, 1, 3, 5, 2, 4).reshape(b, h // 2, w // 2, out_channels).permute(0, 3, 1, 2)
+
+
+def repeated_channel_to_space(x: Tensor, out_channels: int) -> Tensor:
+    """`channel_to_space(duplicate_channels(x, 4 * out_channels))` of a channels-last 4-D x.
+
+    (B, C, H, W) -> (B, out_channels, 2H, 2W) channels-last, for repeats r = 4 * out_channels / C
+    of 1, 2 or 4: output (c, 2h+i, 2w+j) is input channel (4c + 2i + j) // r, so one expanded
+    view and one copy replace the repeated map and the shuffle of the generic path.
+    """
+    b, c, h, w = x.shape
+    r = 4 * out_channels // c
+    ni, nj = (2 if r <= 2 else 1), (2 if r == 1 else 1)
+    v = x.permute(0, 2, 3, 1).reshape(b, h, w, out_channels, ni, nj)
+    v = v.expand(b, h, w, out_channels, 2, 2).permute(0, 1, 4, 2, 5, 3)  # b h i w j c
+    return v.reshape(b, 2 * h, 2 * w, out_channels).permute(0, 3, 1, 2)
+
+
 def _halves_time(x: Tensor, temporal: bool) -> bool:
     """A temporal stage only rescales T when the clip has more than one frame."""
     return temporal and x.ndim == 5 and x.shape[2] != 1
@@ -113,6 +153,30 @@ def build_act(kind: str | None) -> nn.Module | None:
     return {None: None, "silu": nn.SiLU(), "relu": nn.ReLU()}[kind]
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1 x 1 `nn.Conv2d` that runs on oneDNN in fp32 inference on the CPU.
+
+    PyTorch sends single-threaded fp32 1 x 1 convs to its im2col + GEMM fallback
+    (`_slow_conv2d_forward`) instead of oneDNN; on the channels-last maps the image DC-AE runs
+    that measured 1.2-4x slower per layer than `torch.mkldnn_convolution` on the same weights
+    (1 thread, issue 24). Other dtypes, devices and autograd take `nn.Conv2d`'s own path.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (
+            not torch.compiler.is_compiling()  # inductor fuses aten.convolution itself
+            and x.dtype == self.weight.dtype == torch.float32
+            and x.device.type == "cpu"
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and torch.backends.mkldnn.is_available()
+        ):
+            return torch.mkldnn_convolution(
+                x, self.weight, self.bias, (0, 0), (1, 1), (1, 1), self.groups
+            )
+        return super().forward(x)
+
+
 class ConvLayer(nn.Module):
     """conv (zero padding k//2 on every side) -> optional norm -> optional activation."""
 
@@ -130,6 +194,8 @@ class ConvLayer(nn.Module):
     ):
         super().__init__()
         conv = nn.Conv3d if dims == 3 else nn.Conv2d
+        if dims == 2 and kernel == 1 and stride == 1:
+            conv = PointwiseConv2d
         self.conv = conv(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=bias)
         self.norm = build_norm(norm, c_out, dims)
         self.act = build_act(act)
@@ -178,7 +244,9 @@ class LiteMLA(nn.Module):
                 conv(
                     3 * channels, 3 * channels, k, padding=k // 2, groups=3 * channels, bias=False
                 ),
-                conv(3 * channels, 3 * channels, 1, groups=3 * heads, bias=False),
+                (nn.Conv3d if dims == 3 else PointwiseConv2d)(
+                    3 * channels, 3 * channels, 1, groups=3 * heads, bias=False
+                ),
             )
             for k in scales
         )
@@ -320,6 +388,12 @@ class DownShortcut(nn.Module):
         self.c_out, self.temporal = c_out, temporal
 
     def forward(self, x: Tensor) -> Tensor:
+        if _is_channels_last_4d(x) and 4 * x.shape[1] in (
+            self.c_out,
+            2 * self.c_out,
+            4 * self.c_out,
+        ):
+            return pooled_space_to_channel(x, self.c_out)
         return average_channels(space_to_channel(x, _halves_time(x, self.temporal)), self.c_out)
 
 
@@ -331,6 +405,12 @@ class UpShortcut(nn.Module):
         self.c_out, self.temporal = c_out, temporal
 
     def forward(self, x: Tensor) -> Tensor:
+        if _is_channels_last_4d(x) and 4 * self.c_out in (
+            x.shape[1],
+            2 * x.shape[1],
+            4 * x.shape[1],
+        ):
+            return repeated_channel_to_space(x, self.c_out)
         temporal = _halves_time(x, self.temporal)
         return channel_to_space(
             duplicate_channels(x, self.c_out * (8 if temporal else 4)), temporal
