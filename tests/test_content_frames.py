@@ -276,8 +276,17 @@ def test_memory_plan_counts_the_content_frames_guidance_row():
     from vidcli.recipe import load_recipe
 
     values = ['ae.preset="reducio-ft4"', 'ae.path=""', "sample.height=1024", "sample.width=1024"]
-    recipe = load_recipe(str(Path(__file__).parents[1] / "recipes" / "reducio-dit.toml"), values)
+    path = str(Path(__file__).parents[1] / "recipes" / "reducio-dit.toml")
+    recipe = load_recipe(path, values)
+    assert recipe.sample.guidance_img == 1.0
     plan = gp.plan_generate(recipe, torch.device("cuda"), torch.bfloat16, 24.0)
     assert plan.latent_shape == [16, 4, 32, 32] and plan.image_tokens == 4096
-    assert plan.cfg_rows == 3  # prompt, negative, and negative without the content latent
+    assert plan.cfg_rows == 2  # image scale 1: the row without the content latent is not run
     assert plan.fits and plan.tiling["spatial_tile"] < 1024  # 24 GB: the decode must tile
+    guided = gp.plan_generate(
+        load_recipe(path, [*values, "sample.guidance_img=3.0"]),
+        torch.device("cuda"),
+        torch.bfloat16,
+        24.0,
+    )
+    assert guided.cfg_rows == 3  # prompt, negative, and negative without the content latent

@@ -57,13 +57,50 @@ def test_t2v_cfg_runs_2n_rows_and_keeps_the_reference_trajectory(vectors):
     torch.testing.assert_close(out, tensors[f"{case}.out"], atol=TRAJECTORY_TOL, rtol=0)
 
 
-def test_image_condition_keeps_3n_rows():
+def _toy_i2v(guidance: flow.GuidanceConfig, model_fn=None):
+    """sample_i2v on 2 prompts with a head-frame condition; the rows of each evaluation."""
     N, shape = 2, (2, 1, 3, 2, 2)
-    calls = RowCounter(lambda x, t, *a: torch.zeros_like(x))
+    model_fn = model_fn or (lambda x, t, *a: torch.zeros_like(x))
+    calls = RowCounter(model_fn)
     cond = flow.build_condition("i2v_head", shape, refs=torch.ones(2, 1, 1, 2, 2))
-    txt, y = torch.zeros(N, 4, 8), torch.zeros(N, 6)
-    flow.sample_i2v(calls, torch.randn(shape), [1.0, 0.5, 0.0], txt, y, txt[:1], y[:1], cond)
-    assert calls.rows == [3 * N, 3 * N]
+    txt, y = torch.arange(N * 32.0).reshape(N, 4, 8) / 64, torch.zeros(N, 6)
+    noise = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    out = flow.sample_i2v(calls, noise, [1.0, 0.5, 0.0], txt, y, txt[:1] * 0, y[:1], cond, guidance)
+    return calls.rows, out
+
+
+def test_image_condition_runs_3n_rows_and_drops_the_rows_a_scale_of_1_cancels():
+    N, fixed = 2, {"text_osci": False, "image_osci": False, "scale_temporal_osci": False}
+    assert _toy_i2v(flow.GuidanceConfig(**fixed))[0] == [3 * N, 3 * N]
+    assert _toy_i2v(flow.GuidanceConfig(image=1.0, **fixed))[0] == [2 * N, 2 * N]
+    assert _toy_i2v(flow.GuidanceConfig(text=1.0, image=1.0, **fixed))[0] == [N, N]
+    # Open-Sora's oscillation sets both scales to 1 at step 1 of 2 (from 20 % of the schedule).
+    assert _toy_i2v(flow.GuidanceConfig())[0] == [3 * N, N]
+
+
+def test_image_scale_1_equals_the_three_row_formula():
+    """v_u + g_txt·(v_c − v_u) on 2N rows is v_u2 + 1·(v_u − v_u2) + g_txt·(v_c − v_u)."""
+
+    def model_fn(x, t, txt, y, cond_latent, cond_mask, _):
+        return torch.sin(3 * x + cond_latent) * (1 + txt.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1))
+
+    guidance = flow.GuidanceConfig(
+        text=4.0, image=1.0, text_osci=False, image_osci=False, scale_temporal_osci=False
+    )
+    rows, out = _toy_i2v(guidance, model_fn)
+    assert rows == [4, 4]
+    N, shape = 2, (2, 1, 3, 2, 2)
+    cond = flow.build_condition("i2v_head", shape, refs=torch.ones(2, 1, 1, 2, 2))
+    txt = torch.arange(N * 32.0).reshape(N, 4, 8) / 64
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    rows_txt = torch.cat((txt, torch.zeros_like(txt), torch.zeros_like(txt)))  # negative: zeros
+    rows_cond = torch.cat((cond.latent, cond.latent, torch.zeros_like(cond.latent)))
+    for t, t_next in ((1.0, 0.5), (0.5, 0.0)):
+        v_c, v_u, v_u2 = model_fn(
+            torch.cat([x] * 3), t, rows_txt, None, rows_cond, None, None
+        ).chunk(3)
+        x = x + (t_next - t) * (v_u2 + 1.0 * (v_u - v_u2) + 4.0 * (v_c - v_u))
+    torch.testing.assert_close(out, flow.paste_reference_frames(x, cond, False))
 
 
 # ---------------------------------------------------------------- RF-Solver

@@ -426,10 +426,11 @@ def sample_i2v(
     noise: (N, C, T, H, W); txt: (N, L, D_txt), y_vec: (N, D_vec); neg_txt / neg_y_vec: the
     negative prompt ("" in the reference), batch N or 1. With an image condition each step runs
     the model on 3N rows [prompt + cond, negative + cond, negative + zero cond] giving v_c, v_u,
-    v_u2 and uses v̂ = v_u2 + g_img·(v_u - v_u2) + g_txt·(v_c - v_u); t2v runs 2N rows
-    [prompt, negative] and uses v̂ = v_u + g_txt·(v_c - v_u), the same value, and N rows at steps
-    whose text scale is 1 (v̂ = v_c). `solver`: "euler" or "rf2" (see `sample_ode`); `leap`: Linear
-    Proportional Leap; `hooks`: told every evaluation's step and batch layout (`StepInfo`).
+    v_u2 and uses v̂ = v_u2 + g_img·(v_u - v_u2) + g_txt·(v_c - v_u); t2v and steps whose image
+    scale is 1 run 2N rows [prompt, negative] and use v̂ = v_u + g_txt·(v_c - v_u), the same
+    value, and N rows where the text scale is 1 too (v̂ = v_c). `solver`: "euler" or "rf2" (see
+    `sample_ode`); `leap`: Linear Proportional Leap; `hooks`: told every evaluation's step and
+    batch layout (`StepInfo`).
     Returns the final latent (N, C, T, H, W), with reference frames pasted back into item 0 (see
     `paste_reference_frames`).
     """
@@ -483,10 +484,15 @@ def sample_i2v(
                 return evaluate(x, t, step, ("cond",))[0]
             v_c, v_u = evaluate(x, t, step, ("cond", "uncond"))
             return v_u + g_txt * (v_c - v_u)
-        v_c, v_u, v_u2 = evaluate(x, t, step, ("cond", "uncond", "uncond_noimg"))
         g_img = oscillated_scale(
             guidance.image, step, num_steps, guidance.image_osci, solver, guidance.osci_start
         )
+        if g_img == 1.0:  # v_u2 + 1·(v_u - v_u2) = v_u: the no-image rows would be wasted
+            if g_txt == 1.0:
+                return evaluate(x, t, step, ("cond",))[0]
+            v_c, v_u = evaluate(x, t, step, ("cond", "uncond"))
+            return v_u + g_txt * (v_c - v_u)
+        v_c, v_u, v_u2 = evaluate(x, t, step, ("cond", "uncond", "uncond_noimg"))
         if temporal and g_img > 1.0:
             g_img = temporal_image_scale(g_img, step, num_steps, T).to(x.device, v_c.dtype)
         return v_u2 + g_img * (v_u - v_u2) + g_txt * (v_c - v_u)

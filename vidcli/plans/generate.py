@@ -185,9 +185,10 @@ def plan_generate(
     components.append(ComponentMemory("ae", param_count(ae), param_count(ae) * size / GB))
 
     # A guidance-distilled DiT runs one row per prompt; CFG runs two, and the image condition
-    # of i2v / t2i2v adds a third, as a conditioned AE's content frame (Reducio) always does.
+    # of i2v / t2i2v or a conditioned AE's content frame (Reducio) adds a third, unless the
+    # image scale is 1 (the no-image row then cancels out of the guided velocity: not run).
     conditioned = image_condition or t2i_dit is not None or needs_content(ae)
-    branches = 3 if conditioned else 2
+    branches = 3 if conditioned and sample.guidance_img != 1.0 else 2
     cfg_rows = (1 if dit.config.guidance_embed else branches) * batch_size
     dit_act = dit_inference_peak(dit, cfg_rows, latent, text_tokens, dtype) * ACTIVATION_MARGIN / GB
     p = dit.config.patch_size
