@@ -40,6 +40,11 @@ QUIET_ENV = "VIDCLI_QUIET"
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 log = logging.getLogger("vidcli")
 
+# Import-time warnings of optional dependencies that say nothing about a run: torchao (pulled in
+# by diffusers and peft when installed) fails to load its CUDA extensions on a CPU torch and
+# registers enums the way torch now deprecates. Shown again with --debug.
+IMPORT_NOISE_LOGGERS = ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao")
+
 
 def configure(*, quiet: bool = False, debug: bool = False) -> None:
     """Apply a command's `--quiet` / `--debug` (exported so launcher ranks inherit them)."""
@@ -53,6 +58,8 @@ def configure(*, quiet: bool = False, debug: bool = False) -> None:
         log.addHandler(handler)
         log.propagate = False
     log.setLevel(level)
+    for name in IMPORT_NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.NOTSET if debug_enabled() else logging.ERROR)
 
 
 def debug_enabled() -> bool:
