@@ -83,6 +83,8 @@ def test_rmsnorm_matches_definition(dtype):
     want = (y * norm.weight.view(shape) + norm.bias.view(shape)).to(dtype)
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(norm(x), want, rtol=tol, atol=tol)
+    with torch.no_grad():  # the inference path scales its own fp32 copy in place
+        torch.testing.assert_close(norm(x), want, rtol=tol, atol=tol)
 
 
 def test_inference_path_equals_autograd_path():
@@ -149,3 +151,15 @@ def test_one_pass_shortcuts_equal_the_generic_rearrangements(dtype, channels):
         assert got.is_contiguous(memory_format=torch.channels_last)
         assert torch.equal(got, want)
         assert torch.equal(blocks.UpShortcut(c_out, temporal=False)(x), got)
+
+
+def test_channels_last_attention_equals_channels_first():
+    """The positions-major linear attention (channels-last maps) against the padded-ones form."""
+    torch.manual_seed(0)
+    attn = blocks.LiteMLA(2, 64, 16, (5,), "rms_norm")
+    qkv = torch.randn(2, 2 * 3 * 64, 6, 10)
+    want = attn.attend(qkv.double()).double()  # fp32 math inside either way
+    got = attn.attend(channels_last(qkv))
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert attn.attend(qkv).is_contiguous()
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)

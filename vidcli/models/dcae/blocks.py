@@ -135,10 +135,21 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # Channels moved last: on a channels-last map (how the DC-AE runs) that is a free view and
-        # F.rms_norm reduces over contiguous memory. The statistics in fp32 keep bf16 activations
-        # from overflowing / losing bits; the affine runs in x's dtype as one fused pass.
-        y = F.rms_norm(x.movedim(1, -1).float(), (x.shape[1],), eps=self.eps).to(x.dtype)
-        return torch.addcmul(self.bias, y, self.weight).movedim(-1, 1)
+        # the reduction runs over contiguous memory. Statistics and affine run in fp32 (bf16
+        # activations neither overflow nor lose bits) and round once to x's dtype. The mean of
+        # squares is a squared 2-norm: one fused read where F.rms_norm's CPU composite writes
+        # x**2 and reads it back; without autograd the scale and the affine reuse one fp32
+        # buffer in place. Together 1.1x (fp32) and 1.8x (bf16) on 256 px maps, one thread.
+        xf = x.movedim(1, -1).float()
+        norm = torch.linalg.vector_norm(xf, dim=-1, keepdim=True)
+        inv = norm.square().div_(x.shape[1]).add_(self.eps).rsqrt_()
+        weight, bias = self.weight.float(), self.bias.float()
+        if torch.is_grad_enabled():
+            y = torch.addcmul(bias, xf * inv, weight)
+        else:
+            y = xf.mul_(inv) if xf.dtype != x.dtype else xf * inv
+            y = torch.addcmul(bias, y, weight, out=y)
+        return y.to(x.dtype).movedim(-1, 1)
 
 
 def build_norm(kind: str | None, channels: int, dims: int) -> nn.Module | None:
@@ -255,18 +266,32 @@ class LiteMLA(nn.Module):
         )
 
     def attend(self, qkv: Tensor) -> Tensor:
-        """(B, G*3d, *S) -> (B, G*d, *S): out_n = sum_m v_m (k_m . q_n) / sum_m (k_m . q_n)."""
-        spatial = qkv.shape[2:]
+        """(B, G*3d, *S) -> (B, G*d, *S): out_n = sum_m v_m (k_m . q_n) / sum_m (k_m . q_n).
+
+        A channels-last map (the image DC-AE) is read as positions-major (B, G, N, 3d), a free
+        view, and its output comes back channels-last, so `proj` and its norm see no layout
+        flip; channels-first maps (video) use the channels-major (B, G, 3d, N) view.
+        """
+        b, c, *spatial = qkv.shape
         d = self.head_dim
-        # The two matmuls sum over every position: fp32 keeps long clips from losing precision.
+        # The matmuls sum over every position: fp32 keeps long clips from losing precision.
         # ("cpu" for meta tensors too: the memory plan runs this on `meta`, which has no autocast.)
         with torch.autocast("cuda" if qkv.is_cuda else "cpu", enabled=False):
-            qkv = qkv.float().flatten(2).unflatten(1, (-1, 3 * d))  # (B, G, 3d, N)
-            q, k, v = F.relu(qkv[:, :, :d]), F.relu(qkv[:, :, d : 2 * d]), qkv[:, :, 2 * d :]
-            v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones yields the denominator
-            out = (v @ k.transpose(-1, -2)) @ q  # (B, G, d+1, N)
-            out = out[:, :, :d] / (out[:, :, d:] + self.eps)
-        return out.flatten(1, 2).unflatten(2, spatial)
+            if not _is_channels_last_4d(qkv):
+                t = qkv.float().flatten(2).unflatten(1, (-1, 3 * d))  # (B, G, 3d, N)
+                q, k, v = F.relu(t[:, :, :d]), F.relu(t[:, :, d : 2 * d]), t[:, :, 2 * d :]
+                v = F.pad(v, (0, 0, 0, 1), value=1.0)  # a row of ones yields the denominator
+                out = (v @ k.transpose(-1, -2)) @ q  # (B, G, d+1, N)
+                out = out[:, :, :d] / (out[:, :, d:] + self.eps)
+                return out.flatten(1, 2).unflatten(2, spatial)
+            t = qkv.float().movedim(1, -1).reshape(b, -1, c // (3 * d), 3 * d).transpose(1, 2)
+            q, k, v = F.relu(t[..., :d]), F.relu(t[..., d : 2 * d]), t[..., 2 * d :]
+            # numerator and denominator as two products: a padded ones-column here would be a
+            # strided (N, d+1) map to slice and divide, the slowest step of this layout
+            num = q @ (k.transpose(-1, -2) @ v)  # (B, G, N, d)
+            den = q @ k.sum(dim=2).unsqueeze(-1)  # (B, G, N, 1)
+            out = num.div_(den.add_(self.eps))
+        return out.transpose(1, 2).reshape(b, *spatial, -1).movedim(-1, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         qkv = self.qkv(x)
