@@ -60,6 +60,20 @@ def test_the_loss_is_l1_plus_weighted_kl_and_outlier_terms_on_a_fixed_batch():
     assert metrics["outlier"] == pytest.approx(outlier.item())
 
 
+def test_init_posterior_starts_the_posterior_nearly_deterministic():
+    model, x = micro_reducio(), clips()
+    embed = model.config.embed_dim
+    default_bias = model.quant_conv.bias[embed:].detach().clone()
+    mean_before, logvar_before = model.posterior(x)
+    ra.init_posterior(model)
+    mean, logvar = model.posterior(x)
+    torch.testing.assert_close(mean, mean_before, rtol=0, atol=0)  # the means are untouched
+    # Only the log-variance bias changes: every channel's log-variance shifts by −6 − bias.
+    shift = (ra.INIT_LOGVAR - default_bias)[None, :, None, None, None]
+    torch.testing.assert_close(logvar, logvar_before + shift, rtol=0, atol=1e-5)
+    assert torch.exp(0.5 * logvar).max().item() < 0.1
+
+
 def test_discriminator_matches_upstreams_layout():
     d = ra.ReducioDiscriminator3D()
     convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv3d)]
@@ -136,6 +150,9 @@ def test_train_ae_lowers_the_loss_then_runs_the_gan_and_saves_a_loadable_vae(tmp
     assert "d_loss" not in records[4] and records[6]["d_loss"] > 0, records
     vae = load_autoencoder(tmp_path / "run/checkpoints/step-0000008")
     assert vae.conditioned and vae.latent_shape(4, 32, 32) == (4, 2, 16, 16)
+    # Trained from scratch: the posterior started at INIT_LOGVAR (8 Adam steps of 2e-3 since).
+    logvar_bias = vae.quant_conv.bias[vae.config.embed_dim :]
+    assert (logvar_bias - ra.INIT_LOGVAR).abs().max().item() < 0.1, logvar_bias
 
 
 def _toml(value) -> str:

@@ -44,6 +44,8 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     conditioned = needs_content(model)  # Reducio: its own objective (`reducio_ae`)
     if conditioned:
         _check_conditioned(recipe)
+        if not recipe.ae.path:  # from scratch (a resume loads its checkpoint over this)
+            reducio_ae.init_posterior(model)
     lpips = perceptual_loss(recipe.train)  # a usage error, not an L1-only run, if weights lack
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
     if lpips is not None:

@@ -39,6 +39,8 @@ ADAPTIVE_CLAMP = 1e4
 DISC_WARMUP = (5000, 6000)
 """The discriminator's rate multiplier is 0.1 before the first step, 1 after the second, linear
 in between (upstream's schedule)."""
+INIT_LOGVAR = -6.0
+"""Posterior log-variance a Reducio-VAE trained from scratch starts at (std e^-3 ≈ 0.05)."""
 
 
 class ReducioDiscriminator3D(nn.Module):
@@ -73,6 +75,21 @@ class ReducioDiscriminator3D(nn.Module):
 def _padding(kernel: int | tuple[int, int, int]) -> int | tuple[int, int, int]:
     """1 on every side, but none in time for a kernel one frame long."""
     return (0, 1, 1) if kernel == (1, 4, 4) else 1
+
+
+def init_posterior(model: ReducioVAE, logvar: float = INIT_LOGVAR) -> None:
+    """Start a from-scratch model's posterior nearly deterministic: `quant_conv`'s log-variance
+    bias at `logvar`.
+
+    With the default init the log-variance starts near 0 (std 1) while the means of different
+    clips differ by about 0.3, so the layer-normed sample the decoder sees is mostly noise; a
+    small decoder then learns to ignore the latent, and with no gradient to sharpen it the
+    posterior stays that wide (a 1 × 1-latent demo AE after 400 steps: std 1.0, the direction
+    of motion kept in 57 % of held-out reconstructions; the same run started at −6: 93 %).
+    KL_WEIGHT is too small to matter at either value.
+    """
+    with torch.no_grad():
+        model.quant_conv.bias[model.config.embed_dim :].fill_(logvar)
 
 
 def discriminator_multiplier(step: int) -> float:
