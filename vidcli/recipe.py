@@ -284,6 +284,10 @@ class T2ISection:
     """Distilled guidance scale fed to the image DiT's guidance embedding."""
     steps: int = _bounded(0, ge=0)
     """Denoising steps of the image model; 0 = the same as [sample] steps."""
+    frames: int = _bounded(1, ge=1)
+    """Frames the image model samples: 1 for an image model; a video DiT used as the image model
+    can draw a clip of its training length, of which the image is frame 0 (for a conditioned
+    video AE, Reducio, the centre frame (frames − 1) // 2)."""
 
 
 @dataclass

@@ -87,3 +87,41 @@ def test_distilled_image_dit_keeps_one_row_per_image(monkeypatch):
     negative = (torch.zeros(1, 5, 8), torch.zeros(1, 8))
     t2i2v.sample_images(dit, _ImageAE(), tokens, pooled, [0], (4, 4), 2, 4.0, negative=negative)
     assert seen["guidance"] == 4.0
+
+
+class _ClipAE(_ImageAE):
+    """_ImageAE for clips: one latent frame per frame."""
+
+    def latent_shape(self, frames, height, width):
+        return 3, frames, height, width
+
+
+def test_a_clip_image_stage_samples_every_frame_and_gives_the_asked_one():
+    dit, ae = _TextDiT(guidance_embed=False), _ClipAE()
+    tokens, pooled = torch.full((1, 5, 8), 0.1), torch.zeros(1, 8)
+    negative = (torch.full((1, 5, 8), -0.1), torch.zeros(1, 8))
+    args = (dit, ae, tokens, pooled, [5], (4, 4), 4, 3.0, 1.0)
+    images = t2i2v.sample_images(*args, negative=negative, frames=3, index=1)
+    # As above, v̂ = 0.5 everywhere; the image is frame 1 of the 3-frame clip's noise − v̂.
+    want = (_noise(5, (3, 3, 4, 4)) - 0.5)[:, 1] / 10
+    torch.testing.assert_close(images, want[None].clamp(-1, 1))
+    with pytest.raises(ShapeError, match="image frame 3 of a 3-frame clip"):
+        t2i2v.sample_images(*args, negative=negative, frames=3, index=3)
+
+
+def test_a_conditioned_video_ae_takes_the_centre_frame_of_the_image_stage_clip(monkeypatch):
+    seen = {}
+
+    def sample_images(*args, **kwargs):
+        seen.update(kwargs)
+        return torch.zeros(1, 3, 4, 4)
+
+    monkeypatch.setattr(t2i2v, "sample_images", sample_images)
+    monkeypatch.setattr(t2i2v, "condition_latent", lambda ae, image, frames: image)
+    dit = SimpleNamespace(config=SimpleNamespace(patch_size=1))
+    stage = t2i2v.ImageStage(dit, SimpleNamespace(spatial_compression=1), 4, 1.0, 2, frames=16)
+    tokens, pooled = torch.zeros(1, 5, 8), torch.zeros(1, 8)
+    # Reducio's content frame is the centre one, (16 − 1) // 2; an i2v condition is frame 0.
+    for video_ae, index in ((SimpleNamespace(conditioned=True), 7), (SimpleNamespace(), 0)):
+        t2i2v.first_frame_conditions(stage, video_ae, tokens, pooled, [0], (16, 4, 4))
+        assert (seen["frames"], seen["index"]) == (16, index)

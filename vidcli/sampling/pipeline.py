@@ -103,7 +103,14 @@ def image_stage(recipe: Recipe, text, placement: Placement):
     placement.place(dit, "t2i_dit")
     placement.place(ae, "t2i_ae")
     steps = t2i.steps or recipe.sample.steps
-    return ImageStage(dit=dit, ae=ae, resolution=t2i.resolution, guidance=t2i.guidance, steps=steps)
+    return ImageStage(
+        dit=dit,
+        ae=ae,
+        resolution=t2i.resolution,
+        guidance=t2i.guidance,
+        steps=steps,
+        frames=t2i.frames,
+    )
 
 
 def load_ema_weights(dit: torch.nn.Module, checkpoint: Path) -> bool:

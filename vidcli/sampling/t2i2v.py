@@ -4,8 +4,9 @@
    `[t2i] resolution` (image area ≈ resolution², the video's aspect ratio, sides multiples of
    AE compression × patch), with Flux's guidance vector and the resolution-dependent shift
    α = lin(H_lat·W_lat / p²) (one latent frame), Euler, `flow.sample_distilled`;
-   a DiT without guidance embedding (the Reducio demo's: the bundled demo MMDiT at one latent
-   frame) samples with text CFG against the negative prompt instead (`flow.sample_i2v`, t2v);
+   a DiT without guidance embedding (the Reducio demo's: the bundled demo MMDiT) samples with
+   text CFG against the negative prompt instead (`flow.sample_i2v`, t2v); a video DiT can draw
+   a whole clip (`[t2i] frames`) and give one frame of it (see `sample_images`);
 2. its AE (Flux AE) decodes the image, which is resized to cover the video size and
    center-cropped (the reference resizes the saved PNG the same way);
 3. the video AE encodes it as the i2v condition (`condition_latent`), and the video model
@@ -55,6 +56,8 @@ class ImageStage:
     scale."""
     steps: int
     """Denoising steps."""
+    frames: int = 1
+    """Frames the image DiT samples (`[t2i] frames`); the image is one of them."""
 
 
 # Open-Sora's named aspect ratios as height / width: 16:9, 9:16, 1:1, 2.39:1.
@@ -128,17 +131,25 @@ def sample_images(
     flow_shift: float | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
     negative: tuple[torch.Tensor, torch.Tensor] | None = None,
+    frames: int = 1,
+    index: int = 0,
 ) -> torch.Tensor:
     """Text-to-image: (N, 3, H, W) in [-1, 1] for text embeddings tokens (N, L, D_txt), pooled
     (N, D_vec) and one seed per image; size = (H, W) in pixels.
 
+    `frames` > 1 samples a clip of that many frames with a video DiT and AE and returns its frame
+    `index`: a video DiT never trained on single frames (the bundled demo MMDiT) draws them off
+    its distribution (the demo's white shapes came out yellow at one frame, white at 16).
+
     A guidance-distilled DiT (`guidance_embed`, Flux-dev) gets `guidance` through its guidance
-    embedding, one row per image. Any other DiT (e.g. the bundled demo MMDiT at one latent frame)
-    samples with text CFG at scale `guidance` against `negative` = (tokens, pooled) of the
+    embedding, one row per image. Any other DiT (e.g. the bundled demo MMDiT) samples
+    with text CFG at scale `guidance` against `negative` = (tokens, pooled) of the
     negative prompt (batch N or 1): 2N rows per step, v̂ = v_u + g·(v_c − v_u) (`flow.sample_i2v`
     without an image condition)."""
     height, width = size
-    channels, t_lat, h_lat, w_lat = ae.latent_shape(1, height, width)
+    if not 0 <= index < frames:
+        raise ShapeError(f"image frame {index} of a {frames}-frame clip: use 0..{frames - 1}")
+    channels, t_lat, h_lat, w_lat = ae.latent_shape(frames, height, width)
     p = dit.config.patch_size
     if h_lat % p or w_lat % p:
         raise ShapeError(
@@ -185,7 +196,7 @@ def sample_images(
         )
     weight = next(ae.parameters())
     images = ae.decode(latents.to(weight.device, weight.dtype)).float().cpu()
-    return images[:, :, 0].clamp(-1, 1)
+    return images[:, :, index].clamp(-1, 1)
 
 
 @torch.no_grad()
@@ -203,7 +214,8 @@ def first_frame_conditions(
     """t2i2v steps 1-3: the frame-0 images (N, 3, H, W) at the video size (T, H, W), and their
     i2v condition latents [(C, 1, H', W')] under the video AE. tokens/pooled: raw-prompt
     embeddings; negative: the negative prompt's (tokens, pooled), for an image DiT sampled with
-    CFG (see `sample_images`)."""
+    CFG (see `sample_images`). An image stage that samples a clip (`frames` > 1) gives its frame
+    0, or for a conditioned video AE (Reducio) its centre frame, where the content frame sits."""
     frames, height, width = video_size
     multiple = stage.ae.spatial_compression * stage.dit.config.patch_size
     size = image_size(stage.resolution, height, width, multiple)
@@ -219,6 +231,8 @@ def first_frame_conditions(
         shift=shift,
         callback=callback,
         negative=negative,
+        frames=stage.frames,
+        index=(stage.frames - 1) // 2 if needs_content(video_ae) else 0,
     )
     images = cover_resize(images, height, width)
     return images, [condition_latent(video_ae, image, frames) for image in images]
