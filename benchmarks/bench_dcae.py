@@ -6,7 +6,8 @@
 Builds a diffusers AutoencoderDC (random weights), saves it, loads the folder with
 `load_autoencoder`, then times both on the same input in one process, interleaved (ours,
 diffusers, ours, ... after a warm-up) and reports medians, so the ratio survives a loaded
-machine. Prints images/s and the ratio ours/diffusers (> 1 means ours is faster).
+machine. Prints images/s and the ratio ours/diffusers (> 1 means ours is faster) by wall
+clock and by process CPU time (the steadier one at one thread on a shared machine).
 `--video` adds the video DC-AE (the f32t4c128 layout at a quarter of its widths) against its
 own fp32 eager path. `--compile` adds vidcli's encoder/decoder under `torch.compile` (inductor,
 frozen weights) and reports its compile time separately.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import tempfile
 import time
@@ -56,17 +58,25 @@ VIDEO_CONFIG = dataclasses.replace(
 )
 
 
-def interleaved(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
-    """Median seconds of each fn, timed round-robin after one warm-up call each."""
+def interleaved(
+    fns: dict[str, Callable[[], object]], rounds: int
+) -> dict[str, tuple[float, float]]:
+    """Median (wall, CPU) seconds of each fn, timed round-robin after one warm-up call each.
+
+    CPU time is this process's (all its threads): on a shared machine it leaves out the time
+    other jobs hold the cores, so at one thread it is the steadier measure of the same work.
+    """
     for fn in fns.values():
         fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
+    wall: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            wall[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
 
 
 def compiled(ae: DCAE) -> tuple[Callable, Callable]:
@@ -87,8 +97,12 @@ def compile_now(fn: Callable, *args) -> float:
     return time.perf_counter() - t0
 
 
-def row(name: str, batch: int, t_ours: float, t_base: float) -> str:
-    return f"{name:22}{batch / t_ours:12.3f}{batch / t_base:14.3f}{t_base / t_ours:8.2f}"
+def row(name: str, batch: int, ours: tuple[float, float], base: tuple[float, float]) -> str:
+    """Throughput by wall clock, then the ratio base/ours by wall clock and by CPU time."""
+    return (
+        f"{name:22}{batch / ours[0]:12.3f}{batch / base[0]:14.3f}"
+        f"{base[0] / ours[0]:8.2f}{base[1] / ours[1]:8.2f}"
+    )
 
 
 def main() -> None:
@@ -105,6 +119,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also ours under torch.compile")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load = os.getloadavg()
     dtype = getattr(torch, args.dtype)
     from diffusers import AutoencoderDC
 
@@ -169,7 +184,8 @@ def main() -> None:
                     )
     print(
         f"config {args.config}, input {tuple(x.shape)}, {args.dtype}, threads {args.threads}, "
-        f"median of {args.rounds} interleaved rounds, latent rel-L2 vs diffusers {diff:.1e}"
+        f"median of {args.rounds} interleaved rounds, latent rel-L2 vs diffusers {diff:.1e}, "
+        f"load average {load[0]:.1f} -> {os.getloadavg()[0]:.1f}"
     )
     if args.video:
         print(
@@ -178,7 +194,7 @@ def main() -> None:
         )
     for k, sec in compile_s.items():
         print(f"compile time ({k}, encode + decode): {sec:.1f} s")
-    print(f"{'':22}{'ours item/s':>12}{'baseline/s':>14}{'ratio':>8}")
+    print(f"{'':22}{'ours item/s':>12}{'baseline/s':>14}{'ratio':>8}{'cpu':>8}")
     for line in lines:
         print(line)
 
