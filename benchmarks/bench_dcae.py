@@ -83,8 +83,11 @@ def compiled(ae: DCAE) -> tuple[Callable, Callable]:
     """Raw (unscaled, 5-D) encode and decode of `ae` under torch.compile with frozen weights.
 
     Freezing lets inductor prepack the conv weights for oneDNN and fuse bias, activation and
-    residual adds into the convolutions; it needs inference mode, which the benchmark runs in.
+    residual adds into the convolutions (`mkldnn::_convolution_pointwise` in a profile). It
+    needs inference mode, which the benchmark runs in, and weights that do not require grad:
+    with them, torch 2.13 compiled plain `aten.convolution` calls and lost to eager.
     """
+    ae.requires_grad_(False)
     enc = torch.compile(ae._encode_raw, options={"freezing": True})
     dec = torch.compile(ae._decode_raw, options={"freezing": True})
     return enc, dec

@@ -163,3 +163,17 @@ def test_channels_last_attention_equals_channels_first():
     assert got.is_contiguous(memory_format=torch.channels_last)
     assert attn.attend(qkv).is_contiguous()
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_pointwise_conv_bf16_linear_path_matches_conv2d():
+    torch.manual_seed(0)
+    conv = PointwiseConv2d(16, 24, 1).to(torch.bfloat16)
+    x = channels_last(torch.randn(2, 16, 5, 7).to(torch.bfloat16))
+    b = conv.bias.double()
+    want = F.conv2d(x.double(), conv.weight.double(), b)
+    with torch.no_grad():
+        got = conv(x)
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-2)
+    conv_path = F.conv2d(x, conv.weight, conv.bias).double()  # bf16 rounding apart at most
+    torch.testing.assert_close(got.double(), conv_path, rtol=1e-2, atol=1e-2)
