@@ -10,6 +10,8 @@ with the reference vectors and diffusers stays in test_dcae.py / test_dcae_diffu
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +179,23 @@ def test_pointwise_conv_bf16_linear_path_matches_conv2d():
     torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-2)
     conv_path = F.conv2d(x, conv.weight, conv.bias).double()  # bf16 rounding apart at most
     torch.testing.assert_close(got.double(), conv_path, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_image_dcae_compiles_as_one_graph(dtype):
+    """The fast paths stay traceable: torch.compile(fullgraph=True) sees no graph break."""
+    cfg = dataclasses.replace(
+        AE_PRESETS["dc-ae-tiny"],
+        is_video=False,
+        temporal_downsample=(False,) * 6,
+        temporal_upsample=(False,) * 6,
+    )
+    ae = DCAE(cfg).eval().to(dtype)
+    x = (torch.rand(1, 3, 64, 64) * 2 - 1).to(dtype)
+    torch._dynamo.reset()
+    with torch.no_grad():
+        z = ae.encoder(x)
+        torch.testing.assert_close(torch.compile(ae.encoder, backend="eager", fullgraph=True)(x), z)
+        rec = ae.decoder(z)
+        compiled = torch.compile(ae.decoder, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(z), rec)

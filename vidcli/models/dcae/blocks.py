@@ -153,7 +153,8 @@ class RMSNorm(nn.Module):
         if torch.is_grad_enabled():
             return torch.addcmul(bias, xf * inv, weight).to(x.dtype)
         y = xf.mul_(inv) if xf.dtype != x.dtype else xf * inv
-        return torch.addcmul(bias, y, weight, out=y).to(x.dtype)
+        # (in-place methods, not addcmul(out=y): dynamo breaks the graph on a strided out=)
+        return y.mul_(weight).add_(bias).to(x.dtype)
 
 
 def build_norm(kind: str | None, channels: int, dims: int) -> nn.Module | None:
