@@ -1,7 +1,7 @@
 """Encode/decode throughput of vidcli's DC-AE vs diffusers' AutoencoderDC, same weights and input.
 
     python benchmarks/bench_dcae.py --size 256 --threads 1 --rounds 5 --dtype float32 \
-        [--video] [--compile]
+        [--video] [--compile] [--before REV]
 
 Builds a diffusers AutoencoderDC (random weights), saves it, loads the folder with
 `load_autoencoder`, then times both on the same input in one process, interleaved (ours,
@@ -9,19 +9,25 @@ diffusers, ours, ... after a warm-up) and reports medians, so the ratio survives
 machine. Prints images/s and the ratio ours/diffusers (> 1 means ours is faster) by wall
 clock and by process CPU time (the steadier one at one thread on a shared machine).
 `--video` adds the video DC-AE (the f32t4c128 layout at a quarter of its widths) against its
-own fp32 eager path. `--compile` adds vidcli's encoder/decoder under `torch.compile` (inductor,
-frozen weights) and reports its compile time separately.
+own fp32 eager path. `--before REV` adds the DC-AE code of git revision REV on the same
+weights: a row against diffusers and an "ours vs REV" row. `--compile` adds vidcli's
+encoder/decoder under `torch.compile` (inductor, frozen weights) and reports its compile time
+separately.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -84,12 +90,15 @@ def compiled(ae: DCAE) -> tuple[Callable, Callable]:
 
     Freezing lets inductor prepack the conv weights for oneDNN and fuse bias, activation and
     residual adds into the convolutions (`mkldnn::_convolution_pointwise` in a profile). It
-    needs inference mode, which the benchmark runs in, and weights that do not require grad:
-    with them, torch 2.13 compiled plain `aten.convolution` calls and lost to eager.
+    needs inference mode, which the benchmark runs in, and the global inductor flag: with
+    `options={"freezing": True}` torch 2.13 compiled plain `aten.convolution` calls instead.
     """
+    import torch._inductor.config
+
+    torch._inductor.config.freezing = True
     ae.requires_grad_(False)
-    enc = torch.compile(ae._encode_raw, options={"freezing": True})
-    dec = torch.compile(ae._decode_raw, options={"freezing": True})
+    enc = torch.compile(ae._encode_raw)
+    dec = torch.compile(ae._decode_raw)
     return enc, dec
 
 
@@ -100,10 +109,34 @@ def compile_now(fn: Callable, *args) -> float:
     return time.perf_counter() - t0
 
 
+def revision_dcae(rev: str, folder: str) -> type[DCAE]:
+    """The DCAE class of `vidcli/models/dcae/{blocks,model}.py` at git revision `rev`.
+
+    Both files are written under `folder` as package `dcae_before` (model.py's import of the
+    blocks redirected there), so the old model runs beside the current one on the same weights.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    pkg = Path(folder) / "dcae_before"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in ("blocks", "model"):
+        src = subprocess.run(
+            ["git", "show", f"{rev}:vidcli/models/dcae/{name}.py"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        src = src.replace("from vidcli.models.dcae.blocks import", "from dcae_before.blocks import")
+        (pkg / f"{name}.py").write_text(src)
+    sys.path.insert(0, folder)
+    return importlib.import_module("dcae_before.model").DCAE
+
+
 def row(name: str, batch: int, ours: tuple[float, float], base: tuple[float, float]) -> str:
     """Throughput by wall clock, then the ratio base/ours by wall clock and by CPU time."""
     return (
-        f"{name:22}{batch / ours[0]:12.3f}{batch / base[0]:14.3f}"
+        f"{name:26}{batch / ours[0]:12.3f}{batch / base[0]:14.3f}"
         f"{base[0] / ours[0]:8.2f}{base[1] / ours[1]:8.2f}"
     )
 
@@ -120,6 +153,9 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=4, help="video input frames")
     parser.add_argument("--video-size", type=int, default=64, help="video input height/width")
     parser.add_argument("--compile", action="store_true", help="also ours under torch.compile")
+    parser.add_argument(
+        "--before", metavar="REV", help="also the DC-AE of git revision REV on the same weights"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()
@@ -144,6 +180,13 @@ def main() -> None:
             "ours decode": lambda: ours.decode(z / sf),
             "diffusers decode": lambda: ref.decode(z).sample,
         }
+        if args.before:
+            with tempfile.TemporaryDirectory() as tmp:
+                before = revision_dcae(args.before, tmp)(ours.config).eval()
+            before.load_state_dict(ours.state_dict())
+            before = before.to(dtype)
+            fns["before encode"] = lambda: before.encode(x)
+            fns["before decode"] = lambda: before.decode(z / sf)
         compile_s = {}
         if args.compile:
             enc, dec = compiled(ours)
@@ -154,6 +197,12 @@ def main() -> None:
         t = interleaved(fns, args.rounds)
         for d in ("encode", "decode"):
             lines.append(row(f"image {d}", args.batch, t[f"ours {d}"], t[f"diffusers {d}"]))
+            if args.before:
+                bd = t[f"before {d}"]
+                lines.append(
+                    row(f"image {d} {args.before[:7]}", args.batch, bd, t[f"diffusers {d}"])
+                )
+                lines.append(row(f"image {d} vs {args.before[:7]}", args.batch, t[f"ours {d}"], bd))
             if args.compile:
                 lines.append(
                     row(f"image {d} compiled", args.batch, t[f"compiled {d}"], t[f"diffusers {d}"])
@@ -197,7 +246,7 @@ def main() -> None:
         )
     for k, sec in compile_s.items():
         print(f"compile time ({k}, encode + decode): {sec:.1f} s")
-    print(f"{'':22}{'ours item/s':>12}{'baseline/s':>14}{'ratio':>8}{'cpu':>8}")
+    print(f"{'':26}{'ours item/s':>12}{'baseline/s':>14}{'ratio':>8}{'cpu':>8}")
     for line in lines:
         print(line)
 
