@@ -148,3 +148,22 @@ def test_reference_tiles_win_over_tiles_with_less_work():
     small = gp.plan_generate(recipe, torch.device("cuda"), BF16, 16, batch_size=4)
     assert small.fits and small.tiling["spatial_tile"] < 256
     assert any("spatial_tile = 256 does not fit" in n for n in small.notes)
+
+
+def test_generate_plan_counts_a_plain_image_dit_drawing_a_clip_with_cfg():
+    """The Reducio demo's image stage: the demo MMDiT (no guidance embedding: text CFG, 2 rows)
+    draws a 16-frame clip at 64 px and its AE decodes all 16 frames."""
+    recipe = load_recipe(REPO / "recipes/reducio-demo.toml")
+    assert recipe.t2i.frames == 16 and recipe.t2i.resolution == 64
+    plan = gp.plan_generate(recipe, torch.device("cuda"), BF16, 80.0)
+    resident = sum(c.weight_gb for c in plan.components)
+    dit = build_dit("mmdit-demo", device="meta", **recipe.t2i.overrides).to(BF16)
+    assert not dit.config.guidance_embed
+    ae = build_autoencoder("dc-ae-demo", device="meta").eval().to(BF16)
+    c, t, h, w = ae.latent_shape(16, 64, 64)
+    inputs = dit_inputs(dit, 2, (dit.config.in_channels, t, h, w), recipe.text.max_length, BF16)
+    held = sum(x.nbytes for x in inputs.values() if x is not None)
+    forward = measure_peak(lambda: dit(**inputs)) + held
+    z = torch.empty(1, c, t, h, w, device="meta", dtype=BF16)
+    t2i = max(forward, measure_peak(lambda: ae.decode(z))) * ACTIVATION_MARGIN
+    assert plan.phases_gb["t2i"] - resident == pytest.approx(t2i / GB, rel=1e-6)

@@ -328,8 +328,9 @@ def plan_generate(
 def _t2i_stage(recipe: Recipe, dtype: torch.dtype, text_tokens: int, batch: int):
     """(components, activation GB, its DiT) of the t2i2v image stage; ([], 0, None) when off.
 
-    The image DiT (Flux) is guidance-distilled: one row per prompt of the batch, at about
-    `resolution`² pixels; its AE decodes the batch's images at once.
+    A guidance-distilled image DiT (Flux) runs one row per prompt of the batch, a plain one text
+    CFG's two, at about `resolution`² pixels and `[t2i] frames` frames; its AE decodes the
+    batch's clips at once.
     """
     t2i = getattr(recipe, "t2i", None)
     if t2i is None or not t2i.enabled:
@@ -340,15 +341,11 @@ def _t2i_stage(recipe: Recipe, dtype: torch.dtype, text_tokens: int, batch: int)
     size = dtype_size(dtype)
     dit = build_dit(t2i.preset, device="meta", **t2i.overrides).to(dtype)
     ae = build_autoencoder(t2i.ae_preset, device="meta", **t2i.ae_overrides).eval().to(dtype)
-    sc = ae.spatial_compression
-    latent = (
-        dit.config.in_channels // dit.config.patch_size**2,
-        1,
-        t2i.resolution // sc,
-        t2i.resolution // sc,
-    )
-    act = dit_inference_peak(dit, batch, latent, text_tokens, dtype)
-    z = torch.empty(batch, ae.latent_channels, 1, *latent[2:], device="meta", dtype=dtype)
+    _, t_lat, h_lat, w_lat = ae.latent_shape(t2i.frames, t2i.resolution, t2i.resolution)
+    latent = (dit.config.in_channels // dit.config.patch_size**2, t_lat, h_lat, w_lat)
+    rows = batch * (1 if getattr(dit.config, "guidance_embed", True) else 2)
+    act = dit_inference_peak(dit, rows, latent, text_tokens, dtype)
+    z = torch.empty(batch, ae.latent_channels, t_lat, h_lat, w_lat, device="meta", dtype=dtype)
     act = max(act, measure_peak(lambda: ae.decode(z)))
     components = [
         ComponentMemory(f"t2i:{name}", param_count(m), param_count(m) * size / GB)
