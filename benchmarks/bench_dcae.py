@@ -11,13 +11,14 @@ clock and by process CPU time (the steadier one at one thread on a shared machin
 `--video` adds the video DC-AE (the f32t4c128 layout at a quarter of its widths) against its
 own fp32 eager path. `--before REV` adds the DC-AE code of git revision REV on the same
 weights: a row against diffusers and an "ours vs REV" row. `--compile` adds vidcli's
-encoder/decoder under `torch.compile` (inductor, frozen weights) and reports its compile time
-separately.
+encoder/decoder under `compile_autoencoder` (inductor, frozen weights) and reports its compile
+time separately.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import importlib
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 import torch
 
 from vidcli.models.dcae import AE_PRESETS, DCAE, load_autoencoder
+from vidcli.models.dcae.compiled import compile_autoencoder
 
 CONFIGS = {
     # dc-ae-f32c32-sana-1.0's layout at a quarter of its widths (CPU-friendly)
@@ -83,23 +85,6 @@ def interleaved(
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
     return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
-
-
-def compiled(ae: DCAE) -> tuple[Callable, Callable]:
-    """Raw (unscaled, 5-D) encode and decode of `ae` under torch.compile with frozen weights.
-
-    Freezing lets inductor prepack the conv weights for oneDNN and fuse bias, activation and
-    residual adds into the convolutions (`mkldnn::_convolution_pointwise` in a profile). It
-    needs inference mode, which the benchmark runs in, and the global inductor flag: with
-    `options={"freezing": True}` torch 2.13 compiled plain `aten.convolution` calls instead.
-    """
-    import torch._inductor.config
-
-    torch._inductor.config.freezing = True
-    ae.requires_grad_(False)
-    enc = torch.compile(ae._encode_raw)
-    dec = torch.compile(ae._decode_raw)
-    return enc, dec
 
 
 def compile_now(fn: Callable, *args) -> float:
@@ -189,11 +174,10 @@ def main() -> None:
             fns["before decode"] = lambda: before.decode(z / sf)
         compile_s = {}
         if args.compile:
-            enc, dec = compiled(ours)
-            x5, z5 = x.unsqueeze(2), z.unsqueeze(2)
-            compile_s["image"] = compile_now(enc, x5) + compile_now(dec, z5)
-            fns["compiled encode"] = lambda: enc(x5)
-            fns["compiled decode"] = lambda: dec(z5)
+            comp = compile_autoencoder(copy.deepcopy(ours))
+            compile_s["image"] = compile_now(comp.encode, x) + compile_now(comp.decode, z / sf)
+            fns["compiled encode"] = lambda: comp.encode(x)
+            fns["compiled decode"] = lambda: comp.decode(z / sf)
         t = interleaved(fns, args.rounds)
         for d in ("encode", "decode"):
             lines.append(row(f"image {d}", args.batch, t[f"ours {d}"], t[f"diffusers {d}"]))
@@ -222,11 +206,11 @@ def main() -> None:
                 "base decode": lambda: base.decode(vz),
             }
             if args.compile:
-                venc, vdec = compiled(vid)
+                vcomp = compile_autoencoder(copy.deepcopy(vid))
                 vx, vzd = v.to(dtype), vz.to(dtype)
-                compile_s["video"] = compile_now(venc, vx) + compile_now(vdec, vzd)
-                vfns["compiled encode"] = lambda: venc(vx)
-                vfns["compiled decode"] = lambda: vdec(vzd)
+                compile_s["video"] = compile_now(vcomp.encode, vx) + compile_now(vcomp.decode, vzd)
+                vfns["compiled encode"] = lambda: vcomp.encode(vx)
+                vfns["compiled decode"] = lambda: vcomp.decode(vzd)
             t = interleaved(vfns, args.rounds)
             for d in ("encode", "decode"):
                 lines.append(row(f"video {d}", args.batch, t[f"ours {d}"], t[f"base {d}"]))

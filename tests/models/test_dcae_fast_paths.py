@@ -199,3 +199,33 @@ def test_image_dcae_compiles_as_one_graph(dtype):
         rec = ae.decoder(z)
         compiled = torch.compile(ae.decoder, backend="eager", fullgraph=True)
         torch.testing.assert_close(compiled(z), rec)
+
+
+def test_compile_autoencoder_keeps_outputs_and_weights():
+    from vidcli.models.dcae.compiled import compile_autoencoder
+
+    cfg = dataclasses.replace(
+        AE_PRESETS["dc-ae-tiny"],
+        is_video=False,
+        temporal_downsample=(False,) * 6,
+        temporal_upsample=(False,) * 6,
+    )
+    torch.manual_seed(0)
+    ae = DCAE(cfg).eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        z, rec = ae.encode(x), ae.decode(ae.encode(x))
+    keys = set(ae.state_dict())
+    torch._dynamo.reset()
+    assert compile_autoencoder(ae, backend="eager") is ae
+    assert set(ae.state_dict()) == keys
+    counts = []
+    with torch.no_grad():
+        torch.testing.assert_close(ae.encode(x), z)
+        torch.testing.assert_close(ae.decode(z), rec)
+        from torch._dynamo.utils import counters
+
+        counts.append(int(counters["stats"]["unique_graphs"]))
+        ae.encode(x)  # same shape: no new graph
+        counts.append(int(counters["stats"]["unique_graphs"]))
+    assert counts[0] >= 2 and counts[1] == counts[0]
