@@ -244,6 +244,12 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
                     _write_sidecar(path, prompt, seeds[i], recipe, timings)
                 videos.append(GeneratedVideo(path, prompt, seeds[i], *size, sample.fps))
             timings["write"] += time.perf_counter() - tick
+    if recipe.sample.compile != "off":
+        # The first steps compiled: that time is reported apart from the sampling loop's.
+        stats = pipe.compile_stats()
+        timings["compile"] = stats.compile_s
+        timings["sample"] = max(0.0, timings["sample"] - stats.compile_s)
+        log.info("compile (%s): %d graphs, %.1f s", stats.mode, stats.graphs, stats.compile_s)
     timings["total"] = time.perf_counter() - started
     log.info("generate: %s", ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
     parallel: dict[str, Any] = {}

@@ -177,6 +177,10 @@ class TrainSection:
     """Adversarial loss weight (scaled adaptively against the reconstruction gradient)."""
     disc_lr: float = _bounded(1e-4, ge=0.0)
     """Discriminator learning rate."""
+    compile: Literal["off", "blocks", "forward"] = "off"
+    """train-dit: `torch.compile` the MMDiT before the engine wraps it (`vidcli.compile`): blocks
+    (one graph per repeated block class, shared by its instances) or forward (the whole forward);
+    compile time is reported apart (metrics compile_s). Refused with sequence parallelism."""
 
 
 @dataclass
@@ -253,6 +257,12 @@ class SampleSection:
     cache_calibration: str = ""
     """Calibration JSON of the caching methods (`vidcli benchmark --caching --calibrate`); empty:
     cache-calibration.json in the [dit] path folder, when there is one."""
+    compile: Literal["off", "blocks", "forward"] = "off"
+    """`torch.compile` the DiT for sampling (`vidcli.compile`, `generate --compile`): forward (the
+    whole denoiser forward as one graph) or blocks (one graph per repeated block class, shared by
+    its instances: diffusers' regional compilation). The first steps compile (timings "compile");
+    see docs/benchmarks.md for which pays where. Refused with caching, sparse attention, token
+    merging, block streaming and sequence parallelism (vidcli/sampling/compatibility.py)."""
     quantize: Literal["none", "int8-wo", "fp8"] = "none"
     """Quantized DiT linear layers through torchao (`pip install -e ".[quant]"`): int8-wo (int8
     weights, any device) or fp8 (CUDA, compute capability 8.9+); every model stays resident."""

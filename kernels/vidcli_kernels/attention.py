@@ -103,10 +103,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
 
     q, k, v: (B, heads, L, head_dim) -> (B, heads, L, head_dim)
     """
-    plan = _PLAN.get()
+    # Dynamo cannot trace ContextVar.get (one graph break per attention call); compiled callers
+    # (vidcli.compile) check `attention_plan()` outside their graphs and run eagerly under a plan.
+    plan = None if torch.compiler.is_compiling() else _PLAN.get()
     if plan is not None:
         return plan(q, k, v)
     return dense_attention(q, k, v)
+
+
+def attention_plan() -> AttentionPlan | None:
+    """The attention plan active in this context (`use_attention_plan`), or None."""
+    return _PLAN.get()
 
 
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

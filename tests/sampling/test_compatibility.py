@@ -7,8 +7,10 @@ plus the refused pairs under the values that make them work (`Refusal.unless`). 
 i2v on the bundled demo model, t2i2v and the guidance-distilled flux-dev t2i path on tiny
 stand-ins in the released layout (test_released_pipeline's `released` folder). Sparse attention
 is forced onto its sparse path (the dispatcher would stay dense at these sizes), so its residual
-is exercised. The whole matrix takes far more than two minutes on 2 cores: the settings of the
-known breakages run by default, the rest is marked slow.
+is exercised. A compiled DiT (`compile`) is compiled with dynamo's "eager" backend here: the
+matrix checks what dynamo captures and where `vidcli.compile` falls back; inductor's numbers are
+checked against eager in tests/test_compile.py. The whole matrix takes far more than two minutes
+on 2 cores: the settings of the known breakages run by default, the rest is marked slow.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typer.testing import CliRunner
 
 from vidcli.benchmark.caching import calibrate
 from vidcli.cli import app
+from vidcli.compile import DEFAULT_MODE, compile_dit
 from vidcli.generate import _valid_size, load_generate_recipe
 from vidcli.models.adapters import LoRAWeights, apply_lora_options, save_lora
 from vidcli.placement import Placement
@@ -129,14 +132,17 @@ class Stand:
 
     def pipe(self, setting: Setting) -> Pipeline:
         base = self.base(setting.dtype)
-        if setting.offload == "none" and setting.lora == "off" and setting.quantize == "none":
+        plain = (setting.offload, setting.lora, setting.quantize, setting.compile)
+        if plain == ("none", "off", "none", "off"):
             return base
-        # The run's own copy of the DiT, placed (and LoRA-merged, quantized) as generate does.
+        # The run's own copy of the DiT, placed (and LoRA-merged, quantized, compiled) as
+        # generate does.
         placement = Placement(torch.device("cpu"), base.dtype, setting.offload)
         dit = placement.place(copy.deepcopy(base.dit), "dit")
         if setting.lora == "on":
             apply_lora_options(dit, [str(self.lora(dit))])
         quantize_linears(dit, setting.quantize)
+        compile_dit(dit, setting.compile, backend="eager")
         return dataclasses.replace(base, dit=dit, placement=placement)
 
     def lora(self, dit: torch.nn.Module) -> Path:
@@ -302,6 +308,7 @@ CLI_ARGS = {
     "path": lambda v: [],
     "quantize": lambda v: ["--quantize", v],
     "lora": lambda v: ["--lora", "never-read.safetensors"],  # refused before any LoRA loads
+    "compile": lambda v: ["--compile"] if v == DEFAULT_MODE else ["--set", f'sample.compile="{v}"'],
 }
 
 

@@ -34,6 +34,8 @@ Examples:
 
     vidcli generate "a red kite" --nproc 2 --set launcher.sequence_parallel=2
 
+    vidcli generate "a red circle moving right" --compile --json
+
     vidcli generate "golden retriever" --class 279 --cfg 1.5 \\
         --recipe recipes/dc-ae-uvit-h-in-512px.toml
 """
@@ -101,6 +103,14 @@ def generate(
             '(pip install -e ".[quant]").'
         ),
     ] = None,
+    compile_dit: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="torch.compile the DiT's forward (the first steps compile; --set "
+            'sample.compile="blocks" compiles each repeated block class instead).',
+        ),
+    ] = False,
     image: Annotated[Path | None, typer.Option(help="First-frame image: image-to-video.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Output file, or a folder for several prompts.")
@@ -158,6 +168,7 @@ def generate(
 
     def action() -> Any:
         from vidcli import generate as pipeline
+        from vidcli.compile import DEFAULT_MODE
 
         overrides = list(set_values or [])
         if nproc is not None:  # ranks of one sequence-parallel group ([launcher] sequence_parallel)
@@ -175,6 +186,7 @@ def generate(
             ("tdtm_steps", tdtm_steps),
             ("sparse_attention", sparse_attention),
             ("quantize", quantize),
+            ("compile", json.dumps(DEFAULT_MODE) if compile_dit else None),
         ):
             if value is not None:
                 overrides.append(f"sample.{key}={value}")

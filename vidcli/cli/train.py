@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -44,6 +45,8 @@ Examples:
     vidcli train-dit recipes/hcae.toml --hostfile hosts.txt
 
     vidcli train-dit recipes/demo-dit.toml --resume runs/demo-dit/checkpoints/step-0000100
+
+    vidcli train-dit recipes/demo-dit.toml --compile
 """
 
 RecipeArg = Annotated[Path, typer.Argument(help="TOML recipe (see recipes/).")]
@@ -75,6 +78,16 @@ OverwriteOpt = Annotated[
 ]
 
 
+CompileOpt = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="torch.compile the DiT before the engine wraps it (the first steps compile; --set "
+        'train.compile="blocks" compiles each repeated block class instead).',
+    ),
+]
+
+
 def _train(
     stage_name: str,
     recipe_path: Path,
@@ -87,8 +100,13 @@ def _train(
     plan: bool = False,
     gpu_memory: float | None = None,
     overwrite: bool = False,
+    compile_dit: bool = False,
 ) -> Any:
     overrides = list(set_values or [])
+    if compile_dit:
+        from vidcli.compile import DEFAULT_MODE
+
+        overrides.append(f"train.compile={json.dumps(DEFAULT_MODE)}")
     if output is not None:
         overrides.append(f"train.output={json.dumps(str(output))}")
     if nproc is not None:
@@ -118,7 +136,8 @@ def _train(
 
 
 def _train_command(stage: str, help_text: str) -> Callable[..., None]:
-    """One `train-<stage>` command: both trainers take the same options."""
+    """One `train-<stage>` command: both trainers take the same options (train-dit also
+    `--compile`)."""
 
     def command(
         recipe: RecipeArg,
@@ -134,6 +153,7 @@ def _train_command(stage: str, help_text: str) -> Callable[..., None]:
         json_output: JsonOpt = False,
         quiet: QuietOpt = False,
         debug: DebugOpt = False,
+        compile_dit: CompileOpt = False,
     ) -> None:
         run_action(
             lambda: _train(
@@ -148,12 +168,18 @@ def _train_command(stage: str, help_text: str) -> Callable[..., None]:
                 plan,
                 gpu_memory,
                 overwrite=overwrite,
+                compile_dit=compile_dit,
             ),
             as_json=json_output,
             quiet=quiet,
             debug=debug,
         )
 
+    if stage != "dit":  # the DiT is what compiles; train-ae's signature goes without the option
+        signature = inspect.signature(command)
+        command.__signature__ = signature.replace(
+            parameters=[p for p in signature.parameters.values() if p.name != "compile_dit"]
+        )
     command.__doc__ = help_text
     return command
 

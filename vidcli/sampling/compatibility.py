@@ -5,7 +5,8 @@ token merging (TDTM), sparse attention and its residual; the offload mode and co
 run's placement; the path (t2v, i2v from `--image`, t2i2v from `[t2i] enabled`, or a
 guidance-distilled DiT such as flux-dev t2i); whether LoRAs are merged; and the DiT's
 quantization (`[sample] quantize`; fp8 and a missing torchao are refused by `check_quantize`,
-which depends on the device and the install, not on a pair). Every pair of values
+which depends on the device and the install, not on a pair); and `torch.compile` of the DiT
+(`[sample] compile`, `vidcli.compile`). Every pair of values
 not in `REFUSED` works (tests/sampling/test_compatibility.py runs each allowed pair); a refused
 pair is a `UsageError` (exit 2) naming both options and why.
 
@@ -21,6 +22,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from vidcli.compile import COMPILE_MODES
 from vidcli.errors import UsageError
 from vidcli.placement import Placement
 from vidcli.quantize import QUANTIZE_MODES, check_quantize
@@ -45,6 +47,7 @@ class Setting:
     path: str = "t2v"
     lora: str = "off"
     quantize: str = "none"
+    compile: str = "off"
 
 
 OPTIONS: dict[str, tuple[str, ...]] = {
@@ -59,6 +62,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "path": ("t2v", "i2v", "t2i2v", "distilled"),
     "lora": ("off", "on"),
     "quantize": QUANTIZE_MODES,
+    "compile": COMPILE_MODES,
 }
 """Every option and its values, the default first."""
 
@@ -74,6 +78,7 @@ FLAGS = {
     "path": "path",
     "lora": "--lora",
     "quantize": "--quantize",
+    "compile": "sample.compile",
 }
 """How a user sets each option, for the refusal's message."""
 
@@ -139,6 +144,38 @@ REFUSED: tuple[Refusal, ...] = (
         "LoRA deltas are added to the loaded weights, and torchao's int8/fp8 weights take no "
         "in-place add",
     ),
+    Refusal(
+        "compile",
+        COMPILE_MODES[1:],
+        "cache",
+        tuple(METHODS)[1:],
+        "a caching policy runs the blocks itself with per-step hooks, so the compiled graphs "
+        "would not run (vidcli.compile falls back to eager); drop one of them",
+    ),
+    Refusal(
+        "compile",
+        COMPILE_MODES[1:],
+        "tdtm",
+        ("on",),
+        "token merging changes attention per step through the attention plan, which a compiled "
+        "graph cannot see (the DiT would run eagerly)",
+    ),
+    Refusal(
+        "compile",
+        COMPILE_MODES[1:],
+        "sparse_attention",
+        SPARSE_KINDS,
+        "sparse attention chooses its path per step through the attention plan, which a "
+        "compiled graph cannot see (the DiT would run eagerly)",
+    ),
+    Refusal(
+        "compile",
+        COMPILE_MODES[1:],
+        "offload",
+        ("blocks",),
+        "block streaming moves each block's weights in forward hooks around its call, and a "
+        "compiled forward would trace those copies into its graph",
+    ),
 )
 """Every pair that does not combine; everything else does."""
 
@@ -163,6 +200,7 @@ CLASS_CONDITIONAL: dict[str, tuple[str, ...]] = {
     "sparse_attention": ("off",),
     "lora": ("off",),
     "quantize": ("none",),
+    "compile": ("off",),
 }
 """The values a class-conditional run (DC-AE-Diffusion, `sampling.class_conditional`) takes: its
 released sampler drives a UViT/DiT without the video DiT's hooks, so only the defaults."""
@@ -193,6 +231,11 @@ SEQUENCE_PARALLEL_REFUSED: dict[str, dict[str, str]] = {
     "sparse_attention": {
         kind: "the attention plans are not yet checked on the gathered sequence"
         for kind in SPARSE_KINDS
+    },
+    "compile": {
+        mode: "the MMDiT's all-to-all attention is not compiled (vidcli.compile runs a "
+        "sequence-parallel DiT eagerly)"
+        for mode in COMPILE_MODES[1:]
     },
 }
 """Option values a sequence-parallel run (`[launcher] sequence_parallel` > 1) refuses, and why.
@@ -226,6 +269,7 @@ def sample_setting(sample: SampleSection, **run: str) -> Setting:
         sparse_attention=sample.sparse_attention,
         sparse_residual="on" if sample.sparse_residual else "off",
         quantize=sample.quantize,
+        compile=sample.compile,
         **run,
     )
 

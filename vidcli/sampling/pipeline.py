@@ -6,12 +6,14 @@ cast to its dtype and moved to the device, or left on the host to wait for its p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vidcli.compile import CompileStats, compile_dit
 from vidcli.console import log
 from vidcli.placement import Placement
 from vidcli.quantize import quantize_linears
@@ -35,6 +37,8 @@ class Pipeline:
     placement: Placement
     t2i: Any = None
     """The t2i2v image stage (`vidcli.sampling.t2i2v.ImageStage`) when `[t2i] enabled`."""
+    compile_stats: Callable[[], CompileStats] | None = None
+    """What compiling the DiT cost so far (`[sample] compile`, `vidcli.compile`)."""
 
     @property
     def device(self) -> str:
@@ -79,9 +83,13 @@ def load_pipeline(recipe: Recipe, placement: Placement | None = None, ema: bool 
     placement.place(dit, "dit")
     # Quantized where it computes, once placed: torchao's weights do not move (`vidcli.quantize`).
     quantize_linears(dit, recipe.sample.quantize)
+    # Last: the compiled graphs see the placed, quantized weights (they compile on first use).
+    compile_stats = compile_dit(dit, recipe.sample.compile)
     placement.place(ae, "ae")
     t2i = image_stage(recipe, text, placement) if recipe.t2i.enabled else None
-    return Pipeline(ae=ae, text=text, dit=dit, placement=placement, t2i=t2i)
+    return Pipeline(
+        ae=ae, text=text, dit=dit, placement=placement, t2i=t2i, compile_stats=compile_stats
+    )
 
 
 def image_stage(recipe: Recipe, text, placement: Placement):

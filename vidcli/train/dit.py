@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from vidcli import flow, sequence_parallel
 from vidcli.builders import autoencoder_from_section, dit_from_section, text_encoder_from_section
+from vidcli.compile import compile_dit
 from vidcli.console import log
 from vidcli.data.provenance import check_autoencoder, recipe_provenance, write_provenance
 from vidcli.data.section import bucket_config, latent_dataset, video_dataset
@@ -67,6 +68,8 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         model = add_lora(model, recipe.lora)
     if torch.cuda.is_available() and not recipe.dit.grad_checkpointing:
         _checkpoint_if_needed(model, recipe, (latent_channels, *latent_thw), world, rank)
+    # Before the engine wraps the model: DeepSpeed then calls the compiled forward.
+    compile_stats = compile_dit(model, recipe.train.compile)
     engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
     p = model.config.patch_size
     t_lat, h_lat, w_lat = latent_thw
@@ -99,7 +102,18 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         tokens_per_sample=tokens,
     )
     spec.save_weights = _recording(spec.save_weights, provenance)
-    return train(spec, recipe, engine, rank, world, resume)
+    result = train(spec, recipe, engine, rank, world, resume)
+    if recipe.train.compile != "off":  # compiled in the first steps, forward and backward
+        stats = compile_stats()
+        result.metrics.update(compile_s=stats.compile_s, compile_graphs=stats.graphs)
+        if rank == 0:
+            log.info(
+                "train-dit: compile (%s) %d graphs, %.1f s",
+                stats.mode,
+                stats.graphs,
+                stats.compile_s,
+            )
+    return result
 
 
 def _checkpoint_if_needed(model: MMDiT, recipe: Recipe, latent, world: int, rank: int) -> None:
