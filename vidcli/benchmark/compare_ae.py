@@ -124,6 +124,16 @@ class AERow:
     content_s: float | None = None
     """Encoding the content frames a conditioned AE (Reducio) decodes from, per batch: part of
     decode_s, shown apart; None for AEs without one."""
+    attention_share: float = 0.0
+    """Attention's share of the measured DiT's forward FLOPs at this row's tokens."""
+    attention_share_11b: float = 0.0
+    """The same share for Open-Sora 2.0's 11B MMDiT at this row's tokens: what the row's ratios
+    should be read against. A --dit-blocks cut of the 11B layout keeps it (the share depends on
+    the width and the tokens, and its double and single blocks weigh alike); a narrower DiT
+    (mmdit-s) has a larger one."""
+    compile_s: float | None = None
+    """Seconds compiling the row's DiT (train and denoising graphs, in the warm-up round);
+    None without --compile."""
 
     def video_rounds(self, steps: int) -> list[float]:
         """steps * infer + decode of each round."""
@@ -176,6 +186,30 @@ def row_frames(ae, frames: int) -> int:
     return frames
 
 
+def attention_share(config, image_tokens: int, text_tokens: int) -> float:
+    """Attention's share of one forward's model FLOPs: the 4·L·D·T² term of `dit_flops`."""
+    from vidcli.models.mmdit import dit_flops
+
+    tokens = image_tokens + text_tokens
+    blocks = config.depth + config.depth_single_blocks
+    return (
+        4 * blocks * config.hidden_size * tokens**2 / dit_flops(config, image_tokens, text_tokens)
+    )
+
+
+def row_dit_config(spec: AESpec, s: Settings, preset: str | None = None):
+    """The config of the DiT a row measures (`preset` instead of --dit, uncut, when given)."""
+    from vidcli.models.mmdit import resolve_config
+
+    (c, _, _, _), _ = row_tokens(spec, s)
+    depth = {}
+    if s.dit_blocks and preset is None:
+        depth = dict(depth=s.dit_blocks[0], depth_single_blocks=s.dit_blocks[1])
+    return resolve_config(
+        preset or s.dit, in_channels=c * spec.patch**2, patch_size=spec.patch, **depth
+    )
+
+
 def row_tokens(spec: AESpec, s: Settings) -> tuple[tuple[int, int, int, int], int]:
     """(latent (C, T', H', W'), image tokens per sample) of one row; ShapeError if invalid."""
     ae = _meta_autoencoder(spec.preset)
@@ -217,6 +251,7 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         train = interleaved("train")
         facts = [w.call("finish_train") for w in workers]
         infer = interleaved("infer")
+        compiled = [w.call("compile_time") for w in workers]
         probes = [w.call("start_autoencoder") for w in workers]
         encode = interleaved("encode")
         decode = interleaved("decode")
@@ -226,6 +261,7 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         for spec, *measured in zip(specs, facts, probes, train, infer, encode, decode, strict=True)
     ]
     for i, row in enumerate(rows):
+        row.compile_s = compiled[i]
         if content is not None and _needs_content(specs[i]):
             row.content_s = content[i].median * probes[i]["content_scale"]
             if row.extrapolated:  # scaled from the probe's content frame like the decode
@@ -248,6 +284,7 @@ def compare_autoencoders(specs: list[AESpec], s: Settings) -> tuple[list[AERow],
         "dit_blocks": list(s.dit_blocks) if s.dit_blocks else None,
         "matmul_peak_flops": peak,
         "grad_checkpointing": s.grad_checkpointing,
+        "compile": s.compile,
         "row_placement": (
             "swap: only the timed row's DiT and AdamW state are on the device, the others wait "
             "in CPU memory (moved outside the timed call)"
@@ -287,6 +324,7 @@ def _row(
     decode: Timing,
 ) -> AERow:
     latent, tokens = row_tokens(spec, s)
+    measured, real = row_dit_config(spec, s), row_dit_config(spec, s, "opensora-v2-11b")
     encode_rounds = [t * probe["encode_scale"] for t in encode.seconds]
     decode_rounds = [t * probe["decode_scale"] for t in decode.seconds]
     decode_s = decode.median * probe["decode_scale"]
@@ -319,6 +357,8 @@ def _row(
         infer_spread=infer.spread,
         encode_spread=encode.spread,
         decode_spread=decode.spread,
+        attention_share=attention_share(measured, tokens, s.text_tokens),
+        attention_share_11b=attention_share(real, tokens, s.text_tokens),
     )
 
 
@@ -345,6 +385,7 @@ class RowBench:
         grad_checkpointing: bool = False,
         swap: bool = False,
     ):
+        from vidcli.compile import compile_dit
         from vidcli.models.mmdit import build_dit, make_image_ids
 
         blocks = settings["dit_blocks"]
@@ -381,6 +422,8 @@ class RowBench:
         )
         self.checkpointing = grad_checkpointing
         model.set_gradient_checkpointing(grad_checkpointing)
+        # The warm-up round compiles: the train graphs, then (weights cast) the denoising ones.
+        self.compile_stats = compile_dit(model, s.compile)
         self.swap = swap and device.type == "cuda"
         if self.swap:
             self._park()
@@ -460,6 +503,10 @@ class RowBench:
     def infer(self) -> float:
         with self._on_device():
             return time_once(lambda: self.model(**self.cfg_inputs), self.device)
+
+    def compile_time(self) -> float | None:
+        """Seconds this row's DiT spent compiling (None: not compiled)."""
+        return None if self.s.compile == "off" else self.compile_stats().compile_s
 
     def start_autoencoder(self) -> dict[str, Any]:
         """Drop the DiT, build the AE and its input; {label, encode_scale, decode_scale} of the

@@ -57,6 +57,7 @@ def write_csv(rows: list[AERow], path: Path) -> Path:
 def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
     """The compare-ae rows as a rich table on stderr (stdout stays for results)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from vidcli.console import quiet_enabled, stderr
@@ -69,7 +70,16 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
         f"{env['device_name']} {env['dtype']}",
         caption=f"median of {env['repeat']} rounds, rows interleaved, after {WARMUP} warm-up; "
         f"MFU against the measured matmul peak {env['matmul_peak_flops'] / 1e12:.3g} TFLOP/s"
-        f"\ntrain step: {env['train_precision']}"
+        # Escaped: "[launcher] precision" would otherwise be read as a rich style tag.
+        f"\ntrain step: {escape(env['train_precision'])}"
+        + (
+            ""
+            if env["compile"] == "off"
+            else f"\ncompiled DiT ({env['compile']}): compile time apart, "
+            + ", ".join(f"{r.ae}:{r.patch} {r.compile_s:.0f} s" for r in rows)
+        )
+        + "\nattn: attention's share of the DiT's forward FLOPs at the row's tokens (in "
+        "brackets: Open-Sora 2.0's 11B MMDiT at the same tokens)"
         + (f"\n{note}" if (note := extrapolation_note(rows)) else "")
         + (f"\n{ckpt_note}" if (ckpt_note := checkpointing_note(rows)) else ""),
     )
@@ -84,7 +94,8 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
         "step s",
         f"video s{mark}",
     ]
-    columns += [f"enc s{mark}", f"dec s{mark}", "peak mem", "TFLOP/step", "MFU", "x train"]
+    columns += [f"enc s{mark}", f"dec s{mark}", "peak mem", "TFLOP/step", "attn", "MFU"]
+    columns += ["x train"]
     columns += ["x step", f"x video{mark}"]
     for name in columns:
         table.add_column(name, justify="left" if name in ("AE:patch", "latent") else "right")
@@ -104,6 +115,7 @@ def print_table(rows: list[AERow], env: dict[str, Any]) -> None:
             + ("" if r.content_s is None else f" (content {r.content_s:.3g})"),
             f"{r.peak_mem_bytes / 2**30:.2f} GiB",
             f"{r.flops_per_step / 1e12:.3g}",
+            f"{r.attention_share:.0%} ({r.attention_share_11b:.0%})",
             f"{r.mfu:.1%}",
             f"{r.speedup_train:.2f}",
             f"{r.speedup_infer:.2f}",

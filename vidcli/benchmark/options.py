@@ -94,6 +94,9 @@ class BenchmarkOptions:
     grad_checkpointing: str = "auto"
     """Per-block activation checkpointing of the compare-ae DiT steps: 'on', 'off', or 'auto'
     (on for a row whose step would not fit the device's free memory without it)."""
+    compile: str = "off"
+    """`torch.compile` of every row's DiT (`vidcli.compile`): off, blocks or forward; the warm-up
+    round compiles, and each row reports its compile seconds apart."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,8 @@ class Settings:
     threads: int
     grad_checkpointing: str = "auto"
     """'auto', 'on' or 'off' (see BenchmarkOptions); each row records what it used."""
+    compile: str = "off"
+    """off, blocks or forward (see BenchmarkOptions)."""
 
     @property
     def device_type(self) -> str:
@@ -145,6 +150,7 @@ def resolve_settings(options: BenchmarkOptions, align: int = 1) -> Settings:
 
     `align`: the multiple of pixels every row needs in H and W (AE compression x DiT patch).
     """
+    from vidcli.compile import COMPILE_MODES
     from vidcli.devices import resolve_device
     from vidcli.models.mmdit import DIT_PRESETS
 
@@ -152,6 +158,7 @@ def resolve_settings(options: BenchmarkOptions, align: int = 1) -> Settings:
     check_choice("--dtype", options.dtype, tuple(DTYPES))
     check_choice("--ae-timing", options.ae_timing, AE_TIMINGS)
     check_choice("--grad-checkpointing", options.grad_checkpointing, GRAD_CHECKPOINTING)
+    check_choice("--compile-mode", options.compile, COMPILE_MODES)
     for name in ("batch_size", "steps", "repeat", "quality_clips"):
         if getattr(options, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be >= 1")
@@ -183,6 +190,7 @@ def resolve_settings(options: BenchmarkOptions, align: int = 1) -> Settings:
         ae_timing=ae_timing,
         threads=torch.get_num_threads(),
         grad_checkpointing=options.grad_checkpointing,
+        compile=options.compile,
     )
 
 

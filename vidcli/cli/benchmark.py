@@ -19,6 +19,11 @@ Examples:
 
     vidcli benchmark --compare-ae --ae dc-ae-f8t4c16:2 --ae dc-ae-f32t4c128:1 --dit mmdit-s
 
+    vidcli benchmark --compare-ae --compile --compile-mode blocks --repeat 5
+
+    vidcli benchmark --compare-ae --dit opensora-v2-11b --dit-blocks 1,1 --resolution 768 \
+        --frames 5 --text-tokens 512 --steps 2 --repeat 2
+
     vidcli benchmark --caching --plot pareto.png --csv caching.csv
 
     vidcli benchmark --compare-ae --image --dit uvit-h --dit-blocks 2 --json
@@ -90,6 +95,16 @@ def benchmark(
     grad_checkpointing: Annotated[
         str, typer.Option(help="compare-ae DiT steps: auto (when memory is short), on or off.")
     ] = "auto",
+    compile_dit: Annotated[
+        bool,
+        typer.Option(
+            "--compile", help="--compare-ae: torch.compile every row's DiT (compile time apart)."
+        ),
+    ] = False,
+    compile_mode: Annotated[
+        str | None,
+        typer.Option(help="--compare-ae --compile: blocks (each repeated block class) or forward."),
+    ] = None,
     attention: Annotated[
         bool, typer.Option("--attention", help="Time the attention backends.")
     ] = False,
@@ -151,6 +166,7 @@ def benchmark(
     """Measure what vidcli claims: DiT step, generation and AE times per autoencoder."""
 
     def action() -> Any:
+        from vidcli.compile import DEFAULT_MODE
         from vidcli.devices import dtype_name, resolve_device, resolve_dtype
 
         where = resolve_device(device)
@@ -217,6 +233,12 @@ def benchmark(
                     dtype=dtype or dtype_name(resolve_dtype(None, where)),
                 )
             )
+        if compile_mode is not None and not compile_dit:
+            raise UsageError(f"--compile-mode {compile_mode} needs --compile")
+        if compile_mode not in (None, "blocks", "forward"):
+            raise UsageError(f"--compile-mode {compile_mode!r}: expected blocks or forward")
+        if compile_dit and not compare_ae:
+            raise UsageError("--compile compiles the --compare-ae rows' DiT; add --compare-ae")
         if not (compare_ae or attention or kernels):
             raise UsageError(
                 "choose a benchmark: --compare-ae, --attention, --kernels or --caching",
@@ -244,6 +266,7 @@ def benchmark(
             ae_timing=ae_timing,
             quality_clips=quality_clips,
             grad_checkpointing=grad_checkpointing,
+            compile=(compile_mode or DEFAULT_MODE) if compile_dit else "off",
         )
         return bench.run(options)
 
