@@ -118,6 +118,10 @@ def revision_dcae(rev: str, folder: str) -> type[DCAE]:
     return importlib.import_module("dcae_before.model").DCAE
 
 
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
 def row(name: str, batch: int, ours: tuple[float, float], base: tuple[float, float]) -> str:
     """Throughput by wall clock, then the ratio base/ours by wall clock and by CPU time."""
     return (
@@ -172,10 +176,15 @@ def main() -> None:
             before = before.to(dtype)
             fns["before encode"] = lambda: before.encode(x)
             fns["before decode"] = lambda: before.decode(z / sf)
-        compile_s = {}
+        compile_s: dict[str, float] = {}
+        compile_err: dict[str, tuple[float, float]] = {}
         if args.compile:
             comp = compile_autoencoder(copy.deepcopy(ours))
             compile_s["image"] = compile_now(comp.encode, x) + compile_now(comp.decode, z / sf)
+            compile_err["image"] = (
+                rel_l2(comp.encode(x), ours.encode(x)),
+                rel_l2(comp.decode(z / sf), ours.decode(z / sf)),
+            )
             fns["compiled encode"] = lambda: comp.encode(x)
             fns["compiled decode"] = lambda: comp.decode(z / sf)
         t = interleaved(fns, args.rounds)
@@ -209,6 +218,10 @@ def main() -> None:
                 vcomp = compile_autoencoder(copy.deepcopy(vid))
                 vx, vzd = v.to(dtype), vz.to(dtype)
                 compile_s["video"] = compile_now(vcomp.encode, vx) + compile_now(vcomp.decode, vzd)
+                compile_err["video"] = (
+                    rel_l2(vcomp.encode(vx), vid.encode(vx)),
+                    rel_l2(vcomp.decode(vzd), vid.decode(vzd)),
+                )
                 vfns["compiled encode"] = lambda: vcomp.encode(vx)
                 vfns["compiled decode"] = lambda: vcomp.decode(vzd)
             t = interleaved(vfns, args.rounds)
@@ -229,7 +242,11 @@ def main() -> None:
             "baseline = vidcli's own fp32 eager path"
         )
     for k, sec in compile_s.items():
-        print(f"compile time ({k}, encode + decode): {sec:.1f} s")
+        enc_err, dec_err = compile_err[k]
+        print(
+            f"compile time ({k}, encode + decode): {sec:.1f} s; compiled vs eager rel-L2: "
+            f"encode {enc_err:.1e}, decode {dec_err:.1e}"
+        )
     print(f"{'':26}{'ours item/s':>12}{'baseline/s':>14}{'ratio':>8}{'cpu':>8}")
     for line in lines:
         print(line)

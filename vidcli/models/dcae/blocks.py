@@ -174,10 +174,10 @@ class PointwiseConv2d(nn.Conv2d):
 
     fp32 inference: PyTorch sends single-threaded fp32 1 x 1 convs to its im2col + GEMM
     fallback (`_slow_conv2d_forward`) instead of oneDNN; on channels-last maps that measured
-    1.2-4x slower per layer than `torch.mkldnn_convolution` on the same weights (1 thread,
-    issue 24). bf16 (ungrouped, channels-last): a linear layer on the free (positions,
-    channels) view measured ~20 % faster than the conv over the DC-AE's 1 x 1 layers. Other
-    cases take `nn.Conv2d`'s own path.
+    1.2-4x slower per layer than `torch.mkldnn_convolution` on the same weights from 8 x 8
+    positions up (1 thread, issue 24); below that only grouped convs gain. bf16 (ungrouped,
+    channels-last): a linear layer on the free (positions, channels) view measured ~20 %
+    faster than the conv over the DC-AE's 1 x 1 layers. Other cases take `nn.Conv2d`'s path.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -196,6 +196,8 @@ class PointwiseConv2d(nn.Conv2d):
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
             and torch.backends.mkldnn.is_available()
+            # below 8 x 8 positions oneDNN's fixed cost per call loses to the fallback
+            and (self.groups > 1 or x.shape[-1] * x.shape[-2] >= 64)
         ):
             return torch.mkldnn_convolution(
                 x, self.weight, self.bias, (0, 0), (1, 1), (1, 1), self.groups
