@@ -363,16 +363,22 @@ class AdaptSection:
 
     source: str = ""
     """The DiT trained on AE A (a checkpoint or model folder); "" = adapt mode off."""
-    stage: Literal["align", "finetune"] = "align"
+    stage: Literal["align", "least_squares", "finetune"] = "align"
     """`align`: train new img_in / cond_in / final_layer against the frozen DiT (stage 1);
-    `finetune`: rectified flow on B's latents, full or with `[lora]` (stage 2)."""
+    `least_squares`: stage 1 in closed form, the same layers fitted by ridge least squares
+    between A's and B's latent tokens in one pass, no optimizer steps (one process; A and B must
+    give the same token grid); `finetune`: rectified flow on B's latents, full or with `[lora]`
+    (stage 2)."""
     aligned: str = ""
-    """finetune: the stage-1 checkpoint to start from; "" = the naive swap (new random layers)."""
+    """finetune: the stage-1 checkpoint to start from (`align` or `least_squares`, e.g.
+    `runs/x/checkpoints/latest`); "" = the naive swap (new random layers)."""
     source_latents: str = ""
-    """align: A's pre-extracted latents of the same manifest as `[data] latents` (rows match by
-    manifest index)."""
+    """align, least_squares: A's pre-extracted latents of the same manifest as `[data] latents`
+    (rows match by manifest index)."""
     flow_weight: float = _bounded(1.0, ge=0.0)
     """align: weight of the flow loss that trains the new final_layer through the frozen DiT."""
+    ridge: float = _bounded(1e-4, ge=0.0)
+    """least_squares: ridge λ of each fit, relative to the mean diagonal of its Gram matrix."""
 
 
 @dataclass

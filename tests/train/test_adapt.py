@@ -6,6 +6,7 @@ tested is the training machinery, not the AEs).
 """
 
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -233,3 +234,78 @@ def test_finetune_with_lora_resumes_exactly_from_the_aligned_checkpoint(setup, t
         ema[f"{key}.lora_B.default.weight"] @ ema[f"{key}.lora_A.default.weight"]
     )
     torch.testing.assert_close(sampled.state_dict()[f"{key}.weight"], expected)
+
+
+def stacked_latents(folder: Path) -> torch.Tensor:
+    """Every row's latent (N, C, T, H, W), in manifest-index order."""
+    from vidcli.data.datasets import LatentDataset
+
+    rows = sorted(map(LatentDataset(folder).__getitem__, range(ROWS)), key=lambda r: r["index"])
+    return torch.stack([row["latent"] for row in rows]).float()
+
+
+def test_least_squares_stage_is_the_closed_form_fit_and_finetune_starts_from_it(setup, tmp_path):
+    """`stage = "least_squares"` streams the rows 3 at a time: its checkpoint holds the weights
+    `least_squares_alignment` fits on all latents at once (B's shard lists the rows in reverse)."""
+    source = load_dit(setup / "source")
+    with torch.no_grad():  # a trained condition branch, so that cond_in's fit shows
+        source.cond_in.weight.normal_(generator=torch.Generator().manual_seed(2))
+    save_dit(source, tmp_path / "source")
+    lsq = tmp_path / "lsq"
+    stage1 = {"adapt.stage": "least_squares", "adapt.source": str(tmp_path / "source")}
+    done = vidcli(
+        "train-dit", *adapt_args(setup, lsq, **stage1, **{"train.batch_size": 3}), "--json"
+    )
+    result = json.loads(done.stdout)
+    folder = lsq / "checkpoints" / "latest"
+    assert result["steps"] == 0 and result["checkpoint"].endswith("step-0000000")
+    from vidcli.train.checkpoint import verify_manifest
+
+    verify_manifest(folder.resolve())
+
+    direct = adapt.swap_autoencoder(source, in_channels=4, patch_size=1, seed=0)
+    z_b, z_a = stacked_latents(setup / "latents-b"), stacked_latents(setup / "latents-a")
+    report = adapt.least_squares_alignment(direct, source, z_b, z_a, ridge=1e-4)
+    # A's latent is B's, upsampled and repeated, plus 10 % noise: B's tokens predict A's up to
+    # that noise (1 % of the energy), and A's 32 values per token average it out for B's.
+    assert 0.002 < report["fit_in"] < 0.02 and report["fit_out"] < report["fit_in"]
+    (record,) = metrics(lsq)
+    for key, value in report.items():
+        assert record[key] == pytest.approx(value, rel=1e-9, abs=1e-12)
+        assert result["metrics"][key] == pytest.approx(value, rel=1e-9, abs=1e-12)
+    assert record["samples"] == ROWS and record["tokens"] == ROWS * 8
+    fitted = load_dit(folder)
+    want = direct.state_dict()
+    for key, value in fitted.state_dict().items():
+        torch.testing.assert_close(value, want[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert fitted.cond_in.weight.abs().max() > 0.1  # cond_in_A ∘ M_cond (M_cond is no zero)
+
+    tuned = tmp_path / "tuned"
+    stage2 = {"adapt.stage": "finetune", "adapt.aligned": str(folder), "lora.rank": 4}
+    stage2["adapt.source"] = stage1["adapt.source"]
+    vidcli("train-dit", *adapt_args(setup, tuned, **stage2, **{"train.max_steps": 2}))
+    merged = load_dit(tuned / "checkpoints" / "step-0000002")
+    # LoRA leaves img_in alone: the fine-tuned model still embeds B's tokens with the fit.
+    torch.testing.assert_close(merged.img_in.weight, fitted.img_in.weight, rtol=0, atol=0)
+    assert not torch.equal(
+        merged.double_blocks[0].img_attn.q_proj.weight,
+        fitted.double_blocks[0].img_attn.q_proj.weight,
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"dit.patch_size": 2}, r"\(2, 2, 2\).*\(2, 1, 1\) at patch 2.*\[dit\] patch_size"),
+        ({"adapt.source_latents": ""}, r"stage 'least_squares' needs A's latents"),
+        # Refused before any rank is spawned.
+        ({"launcher.nproc": 2}, r"stage 'least_squares' is one closed-form pass in one process"),
+    ],
+)
+def test_least_squares_stage_refuses_in_one_line(setup, tmp_path, extra, message):
+    values = {"adapt.stage": "least_squares", **extra}
+    done = vidcli("train-dit", *adapt_args(setup, tmp_path / "run", **values), check=False)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and re.search(message, errors[0]), done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "run" / "checkpoints").exists()

@@ -19,26 +19,42 @@ independent noise draws cannot be matched sample by sample. `align_cond` does th
 loss on B through the frozen body, with the embedders' outputs detached, so each new layer has
 one objective. Stage 2 (`stage = "finetune"`) is plain rectified flow from the stage-1
 checkpoint (`aligned`), full or with `[lora]`; without `aligned` it is the naive swap.
+
+`stage = "least_squares"` is stage 1 in closed form (`LeastSquaresFit`): ridge least squares
+between the two latent sets' tokens, one pass over every row, no optimizer. On the AE-Adapt
+benchmark (docs/benchmarks.md) it beats `align` at equal compute. It needs the same token grid
+from both AEs (one B token per A token), where `align` also pools a finer A grid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vidcli.console import log
 from vidcli.data.datasets import LatentDataset
+from vidcli.data.provenance import write_provenance
 from vidcli.data.section import bucket_config, latent_dataset
+from vidcli.devices import rank_device
 from vidcli.errors import ShapeError, UsageError
+from vidcli.fileio import atomic_write_text
 from vidcli.models.mmdit import MMDiT, load_dit, pack_latents
-from vidcli.recipe import Recipe
+from vidcli.recipe import Recipe, dump_recipe, write_resolved_recipe
+from vidcli.train import checkpoint as ckpt
 from vidcli.train import data as train_data
+from vidcli.train.dit import save_dit_weights
 from vidcli.train.dit_loss import flow_loss
+from vidcli.train.loop import TrainResult
 
 NEW_LAYERS = ("img_in", "cond_in", "final_layer.linear")
 """The layers whose shape depends on the AE (latent channels x patch size)."""
@@ -110,8 +126,9 @@ def setup(
 
 
 def adapted_model(recipe: Recipe, source: MMDiT, latent_channels: int) -> MMDiT:
-    """Stage 1: the swapped DiT with only NEW_LAYERS trainable. Stage 2: the aligned checkpoint
-    (or the naive swap), every weight trainable (LoRA freezes it later)."""
+    """Stage 1: the swapped DiT (`align`: only NEW_LAYERS trainable; `least_squares` fits them).
+    Stage 2: the aligned checkpoint (or the naive swap), every weight trainable (LoRA freezes it
+    later)."""
     adapt, dit = recipe.adapt, recipe.dit
     patch = dit.patch_size or source.config.patch_size
     in_channels = latent_channels * patch * patch
@@ -134,13 +151,14 @@ def adapted_model(recipe: Recipe, source: MMDiT, latent_channels: int) -> MMDiT:
 def check_recipe(recipe: Recipe) -> None:
     """Every `[adapt]` mistake at once, before any model is built."""
     adapt, problems = recipe.adapt, []
-    if adapt.stage == "align":
+    stage = adapt.stage
+    if stage in ("align", "least_squares"):
         if not recipe.data.latents:
-            problems.append("stage 'align' needs B's pre-extracted latents in [data] latents")
+            problems.append(f"stage {stage!r} needs B's pre-extracted latents in [data] latents")
         if not adapt.source_latents:
-            problems.append("stage 'align' needs A's latents of the same clips: source_latents")
+            problems.append(f"stage {stage!r} needs A's latents of the same clips: source_latents")
         if recipe.lora.rank:
-            problems.append("[lora] applies to stage 'finetune' (stage 'align' trains new layers)")
+            problems.append(f"[lora] applies to stage 'finetune' (stage {stage!r} fits new layers)")
     if recipe.dit.path:
         problems.append("[dit] path is unused in adapt mode: the DiT comes from source")
     if adapt.aligned and adapt.stage != "finetune":
@@ -158,6 +176,25 @@ def paired_batches(
 ) -> Callable[[int], dict[str, Any]]:
     """`batch_at` plus `source_latent`: A's latent of each row's clip (same manifest index)."""
     target = latent_dataset(recipe.data)
+    source, source_row = source_rows(recipe, target)
+    train_cfg = recipe.train
+    # The same rows train-dit's batches read (buckets included): one function decides both.
+    rows = train_data.step_rows(
+        target, bucket_config(recipe.data), train_cfg.batch_size, rank, world, train_cfg.seed
+    )
+
+    def paired(index: int) -> dict[str, Any]:
+        batch = batch_at(index)
+        source_latent = [source[source_row[r]]["latent"] for r in rows(index)]
+        batch["source_latent"] = torch.stack(source_latent).float().to(batch["latent"].device)
+        return batch
+
+    return paired
+
+
+def source_rows(recipe: Recipe, target: LatentDataset) -> tuple[LatentDataset, list[int]]:
+    """(A's latents, the row of A's latents that holds each `target` row's clip): rows pair by
+    manifest index, whatever order either shard set lists them in."""
     source = LatentDataset(recipe.adapt.source_latents)
     by_index = {source[i]["index"]: i for i in range(len(source))}
     target_index = [target[i]["index"] for i in range(len(target))]
@@ -167,19 +204,7 @@ def paired_batches(
             f"[adapt] source_latents = {recipe.adapt.source_latents!r} lacks manifest rows "
             f"{missing[:5]} that [data] latents has: encode the same manifest with both AEs"
         )
-    train_cfg = recipe.train
-    # The same rows train-dit's batches read (buckets included): one function decides both.
-    rows = train_data.step_rows(
-        target, bucket_config(recipe.data), train_cfg.batch_size, rank, world, train_cfg.seed
-    )
-
-    def paired(index: int) -> dict[str, Any]:
-        batch = batch_at(index)
-        source_latent = [source[by_index[target_index[r]]]["latent"] for r in rows(index)]
-        batch["source_latent"] = torch.stack(source_latent).float().to(batch["latent"].device)
-        return batch
-
-    return paired
+    return source, [by_index[i] for i in target_index]
 
 
 class SourceEmbedders(nn.Module):
@@ -291,59 +316,216 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, ridge: float = 0.0) -> torch.Te
     y is a linear map of x of full column rank.
     """
     x64, y64 = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
-    gram = x64.T @ x64
+    return _solve(x64.T @ x64, x64.T @ y64, ridge).to(x.dtype)
+
+
+def _solve(gram: torch.Tensor, cross: torch.Tensor, ridge: float) -> torch.Tensor:
+    """M = ((xᵀx + λI)⁻¹ xᵀy)ᵀ from the sums fit_linear needs: gram = xᵀx, cross = xᵀy."""
     if ridge:
-        gram = gram + ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
-    return torch.linalg.solve(gram, x64.T @ y64).T.to(x.dtype)
+        eye = torch.eye(len(gram), dtype=gram.dtype, device=gram.device)
+        gram = gram + ridge * gram.diagonal().mean() * eye
+    return torch.linalg.solve(gram, cross).T
 
 
-@torch.no_grad()
-def least_squares_alignment(
-    model: MMDiT, source: MMDiT, z_b: torch.Tensor, z_a: torch.Tensor, ridge: float = 1e-4
-) -> dict[str, float]:
-    """Stage 1 in closed form: fit NEW_LAYERS of `model` (the swap) from paired latents.
+class _PairedGram:
+    """xᵀx, xᵀy and yᵀy (float64) summed over batches of paired tokens x (B's), y (A's): all that
+    the fits both ways (y from x, x from y) and their residuals need, never the tokens."""
 
-    z_b, z_a (N, C, T, H, W): B's and A's latents of the same clips, on the same token grid.
-    With tok_A ≈ M tok_B and tok_B ≈ N tok_A (least squares over every token):
+    def __init__(self) -> None:
+        self.xx = self.xy = self.yy = None
+
+    def add(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """x (..., d_x), y (..., d_y): the same tokens in either latent space."""
+        x64, y64 = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+        xx, xy, yy = x64.T @ x64, x64.T @ y64, y64.T @ y64
+        if self.xx is None:
+            self.xx, self.xy, self.yy = xx, xy, yy
+        else:
+            self.xx, self.xy, self.yy = self.xx + xx, self.xy + xy, self.yy + yy
+
+    def fit(
+        self, ridge: float, dtype: torch.dtype, reverse: bool = False
+    ) -> tuple[torch.Tensor, float]:
+        """(M in `dtype`, relative residual |y - x Mᵀ|² / |y|² of that M): fit_linear(x, y), or
+        fit_linear(y, x) when `reverse`."""
+        xx, xy, yy = (self.yy, self.xy.T, self.xx) if reverse else (self.xx, self.xy, self.yy)
+        m = _solve(xx, xy, ridge).to(dtype)
+        m64 = m.double()
+        # |y - x Mᵀ|² = tr(yᵀy) - 2 tr(M xᵀy) + tr(M xᵀx Mᵀ)
+        error = yy.trace() - 2 * (m64 * xy.T).sum() + (m64 @ xx * m64).sum()
+        return m, max(0.0, float(error / yy.trace()))
+
+
+class LeastSquaresFit:
+    """Stage 1 in closed form for the swap `model`, from paired latents fed batch by batch.
+
+    With tok_A ≈ M tok_B and tok_B ≈ N tok_A (ridge least squares over every token added):
 
         img_in_B = img_in_A ∘ M          (the body sees what it saw on A's tokens)
         final_B  = N ∘ final_A           (A's velocity prediction, mapped into B's space)
         cond_in_B = cond_in_A ∘ M_cond   (fitted the same way on condition tokens)
 
-    Returns each fit's relative residual |y - x Mᵀ|² / |y|² (0: B is a linear map of A).
+    Only the Gram matrices are kept, (d_A + d_B)² numbers per fit, so memory does not grow with
+    the data. Fitting one batch of every latent gives `least_squares_alignment`.
     """
-    p_b, p_a = model.config.patch_size, source.config.patch_size
-    tok_b, tok_a = pack_latents(z_b, p_b), pack_latents(z_a, p_a)
-    if tok_b.shape[:2] != tok_a.shape[:2]:
-        raise ShapeError(
-            f"[adapt] least-squares alignment pairs tokens one to one: A gives {tok_a.shape[1]} "
-            f"tokens per clip and B {tok_b.shape[1]} (choose [dit] patch_size so they match)"
+
+    def __init__(self, model: MMDiT, source: MMDiT):
+        self.model, self.source = model, source
+        self.conditioned = model.cond_in is not None and source.cond_in is not None
+        self.tokens, self.cond = _PairedGram(), _PairedGram()
+        self.samples = self.token_count = 0
+
+    @torch.no_grad()
+    def add(self, z_b: torch.Tensor, z_a: torch.Tensor) -> None:
+        """z_b, z_a (N, C, T, H, W): B's and A's latents of the same N clips."""
+        p_b, p_a = self.model.config.patch_size, self.source.config.patch_size
+        grid_b, grid_a = _token_grid(z_b, p_b), _token_grid(z_a, p_a)
+        if grid_b != grid_a:
+            raise ShapeError(
+                f"[adapt] least-squares alignment pairs tokens one to one: A's latents give a "
+                f"{grid_a} (T, H, W) token grid at the source's patch {p_a}, B's {grid_b} at "
+                f"patch {p_b} (choose [dit] patch_size so they match)"
+            )
+        if z_b.shape[0] != z_a.shape[0]:
+            raise ShapeError(f"{z_a.shape[0]} latents of A paired with {z_b.shape[0]} of B")
+        self.tokens.add(pack_latents(z_b, p_b), pack_latents(z_a, p_a))
+        if self.conditioned:
+            self.cond.add(
+                pack_latents(torch.cat((torch.ones_like(z_b[:, :1]), z_b), dim=1), p_b),
+                pack_latents(torch.cat((torch.ones_like(z_a[:, :1]), z_a), dim=1), p_a),
+            )
+        self.samples += z_b.shape[0]
+        self.token_count += z_b.shape[0] * grid_b[0] * grid_b[1] * grid_b[2]
+
+    @torch.no_grad()
+    def apply(self, ridge: float = 1e-4) -> dict[str, float]:
+        """Write the fitted NEW_LAYERS into the model; each fit's relative residual
+        |y - x Mᵀ|² / |y|² (0: B is a linear map of A)."""
+        if self.tokens.xx is None:
+            raise UsageError("[adapt] least-squares alignment needs at least one latent pair")
+        model, source = self.model, self.source
+        weight = source.img_in.weight  # the maps multiply the source's weights, on its device
+        to_a, fit_in = self.tokens.fit(ridge, weight.dtype)
+        to_b, fit_out = self.tokens.fit(ridge, weight.dtype, reverse=True)
+        model.img_in.weight.copy_(weight @ to_a.to(weight.device))
+        model.img_in.bias.copy_(source.img_in.bias)
+        out_b, out_a = model.final_layer.linear, source.final_layer.linear
+        to_b = to_b.to(weight.device)
+        out_b.weight.copy_(to_b @ out_a.weight)
+        out_b.bias.copy_(to_b @ out_a.bias)
+        report = {"fit_in": fit_in, "fit_out": fit_out}
+        if self.conditioned:
+            to_a_cond, report["fit_cond"] = self.cond.fit(ridge, weight.dtype)
+            model.cond_in.weight.copy_(source.cond_in.weight @ to_a_cond.to(weight.device))
+            model.cond_in.bias.copy_(source.cond_in.bias)
+        return report
+
+
+def least_squares_stage(
+    recipe: Recipe,
+    target: LatentDataset,
+    provenance: dict[str, Any],
+    world: int,
+    resume: str | None,
+) -> TrainResult:
+    """train-dit with `stage = "least_squares"`: fit the swap on every row of `target` (B's
+    latents) paired with `source_latents`, then publish it as checkpoint step 0.
+
+    The checkpoint holds what a trained one holds but the engine state (model.safetensors +
+    config.json, latents.json, recipe.toml, trainer_state.json, manifest.json), so `stage =
+    "finetune"` starts from `aligned = ".../checkpoints/latest"`. metrics.jsonl gets one record
+    with the fit residuals. Rows are read `[train] batch_size` at a time; a batch holds rows of
+    one latent shape (buckets may mix shapes).
+    """
+    if world > 1:
+        raise UsageError(
+            f"[adapt] stage 'least_squares' is one closed-form pass in one process; it was "
+            f"launched on {world} ranks: run it alone (no torchrun / deepspeed launcher)"
         )
-    to_a, to_b = fit_linear(tok_b, tok_a, ridge), fit_linear(tok_a, tok_b, ridge)
-    model.img_in.weight.copy_(source.img_in.weight @ to_a)
-    model.img_in.bias.copy_(source.img_in.bias)
-    out_b, out_a = model.final_layer.linear, source.final_layer.linear
-    out_b.weight.copy_(to_b @ out_a.weight)
-    out_b.bias.copy_(to_b @ out_a.bias)
-    report = {"fit_in": _residual(tok_b, tok_a, to_a), "fit_out": _residual(tok_a, tok_b, to_b)}
-    if model.cond_in is not None and source.cond_in is not None:
-        cond_b = pack_latents(torch.cat((torch.ones_like(z_b[:, :1]), z_b), dim=1), p_b)
-        cond_a = pack_latents(torch.cat((torch.ones_like(z_a[:, :1]), z_a), dim=1), p_a)
-        to_a_cond = fit_linear(cond_b, cond_a, ridge)
-        model.cond_in.weight.copy_(source.cond_in.weight @ to_a_cond)
-        model.cond_in.bias.copy_(source.cond_in.bias)
-        report["fit_cond"] = _residual(cond_b, cond_a, to_a_cond)
-    return report
+    if resume:
+        raise UsageError(
+            f"--resume {resume}: [adapt] stage 'least_squares' has no steps to resume; refit "
+            "with --overwrite"
+        )
+    start = time.perf_counter()
+    source = load_source(recipe.adapt.source)
+    model = adapted_model(recipe, source, target[0]["latent"].shape[0])
+    fit = LeastSquaresFit(model, source)
+    source_latents, source_row = source_rows(recipe, target)
+    device = rank_device()
+    batch = recipe.train.batch_size
+    for first in range(0, len(target), batch):
+        by_shape: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        for row in range(first, min(first + batch, len(target))):
+            z_b, z_a = target[row]["latent"], source_latents[source_row[row]]["latent"]
+            by_shape.setdefault((z_b.shape, z_a.shape), []).append((z_b, z_a))
+        for pairs in by_shape.values():
+            z_b, z_a = (torch.stack(z).float().to(device) for z in zip(*pairs, strict=True))
+            fit.add(z_b, z_a)
+    report = fit.apply(recipe.adapt.ridge)
+    wall = time.perf_counter() - start
+
+    output = Path(recipe.train.output)
+    checkpoints = output / "checkpoints"
+    output.mkdir(parents=True, exist_ok=True)
+    write_resolved_recipe(recipe, output)
+    staging = ckpt.staging_dir(checkpoints, 0)
+    staging.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_dit_weights(model, weights, staging, "model")
+    write_provenance(staging, provenance)
+    ckpt.write_text_hashed(staging / "recipe.toml", staging, dump_recipe(recipe), None)
+    lineage = [f"{uuid.uuid4().hex}-{0:07d}"]
+    ckpt.write_state(staging, ckpt.TrainerState(0, fit.samples, lineage=lineage))
+    ckpt.write_manifest(staging)
+    folder = ckpt.publish(checkpoints, 0, recipe.train.keep_last, lineage)
+    record = {"step": 0, **report, "samples": fit.samples, "tokens": fit.token_count}
+    record["fit_s"] = wall
+    atomic_write_text(output / "metrics.jsonl", json.dumps(record) + "\n")
+    log.info(
+        "train-dit: least-squares alignment over %d clips (%d tokens) in %.1f s; relative "
+        "residuals %s",
+        fit.samples,
+        fit.token_count,
+        wall,
+        ", ".join(f"{k} {v:.4f}" for k, v in report.items()),
+    )
+    return TrainResult(
+        stage="dit",
+        steps=0,
+        final_loss=report["fit_out"],  # the output layer's fit stands in for the flow loss
+        wall_time_s=wall,
+        output=str(output),
+        checkpoint=str(folder),
+        samples_per_s=fit.samples / wall if wall > 0 else 0.0,
+        tokens_per_s=fit.token_count / wall if wall > 0 else 0.0,
+        metrics={k: v for k, v in record.items() if k != "step"},
+    )
+
+
+def _token_grid(z: torch.Tensor, patch: int) -> tuple[int, int, int]:
+    """(T, H / p, W / p) of latents z (N, C, T, H, W)."""
+    if z.shape[3] % patch or z.shape[4] % patch:
+        raise ShapeError(f"latent {z.shape[3]}x{z.shape[4]} is not divisible by patch {patch}")
+    return z.shape[2], z.shape[3] // patch, z.shape[4] // patch
+
+
+def least_squares_alignment(
+    model: MMDiT, source: MMDiT, z_b: torch.Tensor, z_a: torch.Tensor, ridge: float = 1e-4
+) -> dict[str, float]:
+    """Stage 1 in closed form on latents in memory: `LeastSquaresFit` with one batch.
+
+    z_b, z_a (N, C, T, H, W): B's and A's latents of the same clips, on the same token grid.
+    Returns each fit's relative residual (`LeastSquaresFit.apply`).
+    """
+    fit = LeastSquaresFit(model, source)
+    fit.add(z_b, z_a)
+    return fit.apply(ridge)
 
 
 def least_squares_flops(d_in: int, d_out: int, samples: int) -> int:
     """Multiply-add FLOPs (2 per MAC) of one `fit_linear`: Gram, cross term, solve (LU, 2/3 d³)."""
     return 2 * samples * d_in * d_in + 2 * samples * d_in * d_out + (2 * d_in**3) // 3
-
-
-def _residual(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor) -> float:
-    x, y = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
-    return float((y - x @ m.double().T).pow(2).sum() / y.pow(2).sum())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,6 +33,13 @@ from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
 def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
     """Train the `[dit]` model on `[data]` latents; see the module docstring."""
     rank, world = init_process_group()
+    if recipe.adapt.source and recipe.adapt.stage == "least_squares":  # closed form, no steps
+        from vidcli.train import adapt
+
+        adapt.check_recipe(recipe)
+        latents = latent_dataset(recipe.data)
+        provenance = _checked_provenance(recipe, latents.provenance)
+        return adapt.least_squares_stage(recipe, latents, provenance, world, resume)
     torch.manual_seed(recipe.train.seed)
     text = text_encoder_from_section(recipe.text)
     # The ranks of a sequence-parallel group read the same batch and split its tokens.

@@ -70,6 +70,15 @@ def launch(
             f"--nproc {launcher.nproc} with --hostfile {launcher.hostfile}: the hostfile's "
             "slots=N set the ranks per node; drop --nproc (or [launcher] nproc)"
         )
+    if (
+        recipe.adapt.source
+        and recipe.adapt.stage == "least_squares"
+        and (launcher.nproc != 1 or launcher.hostfile)
+    ):
+        raise UsageError(
+            "[adapt] stage 'least_squares' is one closed-form pass in one process: drop --nproc "
+            "and --hostfile ([launcher] nproc / hostfile)"
+        )
     prepare_output(Path(recipe.train.output), resume, overwrite)
     if inside_distributed_job() or (launcher.nproc == 1 and not launcher.hostfile):
         return run_worker(run, recipe, resume)
