@@ -294,17 +294,19 @@ def test_least_squares_stage_is_the_closed_form_fit_and_finetune_starts_from_it(
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"),
+    ("extra", "options", "message"),
     [
-        ({"dit.patch_size": 2}, r"\(2, 2, 2\).*\(2, 1, 1\) at patch 2.*\[dit\] patch_size"),
-        ({"adapt.source_latents": ""}, r"stage 'least_squares' needs A's latents"),
+        ({"dit.patch_size": 2}, (), r"\(2, 2, 2\).*\(2, 1, 1\) at patch 2.*\[dit\] patch_size"),
+        ({"adapt.source_latents": ""}, (), r"stage 'least_squares' needs A's latents"),
         # Refused before any rank is spawned.
-        ({"launcher.nproc": 2}, r"stage 'least_squares' is one closed-form pass in one process"),
+        ({}, ("--nproc", "2"), r"stage 'least_squares' is one closed-form pass in one process"),
+        ({}, ("--resume", "latest"), r"--resume latest: .*no steps to resume"),
     ],
 )
-def test_least_squares_stage_refuses_in_one_line(setup, tmp_path, extra, message):
+def test_least_squares_stage_refuses_in_one_line(setup, tmp_path, extra, options, message):
     values = {"adapt.stage": "least_squares", **extra}
-    done = vidcli("train-dit", *adapt_args(setup, tmp_path / "run", **values), check=False)
+    run = adapt_args(setup, tmp_path / "run", **values)
+    done = vidcli("train-dit", *run, *options, check=False)
     assert done.returncode == 2, done.stderr[-2000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and re.search(message, errors[0]), done.stderr
