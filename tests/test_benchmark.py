@@ -286,6 +286,20 @@ def test_settings_keep_the_device_index(monkeypatch):
         resolve_settings(BenchmarkOptions(device="cuda:2"), align=32)
 
 
+@pytest.mark.parametrize("option", ["--csv", "--plot", "--output", "--save-stats"])
+def test_existing_output_files_need_overwrite(tmp_path, monkeypatch, option):
+    monkeypatch.setattr(bench.compare_ae, "compare_autoencoders", lambda *a: pytest.fail("ran"))
+    target = tmp_path / "earlier-result"
+    target.write_text("kept")
+    refused = CliRunner().invoke(app, ["benchmark", "--compare-ae", option, str(target)])
+    assert refused.exit_code == 2
+    assert f"{option} {target} already exists; pass --overwrite" in " ".join(refused.output.split())
+    assert target.read_text() == "kept"
+    # With --overwrite the file check passes and the next check speaks (no benchmark chosen).
+    passed = CliRunner().invoke(app, ["benchmark", option, str(target), "--overwrite"])
+    assert passed.exit_code == 2 and "already exists" not in passed.output
+
+
 def test_a_csv_that_is_stdout_is_refused_before_measuring(tmp_path, monkeypatch):
     """`--csv rows.csv --json > rows.csv` would lose the printed result: refused up front."""
     import os

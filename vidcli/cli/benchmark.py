@@ -159,6 +159,9 @@ def benchmark(
     output: Annotated[
         Path | None, typer.Option(help="--caching: also write the JSON result here.")
     ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace existing --csv/--plot/--output/--save-stats files.")
+    ] = False,
     json_output: JsonOpt = False,
     quiet: QuietOpt = False,
     debug: DebugOpt = False,
@@ -171,6 +174,12 @@ def benchmark(
 
         where = resolve_device(device)
         from vidcli import benchmark as bench
+
+        outputs = {"--csv": csv, "--plot": plot, "--output": output, "--save-stats": save_stats}
+        for option, path in outputs.items():
+            # Refused before minutes of measuring, not after.
+            if path is not None and Path(path).exists() and not overwrite:
+                raise UsageError(f"{option} {path} already exists; pass --overwrite to replace it")
 
         if fid:
             from vidcli.benchmark import fid as fid_bench
