@@ -54,9 +54,14 @@ def run(args: argparse.Namespace) -> dict:
     with torch.no_grad():
         emb, neg = encode_text(pipe, [args.prompt] * args.batch, [sample.negative_prompt])
 
+    device = next(pipe.dit.parameters()).device
+
     def loop(p) -> torch.Tensor:
         with torch.no_grad():
-            return sample_latents(p, sample, emb, neg, seeds, latent_shape)
+            latents = sample_latents(p, sample, emb, neg, seeds, latent_shape)
+        if device.type == "cuda":  # the timer reads the host clock: wait for the queued kernels
+            torch.cuda.synchronize(device)
+        return latents
 
     pipes = {"eager": pipe}
     compile_rows = {}

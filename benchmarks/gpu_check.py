@@ -9,7 +9,14 @@ Steps, each recorded (a failing step does not stop the others; the exit code is 
    the gpu-anchors.md setting);
 4. `dcae`: Video DC-AE f32t4c128 encode and decode of one 768 px x 128-frame clip in the
    reference's 256 px / 32-frame tiles (overlap 0.25), bf16, one call after a warm-up, with the
-   peak allocated memory.
+   peak allocated memory;
+5. `streaming`: one CFG denoiser call of the 11B layout cut to 4 double + 8 single blocks (bf16,
+   the 256 px / 129-frame latent of the HunyuanVideo VAE, 512 text tokens) with its blocks
+   resident against streamed from pinned host memory with prefetch (`offload = "blocks"`),
+   interleaved; the goal is streamed within 1.3× of resident;
+6. `compile`: `benchmarks/compile_dit.py`, the sampling loop eager vs `--compile` (blocks and
+   forward) on `mmdit-b` at 256 px (bf16), compile time apart;
+7. `sequence_parallel` (2+ GPUs, or gloo ranks with `--dry-run`).
 Then `gpu-check.json` and `gpu-check.md` (ours beside the numbers of
 shared/reference/gpu-anchors.md) go to `--out`.
 
@@ -39,7 +46,13 @@ ANCHORS = {
     "dcae_decode_s": 14.69,
     "dcae_decode_peak_gb": 5.8,
 }
-TARGETS = {"train_speedup": ">= 9", "dcae_decode_s": "<= 7 (H100)", "train_mfu": ">= 0.50"}
+TARGETS = {
+    "train_speedup": ">= 9",
+    "dcae_decode_s": "<= 7 (H100)",
+    "train_mfu": ">= 0.50",
+    "streamed_over_resident": "<= 1.3",
+    "compile_speedup_forward": "> 1",
+}
 
 
 def settings(dry_run: bool) -> dict[str, Any]:
@@ -71,6 +84,14 @@ def settings(dry_run: bool) -> dict[str, Any]:
                 "2",
             ],
             "dcae": {"preset": "dc-ae-tiny", "frames": 8, "size": 64, "tile": 32, "tile_frames": 4},
+            "streaming": {
+                "preset": "mmdit-tiny",
+                "blocks": (2, 2),
+                "latent": (4, 2, 8, 8),
+                "text_tokens": 8,
+                "rounds": 2,
+            },
+            "compile": ["--steps", "2", "--rounds", "1", "--variants", "forward"],
         }
     return {
         "device": "cuda",
@@ -99,6 +120,32 @@ def settings(dry_run: bool) -> dict[str, Any]:
             "tile": 256,
             "tile_frames": 32,
         },
+        # Open-Sora 2.0's 256 px recipe: HunyuanVideo VAE latent of 129 frames at 256 px.
+        "streaming": {
+            "preset": "opensora-v2-11b",
+            "blocks": (4, 8),
+            "latent": (16, 33, 32, 32),
+            "text_tokens": 512,
+            "rounds": 5,
+        },
+        "compile": [
+            "--steps",
+            "10",
+            "--rounds",
+            "3",
+            "--variants",
+            "blocks,forward",
+            "--threads",
+            "8",
+            "--set",
+            'dit.preset="mmdit-b"',
+            "--set",
+            'dit.path=""',
+            "--set",
+            "sample.height=256",
+            "--set",
+            "sample.width=256",
+        ],
     }
 
 
@@ -254,11 +301,77 @@ def step_sequence_parallel(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def step_streaming(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One CFG denoiser call with the DiT's blocks resident vs streamed (`stream_blocks`: pinned
+    host copies, the next block prefetched on a side stream), interleaved after a warm-up."""
+    import copy
+    import statistics
+
+    import torch
+
+    from vidcli.devices import DTYPES
+    from vidcli.models.mmdit import build_dit
+    from vidcli.offload import stream_blocks
+    from vidcli.plans.sizes import dit_inputs
+
+    s, device = cfg["streaming"], torch.device(cfg["device"])
+    dtype = DTYPES[cfg["dtype"]]
+    double, single = s["blocks"]
+    dit = build_dit(s["preset"], depth=double, depth_single_blocks=single).to(dtype).eval()
+    blocks = [*dit.double_blocks, *dit.single_blocks]
+    block_bytes = sum(t.nbytes for b in blocks for t in [*b.parameters(), *b.buffers()])
+    resident = copy.deepcopy(dit).to(device)
+    streamed = dit
+    stream_blocks(streamed, device)
+    shapes = dit_inputs(dit, 2, s["latent"], s["text_tokens"], dtype)
+    inputs = {
+        k: None if v is None else torch.rand(v.shape, device=device, dtype=dtype)
+        for k, v in shapes.items()
+    }
+
+    def timed(model) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    with torch.inference_mode():
+        gap = (resident(**inputs) - streamed(**inputs)).abs().max().item()  # also the warm-up
+        rounds = [(timed(resident), timed(streamed)) for _ in range(s["rounds"])]
+    resident_s = statistics.median(r for r, _ in rounds)
+    streamed_s = statistics.median(t for _, t in rounds)
+    return {
+        "streamed_over_resident": statistics.median(t / r for r, t in rounds),
+        "resident_call_s": resident_s,
+        "streamed_call_s": streamed_s,
+        "block_bytes_per_call": block_bytes,
+        "tokens": shapes["img"].shape[1],
+        "max_abs_difference": gap,
+        "rounds": rounds,
+    }
+
+
+def step_compile(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The sampling loop eager vs compiled (`benchmarks/compile_dit.py`), compile time apart."""
+    result = run_json([python, "benchmarks/compile_dit.py", *cfg["compile"]], timeout=480)
+    rows = {row["variant"]: row for row in result["rows"]}
+    return {
+        **{f"compile_speedup_{n}": row["speedup"] for n, row in rows.items() if n != "eager"},
+        "recompiles_after_warmup": result["recompiles_after_warmup"],
+        "raw": result,
+    }
+
+
 STEPS = {
     "tests": step_tests,
     "train": step_train,
     "compare_ae": step_compare_ae,
     "dcae": step_dcae,
+    "streaming": step_streaming,
+    "compile": step_compile,
     "sequence_parallel": step_sequence_parallel,
 }
 
@@ -274,7 +387,7 @@ def markdown(report: dict[str, Any]) -> str:
     measured: dict[str, Any] = {}
     for result in report["steps"].values():
         measured |= {k: v for k, v in result.get("result", {}).items() if k != "raw"}
-    for key in (*ANCHORS, "train_mfu"):
+    for key in (*ANCHORS, "train_mfu", "streamed_over_resident", "compile_speedup_forward"):
         value = measured.get(key)
         ours = "—" if value is None else f"{value:.3g}"
         ref = ANCHORS.get(key, "—")
