@@ -14,8 +14,8 @@ Steps, each recorded (a failing step does not stop the others; the exit code is 
    the 256 px / 129-frame latent of the HunyuanVideo VAE, 512 text tokens) with its blocks
    resident against streamed from pinned host memory with prefetch (`offload = "blocks"`),
    interleaved; the goal is streamed within 1.3× of resident;
-6. `compile`: `benchmarks/compile_dit.py`, the sampling loop eager vs `--compile` (blocks and
-   forward) on `mmdit-b` at 256 px (bf16), compile time apart;
+6. `compile`: `benchmarks/compile_dit.py`, the sampling loop eager vs `--compile` (`forward`,
+   the flag's mode) on `mmdit-b` at 256 px (bf16), compile time apart;
 7. `sequence_parallel` (2+ GPUs, or gloo ranks with `--dry-run`).
 Then `gpu-check.json` and `gpu-check.md` (ours beside the numbers of
 shared/reference/gpu-anchors.md) go to `--out`.
@@ -134,7 +134,7 @@ def settings(dry_run: bool) -> dict[str, Any]:
             "--rounds",
             "3",
             "--variants",
-            "blocks,forward",
+            "forward",
             "--threads",
             "8",
             "--set",
