@@ -176,7 +176,7 @@ def _train_command(stage: str, help_text: str) -> Callable[..., None]:
         )
 
     if stage != "dit":  # the DiT is what compiles; train-ae's signature goes without the option
-        signature = inspect.signature(command)
+        signature = inspect.signature(command, eval_str=True)
         command.__signature__ = signature.replace(
             parameters=[p for p in signature.parameters.values() if p.name != "compile_dit"]
         )
