@@ -8,7 +8,7 @@ import vidcli.demo as demo
 from vidcli.models.mmdit import build_dit
 from vidcli.recipe import LoRASection
 from vidcli.train import lora
-from vidcli.train.dit import save_dit_weights
+from vidcli.train.dit_weights import save_dit_weights
 
 KEY = "double_blocks.0.img_attn.q_proj"
 

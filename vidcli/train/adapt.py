@@ -52,8 +52,8 @@ from vidcli.models.mmdit import MMDiT, load_dit, pack_latents
 from vidcli.recipe import Recipe, dump_recipe, write_resolved_recipe
 from vidcli.train import checkpoint as ckpt
 from vidcli.train import data as train_data
-from vidcli.train.dit import save_dit_weights
 from vidcli.train.dit_loss import flow_loss
+from vidcli.train.dit_weights import save_dit_weights
 from vidcli.train.loop import TrainResult
 
 NEW_LAYERS = ("img_in", "cond_in", "final_layer.linear")

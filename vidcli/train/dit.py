@@ -6,12 +6,10 @@ and the flow-matching loss; the frozen AE and text encoder stay outside the trai
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from vidcli import flow, sequence_parallel
 from vidcli.builders import autoencoder_from_section, dit_from_section, text_encoder_from_section
@@ -23,9 +21,10 @@ from vidcli.errors import UsageError
 from vidcli.models.content import content_latent, encode_for_dit, needs_content
 from vidcli.models.mmdit import MMDiT
 from vidcli.models.text import TextEncoder
-from vidcli.recipe import LoRASection, Recipe
+from vidcli.recipe import Recipe
 from vidcli.train import data as train_data
 from vidcli.train.dit_loss import flow_loss
+from vidcli.train.dit_weights import save_dit_weights
 from vidcli.train.launcher import init_process_group, make_engine
 from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
 
@@ -142,39 +141,6 @@ def _checkpoint_if_needed(model: MMDiT, recipe: Recipe, latent, world: int, rank
                 memory,
                 plan.activations_checkpointed_gb,
             )
-
-
-def save_dit_weights(
-    model: MMDiT,
-    state: dict[str, torch.Tensor],
-    folder: Path,
-    stem: str,
-    lora: LoRASection | None = None,
-) -> None:
-    """`<stem>.safetensors` (+ config.json for the model), loadable with `load_dit(folder)`.
-
-    With LoRA, `model.safetensors` holds the merged weights and the adapters go to
-    `lora.safetensors` (diffusers layout) and `lora-comfyui.safetensors`; `ema.safetensors`
-    keeps the adapter layout the EMA resumes from, with alpha in its metadata (loaders merge).
-    """
-    from vidcli.models.mmdit.io import FORMAT
-
-    metadata = {"format": FORMAT}
-    if lora is not None and lora.rank:
-        from vidcli.models import adapters
-        from vidcli.train.lora import lora_alpha
-
-        alpha = lora_alpha(lora)
-        metadata[adapters.ALPHA_METADATA_KEY] = str(alpha)
-        if stem == "model":
-            pairs = adapters.adapter_weights_from_state(state, alpha)
-            adapters.save_lora(pairs, folder / "lora.safetensors", "diffusers")
-            adapters.save_lora(pairs, folder / "lora-comfyui.safetensors", "comfyui")
-            state = adapters.merged_state(state, alpha)
-    save_file(state, str(folder / f"{stem}.safetensors"), metadata=metadata)
-    if stem == "model":
-        config = {"format": FORMAT, **model.config.to_dict()}
-        (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
 def _recording(save_weights, provenance: dict[str, Any]):
