@@ -29,7 +29,7 @@ from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
 from vidcli.train.losses import (
     PatchDiscriminator3D,
     adaptive_gan_weight,
-    hinge_d_loss,
+    adversarial_step,
     perceptual_loss,
 )
 
@@ -130,12 +130,8 @@ def reconstruction_loss(
         weight = adaptive_gan_weight(
             rec_loss(x_hat)[0], -frozen_d(x_hat).mean(), x_hat, recipe.train.gan_weight
         )
-        g_loss = -frozen_d(recon).mean()
-        loss = loss + weight * g_loss
-        d_loss = hinge_d_loss(discriminator(batch), discriminator(recon.detach()))
-        discriminator.backward(d_loss)
-        discriminator.step()
-        metrics |= {"g_loss": g_loss.item(), "d_loss": d_loss.item(), "gan_weight": float(weight)}
+        loss, gan_metrics = adversarial_step(loss, weight, frozen_d, recon, batch, discriminator)
+        metrics |= gan_metrics
     return loss, metrics
 
 

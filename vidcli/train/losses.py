@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -171,6 +172,27 @@ def init_gan_weights(discriminator: nn.Module) -> None:
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """0.5·(mean relu(1 - D(x)) + mean relu(1 + D(x̂)))."""
     return 0.5 * (F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean())
+
+
+def adversarial_step(
+    loss: torch.Tensor,
+    weight: torch.Tensor,
+    frozen_d: nn.Module,
+    recon: torch.Tensor,
+    real: torch.Tensor,
+    discriminator: Any,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The GAN phase once its weight is known: `loss` + weight · (−mean D(recon)) with the frozen
+    copy of D, and one step of D's engine on the hinge loss of `real` against detached `recon`.
+
+    Returns the generator's loss and the phase's metrics.
+    """
+    g_loss = -frozen_d(recon).mean()
+    d_loss = hinge_d_loss(discriminator(real), discriminator(recon.detach()))
+    discriminator.backward(d_loss)
+    discriminator.step()
+    metrics = {"g_loss": g_loss.item(), "d_loss": d_loss.item(), "gan_weight": float(weight)}
+    return loss + weight * g_loss, metrics
 
 
 def adaptive_gan_weight(

@@ -26,7 +26,7 @@ from torch import nn
 
 from vidcli.metrics import psnr
 from vidcli.models.reducio import ReducioVAE, normalize_latent, sample_posterior
-from vidcli.train.losses import hinge_d_loss, init_gan_weights
+from vidcli.train.losses import adversarial_step, init_gan_weights
 
 KL_WEIGHT = 1e-6
 """Upstream's `kl_weight`."""
@@ -195,10 +195,6 @@ def reducio_loss(
             lambda x: -frozen_d(x).mean(),
             train.gan_weight,
         )
-        g_loss = -frozen_d(x_hat).mean()
-        loss = loss + weight * g_loss
-        d_loss = hinge_d_loss(discriminator(batch), discriminator(x_hat.detach()))
-        discriminator.backward(d_loss)
-        discriminator.step()
-        metrics |= {"g_loss": g_loss.item(), "d_loss": d_loss.item(), "gan_weight": float(weight)}
+        loss, gan_metrics = adversarial_step(loss, weight, frozen_d, x_hat, batch, discriminator)
+        metrics |= gan_metrics
     return loss, metrics
