@@ -28,6 +28,7 @@ and prompt adherence (colour / direction of the generated blob, `measure_shapes_
 --adherence-prompts prompts. Rows are kept in OUT/rows.jsonl: an interrupted run continues.
 
     python benchmarks/ae_adapt.py --json          # the defaults (see docs/benchmarks.md)
+    python benchmarks/ae_adapt.py --markdown --plot docs/ae-adapt-cpu.png   # tables + picture
 
 The defaults (40 stage-1 + 40 fine-tuning steps, 120 clips, 3 seeds, 10 prompts x 8 sampling
 steps, 1 thread) are sized to finish both AE Bs within an hour on the shared 2-core CPU: a full
@@ -491,6 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's own)")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--markdown", action="store_true", help="print the tables as markdown")
+    parser.add_argument("--plot", type=Path, help="also draw the summary as a PNG")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     if args.threads:
@@ -561,6 +563,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     result["goal"] = goal(result["summary"])
     (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.plot:
+        plot_summary(result["summary"], args.plot)
     if args.json:
         print(json.dumps(result))
     elif args.markdown:
@@ -594,6 +598,39 @@ def markdown_tables(summary: list[dict]) -> str:
             )
         out.append("")
     return "\n".join(out)
+
+
+def plot_summary(summary: list[dict], path: Path) -> None:
+    """Per AE B (rows) and budget (columns): held-out loss per variant, mean ± std over seeds as
+    bars with whiskers, colour / direction adherence written above each bar."""
+    from matplotlib.figure import Figure
+
+    from vidcli.fileio import atomic_path
+
+    ae_bs = sorted({e["ae_b"] for e in summary})
+    budgets = ("equal_compute", "equal_steps")
+    fig = Figure(figsize=(11, 3.6 * len(ae_bs)), dpi=110, layout="constrained")
+    axes = fig.subplots(len(ae_bs), len(budgets), squeeze=False)
+    for row, ae_b in enumerate(ae_bs):
+        for col, budget in enumerate(budgets):
+            ax = axes[row][col]
+            got = [e for e in summary if e["ae_b"] == ae_b and e["budget"] == budget]
+            got.sort(key=lambda e: VARIANTS.index(e["variant"]))
+            xs = range(len(got))
+            means = [e["val_loss"] for e in got]
+            ax.bar(xs, means, yerr=[e["val_loss_std"] for e in got], capsize=3, color="#4c78a8")
+            for x, e in zip(xs, got, strict=True):
+                adherence = f"{100 * e.get('colour', 0):.0f}/{100 * e.get('direction', 0):.0f}"
+                top = e["val_loss"] + e["val_loss_std"]
+                ax.annotate(
+                    adherence, (x, top), (0, 3), "data", "offset points", ha="center", fontsize=8
+                )
+            ax.set_xticks(list(xs), [f"{e['variant']}\n{e['steps']} st" for e in got], fontsize=8)
+            ax.set_ylim(0, 1.15 * max(means, default=1))
+            ax.set_ylabel("held-out flow loss")
+            ax.set_title(f"{ae_b}, {budget.replace('_', ' ')} (colour/direction %)", fontsize=10)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
 
 
 def format_table(summary: list[dict]) -> str:
