@@ -118,7 +118,9 @@ def test_train_dit_checkpoints_carry_the_provenance(tmp_path):
     from vidcli.train.dit import _recording
 
     saved = []
-    save = _recording(lambda state, folder, stem: saved.append(stem), {"ae": {"preset": "x"}})
+    save = _recording(
+        lambda state, folder, stem, written=None: saved.append(stem), {"ae": {"preset": "x"}}
+    )
     save({}, tmp_path, "ema")
     assert read_provenance(tmp_path) is None
     save({}, tmp_path, "model")

@@ -70,6 +70,51 @@ def test_the_recorded_sha256_is_that_of_the_final_file(tmp_path, monkeypatch, zi
     ckpt.verify_manifest(folder)
 
 
+def test_safetensors_written_while_hashed_load_with_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    gen = torch.Generator().manual_seed(0)
+    tensors = {
+        "a.weight": torch.randn(3, 5, generator=gen),
+        "b.bf16": torch.randn(4, 2, generator=gen).bfloat16(),
+        "c.half_t": torch.randn(2, 6, generator=gen).half().t(),  # not contiguous
+        "d.count": torch.tensor(7),  # 0-dim
+        "e.ids": torch.arange(5, dtype=torch.int64),
+        "f.mask": torch.tensor([True, False, True]),
+        "g.empty": torch.zeros(0, 4),
+    }
+    written: ckpt.Digests = {}
+    path = tmp_path / "model.safetensors"
+    ckpt.write_safetensors_hashed(tensors, path, tmp_path, written, {"format": "test"})
+    data = path.read_bytes()
+    assert written["model.safetensors"] == {
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata() == {"format": "test"} and set(f.keys()) == set(tensors)
+        for name, want in tensors.items():
+            got = f.get_tensor(name)
+            assert got.dtype == want.dtype and torch.equal(got, want), name
+
+
+def test_dit_weights_hashed_while_written_are_not_read_back(tmp_path, monkeypatch):
+    from vidcli.models.mmdit import build_dit, load_dit
+    from vidcli.train.dit_weights import save_dit_weights
+
+    model = build_dit("mmdit-tiny")
+    written: ckpt.Digests = {}
+    save_dit_weights(model, model.state_dict(), tmp_path, "model", written=written)
+    real, read = ckpt._sha256, []
+    monkeypatch.setattr(ckpt, "_sha256", lambda path: read.append(path.name) or real(path))
+    ckpt.write_manifest(tmp_path, written)
+    assert "model.safetensors" not in read and "config.json" in read
+    ckpt.verify_manifest(tmp_path)
+    loaded = load_dit(tmp_path).state_dict()
+    for name, want in model.state_dict().items():
+        assert torch.equal(loaded[name], want), name
+
+
 def test_a_failed_write_records_nothing_and_leaves_no_file(tmp_path):
     written: ckpt.Digests = {}
     with pytest.raises(OSError), ckpt.hashed_file(tmp_path / "a.bin", tmp_path, written) as f:
@@ -122,7 +167,6 @@ import json, sys
 from pathlib import Path
 import deepspeed
 import torch
-from safetensors.torch import save_file
 from torch import nn
 from vidcli.recipe import Recipe, LauncherSection, TrainSection
 from vidcli.train import checkpoint as ckpt, loop
@@ -174,8 +218,8 @@ def counting_gather(params, *args, **kwargs):
     return gather(params, *args, **kwargs)
 deepspeed.zero.GatheredParameters = counting_gather
 
-def save_weights(state, folder, stem):
-    save_file(state, str(folder / f"{stem}.safetensors"))
+def save_weights(state, folder, stem, written=None):
+    ckpt.write_safetensors_hashed(state, folder / f"{stem}.safetensors", folder, written)
 
 spec = loop.StageSpec("toy", model, batch_at, loss, save_weights)
 result = loop.train(spec, recipe, engine, rank, world, resume)

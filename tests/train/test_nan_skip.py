@@ -55,7 +55,8 @@ def loss(engine, batch, step):
 
 engine = make_engine(model, recipe.train, recipe.launcher, lr_multiplier(recipe.train))
 spec = StageSpec("toy", model, batch_at, loss,
-                 lambda state, folder, stem: save_file(state, str(folder / f"{stem}.safetensors")))
+                 lambda state, folder, stem, written=None: save_file(
+                     state, str(folder / f"{stem}.safetensors")))
 train(spec, recipe, engine, rank, world, None)
 adam_steps = {int(s["step"]) for s in engine.basic_optimizer.state.values()}
 print(json.dumps({

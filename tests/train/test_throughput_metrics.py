@@ -34,7 +34,7 @@ def test_samples_per_s_and_samples_seen_count_real_batch_sizes(tmp_path, monkeyp
         save_checkpoint=lambda folder, tag: None,
     )
 
-    def save_weights(state, folder, stem):
+    def save_weights(state, folder, stem, written=None):
         (folder / f"{stem}.safetensors").write_bytes(b"")
 
     spec = loop.StageSpec("toy", model, batch_at, loss, save_weights)

@@ -76,7 +76,10 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         model=model,
         batch_at=batch_at,
         loss=loss,
-        save_weights=lambda state, folder, stem: save_ae_weights(model, state, folder, stem),
+        # AE files are small: the manifest hashes them after writing (`written` unused).
+        save_weights=lambda state, folder, stem, written=None: save_ae_weights(
+            model, state, folder, stem
+        ),
         extra_engines={"discriminator": discriminator} if discriminator is not None else {},
     )
     return train(spec, recipe, engine, rank, world, resume)

@@ -26,11 +26,14 @@ import json
 import os
 import re
 import shutil
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+import torch
 
 from vidcli.errors import UsageError
 from vidcli.fileio import atomic_path, atomic_symlink, atomic_write_text, replace_folder
@@ -252,6 +255,57 @@ def hashed_file(path: Path, folder: Path, written: Digests) -> Iterator[HashingF
         out = HashingFile(f)
         yield out
     written[_relative(path, folder)] = out.entry()
+
+
+SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
+}
+
+
+def write_safetensors_hashed(
+    tensors: dict[str, torch.Tensor],
+    path: Path,
+    folder: Path,
+    written: Digests,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """`tensors` as a safetensors file, hashed on its way to disk (`hashed_file`), so the
+    manifest never reads a checkpoint's largest files back.
+
+    The format: an 8-byte little-endian header length, the JSON header (`__metadata__`, then per
+    tensor its dtype, shape and byte range in the data), padded with spaces to 8 bytes, then the
+    tensors' bytes back to back in header order. One tensor is on the host at a time.
+    """
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name in sorted(tensors):
+        t = tensors[name]
+        end = offset + t.numel() * t.element_size()
+        header[name] = {
+            "dtype": SAFETENSORS_DTYPES[t.dtype],
+            "shape": list(t.shape),
+            "data_offsets": [offset, end],
+        }
+        offset = end
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)
+    with hashed_file(path, folder, written) as f:
+        f.write(struct.pack("<Q", len(raw)))
+        f.write(raw)
+        for name in sorted(tensors):
+            data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
+            f.write(memoryview(data.view(torch.uint8).numpy()))
 
 
 def write_text_hashed(path: Path, folder: Path, text: str, written: Digests | None) -> None:

@@ -102,8 +102,8 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         model=model,
         batch_at=batch_at,
         loss=stage_loss or (lambda eng, batch, step: flow_loss(eng, batch, alpha, p)),
-        save_weights=lambda state, folder, stem: save_dit_weights(
-            model, state, folder, stem, recipe.lora
+        save_weights=lambda state, folder, stem, written=None: save_dit_weights(
+            model, state, folder, stem, recipe.lora, written
         ),
         tokens_per_sample=tokens,
     )
@@ -146,8 +146,8 @@ def _checkpoint_if_needed(model: MMDiT, recipe: Recipe, latent, world: int, rank
 def _recording(save_weights, provenance: dict[str, Any]):
     """`save_weights` that also writes `latents.json` (what made the latents) beside the model."""
 
-    def save(state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
-        save_weights(state, folder, stem)
+    def save(state: dict[str, torch.Tensor], folder: Path, stem: str, written=None) -> None:
+        save_weights(state, folder, stem, written=written)
         if stem == "model":
             write_provenance(folder, provenance)
 

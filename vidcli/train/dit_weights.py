@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from vidcli.models.mmdit import MMDiT
 from vidcli.recipe import LoRASection
+from vidcli.train.checkpoint import Digests, write_safetensors_hashed
 
 
 def save_dit_weights(
@@ -19,8 +20,12 @@ def save_dit_weights(
     folder: Path,
     stem: str,
     lora: LoRASection | None = None,
+    written: Digests | None = None,
 ) -> None:
     """`<stem>.safetensors` (+ config.json for the model), loadable with `load_dit(folder)`.
+
+    written: a checkpoint's digests; when given, `<stem>.safetensors` is hashed as it is written
+    and recorded there (`write_manifest` then does not read it back).
 
     With LoRA, `model.safetensors` holds the merged weights and the adapters go to
     `lora.safetensors` (diffusers layout) and `lora-comfyui.safetensors`; `ema.safetensors`
@@ -40,7 +45,11 @@ def save_dit_weights(
             adapters.save_lora(pairs, folder / "lora.safetensors", "diffusers")
             adapters.save_lora(pairs, folder / "lora-comfyui.safetensors", "comfyui")
             state = adapters.merged_state(state, alpha)
-    save_file(state, str(folder / f"{stem}.safetensors"), metadata=metadata)
+    path = folder / f"{stem}.safetensors"
+    if written is None:
+        save_file(state, str(path), metadata=metadata)
+    else:
+        write_safetensors_hashed(state, path, folder, written, metadata)
     if stem == "model":
         config = {"format": FORMAT, **model.config.to_dict()}
         (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -49,8 +49,9 @@ class StageSpec:
     """The batch of this rank for a micro-step index (deterministic: this is the data position)."""
     loss: LossFn
     """(model, batch, step) -> (scalar loss, extra metrics to log)."""
-    save_weights: Callable[[dict[str, torch.Tensor], Path, str], None]
-    """(state dict, folder, file stem) -> writes `<stem>.safetensors` (+ config) loadable alone."""
+    save_weights: Callable[..., None]
+    """(state dict, folder, file stem, written=digests) -> writes `<stem>.safetensors` (+ config)
+    loadable alone; a stage that hashes while writing records the files in `written`."""
     tokens_per_sample: int = 0
     """Transformer tokens per sample, for tokens/s (0 = not a token model)."""
     extra_engines: dict[str, Any] = field(default_factory=dict)
@@ -411,10 +412,10 @@ def save_checkpoint(
     for shards in _gather(written, run.group):
         written |= shards
     if rank == 0:
-        spec.save_weights(weights, staging, "model")
+        spec.save_weights(weights, staging, "model", written=written)
         del weights  # the model's size in host memory: free it before the EMA's copy
         if ema is not None:
-            spec.save_weights(ema.state_dict(), staging, "ema")
+            spec.save_weights(ema.state_dict(), staging, "ema", written=written)
         ckpt.write_text_hashed(staging / "recipe.toml", staging, dump_recipe(recipe), written)
         ckpt.write_state(staging, state, written)
         ckpt.write_manifest(staging, written)
