@@ -379,13 +379,7 @@ class LeastSquaresFit:
     def add(self, z_b: torch.Tensor, z_a: torch.Tensor) -> None:
         """z_b, z_a (N, C, T, H, W): B's and A's latents of the same N clips."""
         p_b, p_a = self.model.config.patch_size, self.source.config.patch_size
-        grid_b, grid_a = _token_grid(z_b, p_b), _token_grid(z_a, p_a)
-        if grid_b != grid_a:
-            raise ShapeError(
-                f"[adapt] least-squares alignment pairs tokens one to one: A's latents give a "
-                f"{grid_a} (T, H, W) token grid at the source's patch {p_a}, B's {grid_b} at "
-                f"patch {p_b} (choose [dit] patch_size so they match)"
-            )
+        grid_b = paired_token_grid(z_b.shape[1:], p_b, z_a.shape[1:], p_a)
         if z_b.shape[0] != z_a.shape[0]:
             raise ShapeError(f"{z_a.shape[0]} latents of A paired with {z_b.shape[0]} of B")
         self.tokens.add(pack_latents(z_b, p_b), pack_latents(z_a, p_a))
@@ -419,6 +413,13 @@ class LeastSquaresFit:
             model.cond_in.weight.copy_(source.cond_in.weight @ to_a_cond.to(weight.device))
             model.cond_in.bias.copy_(source.cond_in.bias)
         return report
+
+
+ONE_PROCESS = (
+    "[adapt] stage 'least_squares' is one closed-form pass in one process: drop --nproc "
+    "and --hostfile ([launcher] nproc / hostfile)"
+)
+"""The refusal of a least-squares stage launched on several processes (run and --plan)."""
 
 
 def least_squares_stage(
@@ -503,11 +504,26 @@ def least_squares_stage(
     )
 
 
-def _token_grid(z: torch.Tensor, patch: int) -> tuple[int, int, int]:
-    """(T, H / p, W / p) of latents z (N, C, T, H, W)."""
-    if z.shape[3] % patch or z.shape[4] % patch:
-        raise ShapeError(f"latent {z.shape[3]}x{z.shape[4]} is not divisible by patch {patch}")
-    return z.shape[2], z.shape[3] // patch, z.shape[4] // patch
+def _token_grid(shape: tuple[int, ...], patch: int) -> tuple[int, int, int]:
+    """(T, H / p, W / p) of a latent of shape (C, T, H, W)."""
+    if shape[2] % patch or shape[3] % patch:
+        raise ShapeError(f"latent {shape[2]}x{shape[3]} is not divisible by patch {patch}")
+    return shape[1], shape[2] // patch, shape[3] // patch
+
+
+def paired_token_grid(
+    shape_b: tuple[int, ...], p_b: int, shape_a: tuple[int, ...], p_a: int
+) -> tuple[int, int, int]:
+    """The (T, H, W) token grid B's latent (C, T, H, W) at patch p_b shares with A's at p_a;
+    the least-squares fit pairs tokens one to one, so the grids must be equal."""
+    grid_b, grid_a = _token_grid(shape_b, p_b), _token_grid(shape_a, p_a)
+    if grid_b != grid_a:
+        raise ShapeError(
+            f"[adapt] least-squares alignment pairs tokens one to one: A's latents give a "
+            f"{grid_a} (T, H, W) token grid at the source's patch {p_a}, B's {grid_b} at "
+            f"patch {p_b} (choose [dit] patch_size so they match)"
+        )
+    return grid_b
 
 
 def least_squares_alignment(
