@@ -202,15 +202,6 @@ def test_train_plan_turns_checkpointing_on_only_when_needed():
     assert tight.grad_checkpointing and tight.fits
 
 
-def test_zero3_with_ema_is_refused_in_one_line(tmp_path):
-    args = ["train-dit", "recipes/demo-dit.toml", "--set", "launcher.zero_stage=3"]
-    args += ["--set", f"train.output='{tmp_path / 'run'}'"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 2
-    assert "zero_stage = 3 with [train] ema_decay = 0.995" in result.output
-    assert not (tmp_path / "run").exists()
-
-
 @pytest.mark.parametrize(("total_bytes", "expected"), [(10**12, 0), (2 * 10**9, 4)])
 def test_train_dit_turns_checkpointing_on_when_the_plan_needs_it(
     monkeypatch, total_bytes, expected

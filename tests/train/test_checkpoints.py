@@ -194,9 +194,8 @@ ckpt.verify_manifest = counting_verify
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 1))
 recipe = Recipe(
-    # The EMA does not gather ZeRO-3 partitions: it is left out there.
     train=TrainSection(output=str(out / "run"), max_steps=cfg["max_steps"], batch_size=2,
-                       lr=0.1, warmup_steps=0, ema_decay=0.9 if zero_stage < 3 else 0.0,
+                       lr=0.1, warmup_steps=0, ema_decay=0.9,
                        log_every=1, ckpt_every=cfg["ckpt_every"], keep_last=cfg["keep_last"]),
     launcher=LauncherSection(zero_stage=zero_stage),
 )

@@ -59,12 +59,6 @@ def launch(
     `run` runs it in this process; spawned ranks look the stage up by its name (`stages.py`).
     """
     launcher = recipe.launcher
-    if launcher.zero_stage == 3 and recipe.train.ema_decay > 0:
-        # ZeRO-3 leaves each rank a shard of every weight: an EMA of those would be garbage.
-        raise UsageError(
-            f"[launcher] zero_stage = 3 with [train] ema_decay = {recipe.train.ema_decay}: the EMA "
-            "needs whole weights; set train.ema_decay = 0 or launcher.zero_stage <= 2"
-        )
     if launcher.hostfile and launcher.nproc != 1:
         raise UsageError(
             f"--nproc {launcher.nproc} with --hostfile {launcher.hostfile}: the hostfile's "

@@ -413,9 +413,13 @@ def save_checkpoint(
         written |= shards
     if rank == 0:
         spec.save_weights(weights, staging, "model", written=written)
-        del weights  # the model's size in host memory: free it before the EMA's copy
-        if ema is not None:
-            spec.save_weights(ema.state_dict(), staging, "ema", written=written)
+    del weights  # the model's size in host memory: free it before the EMA's copy
+    if ema is not None:
+        averages = _ema_weights(ema, run)
+        if rank == 0:
+            spec.save_weights(averages, staging, "ema", written=written)
+        del averages
+    if rank == 0:
         ckpt.write_text_hashed(staging / "recipe.toml", staging, dump_recipe(recipe), written)
         ckpt.write_state(staging, state, written)
         ckpt.write_manifest(staging, written)
@@ -424,6 +428,18 @@ def save_checkpoint(
         )
     _barrier(run.group)
     return ckpt.step_dir(run.checkpoints, state.step)
+
+
+def _ema_weights(ema: EMA, run: CheckpointRun) -> dict[str, torch.Tensor] | None:
+    """The EMA's whole weights for rank 0; None on the other ranks.
+
+    Under ZeRO-3 every rank takes part in gathering them; the ranks first meet on the checkpoint
+    group, whose timeout allows for rank 0 writing the model meanwhile (NCCL's would not).
+    """
+    if not ema.sharded:
+        return ema.state_dict() if run.rank == 0 else None
+    _barrier(run.group)
+    return ema.state_dict()
 
 
 def full_state_dict(
