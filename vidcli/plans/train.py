@@ -43,7 +43,8 @@ class TrainPlan:
     grads_gb: float
     optimizer_gb: float
     ema_gb: float
-    """The EMA shadow: fp32 copies of the trainable parameters on every rank (`train.ema`)."""
+    """The EMA shadow: fp32 copies of the trainable parameters, whole on every rank up to ZeRO-2,
+    this rank's partition under ZeRO-3 (`train.ema`; `ema_bytes`)."""
     bucket: str | None
     """The `[data] buckets` bucket planned for: the largest batch x tokens (None: no buckets)."""
     activations_gb: float
@@ -109,6 +110,20 @@ def model_state_bytes(
     }
 
 
+def ema_bytes(trainable: int, zero_stage: int, world: int, offload_params: bool = False) -> float:
+    """Per-rank device bytes of the EMA: fp32 copies of the trainable parameters, kept like the
+    weights they average (`train.ema`).
+
+    Up to ZeRO-2 every rank holds whole weights, so the whole EMA; under ZeRO-3 a rank averages
+    its partition only (1/world: DeepSpeed pads each tensor by < world elements to split it
+    evenly, ignored here as in the weights), in CPU memory with `offload_params`, where that
+    partition lives.
+    """
+    if zero_stage < 3:
+        return trainable * 4.0
+    return 0.0 if offload_params else trainable * 4.0 / world
+
+
 def plan_train(
     recipe: Recipe,
     latent: tuple[int, int, int, int],
@@ -143,8 +158,9 @@ def plan_train(
         for s in range(4)
     }
 
-    # The EMA shadows every trainable parameter in fp32 on each rank, beside the model states.
-    ema_gb = trainable * 4 / GB if train.ema_decay > 0 else 0.0
+    ema_gb = 0.0
+    if train.ema_decay > 0:  # beside the model states
+        ema_gb = ema_bytes(trainable, launcher.zero_stage, world, launcher.offload_params) / GB
     bucket, latent, batch = largest_step(recipe, latent, text_tokens, dit.config.patch_size)
     act_dtype = torch.bfloat16 if launcher.precision == "bf16" else torch.float32
     full, checkpointed = _train_activations(dit, batch, latent, text_tokens, act_dtype)
@@ -164,8 +180,6 @@ def plan_train(
         wants_ckpt = True
     peak = model_gb + (checkpointed if wants_ckpt else full)
     notes = []
-    if launcher.zero_stage == 3 and train.ema_decay > 0:
-        notes.append("ZeRO-3 with EMA is refused: set [train] ema_decay = 0 or zero_stage <= 2")
     fits = budget is None or peak <= budget
     if not fits:
         notes.insert(0, _refusal(recipe, gpu_memory_gb, peak - budget, ema_gb))
