@@ -129,7 +129,7 @@ def _gathered(local: torch.Tensor, p: nn.Parameter) -> torch.Tensor:
     """The whole of `p` flattened, (ds_numel,), from every rank's slice `local` (collective)."""
     group = p.ds_process_group
     local = local.contiguous()
-    # all_gather of equal slices: gloo (CPU) and NCCL both have it; the slices are in rank order.
+    # The list form: gloo (CPU ranks) has no all_gather_into_tensor (torch 2.13 aborts on it).
     parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group=group))]
     dist.all_gather(parts, local, group=group)
     return torch.cat(parts)[: p.ds_numel]
