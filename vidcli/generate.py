@@ -17,6 +17,7 @@ rank 0 alone decodes with the AE and writes the files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -24,6 +25,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,9 @@ class GenerateOptions:
     prompts: list[str]
     out: Path | None = None
     """A file (one prompt) or a folder; default `outputs/`."""
+    paths: list[Path] | None = None
+    """The output path of each prompt, reserved by `reserved_outputs` (None: not yet); the
+    ranks of a multi-process run get the parent's."""
     output_format: str = "mp4"
     image: Path | None = None
     """First-frame image for image-to-video."""
@@ -169,15 +174,22 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         raise UsageError(
             "--image and [t2i] enabled both choose frame 0; drop --image or --set t2i.enabled=false"
         )
-    sample = recipe.sample
-    attention_config(sample)  # a bad [sample] sparse_* value fails before any model loads
-    if recipe.launcher.nproc > 1 and not inside_distributed_job():
+    attention_config(recipe.sample)  # a bad [sample] sparse_* value fails before any model loads
+    on_ranks = recipe.launcher.nproc > 1 and not inside_distributed_job()
+    if on_ranks:
         from vidcli.sampling.compatibility import check_sequence_parallel, sample_setting
 
-        check_sequence_parallel(sample_setting(sample), recipe.launcher.sequence_parallel)
+        check_sequence_parallel(sample_setting(recipe.sample), recipe.launcher.sequence_parallel)
+    # Output names are taken (or existing files refused) before any model loads or rank starts.
+    with reserved_outputs(options) as options:
+        if on_ranks:
+            return _run_on_ranks(recipe, options)
+        return _sample_and_write(recipe, options)
 
-        _output_paths(options)  # existing files are refused before any rank starts
-        return _run_on_ranks(recipe, options)
+
+def _sample_and_write(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
+    """`run` in this process (one rank of several, or alone), into `options.paths`."""
+    sample = recipe.sample
     rank, world = init_process_group() if inside_distributed_job() else (0, 1)
     started = time.perf_counter()
     # Every device, dtype and offload decision of the run, taken once: the phases only ask it.
@@ -195,7 +207,7 @@ def run(recipe: Recipe, options: GenerateOptions) -> GenerateResult:
         for path, scale in apply_lora_options(pipe.dit, options.loras):
             log.info("merged LoRA %s (scale %g) into the DiT", path, scale)
     size = _valid_size(pipe.ae, sample.frames, sample.height, sample.width, options.snap)
-    paths = _output_paths(options)
+    paths = [Path(p) for p in options.paths or ()]  # JSON strings on the ranks
     reference = image_condition(pipe, options.image, size) if options.image else None
     timings: dict[str, float] = {"load": time.perf_counter() - started, "write": 0.0}
     cached = cache_for_sample(
@@ -377,8 +389,72 @@ def _frames_ok(ae, frames: int, height: int, width: int) -> bool:
     return ae.decoded_frames(t_lat) >= frames
 
 
-def _output_paths(options: GenerateOptions) -> list[Path]:
-    """One path per prompt; refuses existing files unless --overwrite (checked before sampling)."""
+@contextlib.contextmanager
+def reserved_outputs(options: GenerateOptions) -> Iterator[GenerateOptions]:
+    """`options` with `paths`: one output path per prompt, each this run's alone.
+
+    `--out FILE` (one prompt) is that file: refused if it or its sidecar exists, unless
+    `--overwrite`. Otherwise vidcli names the files, `<folder>/<NNN>-<prompt slug>.<ext>` in
+    `--out FOLDER` or `outputs/`, and a name that is taken (the file or its sidecar exists)
+    becomes the first free `...-1.<ext>`, `...-2.<ext>`, ... (with `--overwrite` the first
+    name is replaced instead). A name is taken by creating it empty with O_CREAT | O_EXCL, so
+    two runs at once never get the same one; the finished video replaces that placeholder
+    (`_write` renames over it). If the run fails, placeholders not yet written are removed.
+    """
+    if options.paths is not None:  # a rank: the parent reserved them
+        yield options
+        return
+    made = _Placeholders()
+    try:
+        paths = _output_paths(options, made)
+        yield dataclasses.replace(options, paths=paths)
+    except BaseException:
+        made.release()
+        raise
+
+
+@dataclass
+class _Placeholders:
+    """What `reserved_outputs` created: empty files with their (device, inode), and folders."""
+
+    files: list[tuple[Path, tuple[int, int]]] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)
+    """Deepest first."""
+
+    def create(self, path: Path) -> None:
+        """Create `path` empty; FileExistsError if anything is there (O_CREAT | O_EXCL)."""
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+        while True:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileNotFoundError:  # a failed run removed the folder it had made: again
+                continue
+        self.folders += [p for p in missing if p not in self.folders]
+        try:
+            made = os.fstat(fd)
+        finally:
+            os.close(fd)
+        self.files.append((path, (made.st_dev, made.st_ino)))
+
+    def release(self) -> None:
+        """Remove the placeholders no video replaced (same inode, still empty), then the
+        folders made for them if nothing else went in."""
+        for path, identity in self.files:
+            try:
+                now = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if (now.st_dev, now.st_ino) == identity and now.st_size == 0:
+                path.unlink(missing_ok=True)
+        for folder in self.folders:
+            with contextlib.suppress(OSError):  # not empty: keep it
+                folder.rmdir()
+
+
+def _output_paths(options: GenerateOptions, made: _Placeholders) -> list[Path]:
+    """The paths `reserved_outputs` describes; each placeholder it creates goes into `made`."""
     suffix = "" if options.output_format == "png" else f".{options.output_format}"
     prompts = options.prompts
     out = options.out
@@ -388,16 +464,41 @@ def _output_paths(options: GenerateOptions) -> list[Path]:
         and (out.suffix or not out.exists())
         and not (out.is_dir())
     ):
-        paths = [out if out.suffix or suffix == "" else out.with_suffix(suffix)]
-    else:
-        folder = out or Path("outputs")
-        paths = [folder / f"{i:03d}-{_slug(p)}{suffix}" for i, p in enumerate(prompts)]
-    for path in paths:
+        path = out if out.suffix or suffix == "" else out.with_suffix(suffix)
         for target in (path, sidecar_path(path)):
             refuse_stdout(target)  # even with --overwrite: stdout would be lost
             if target.exists() and not options.overwrite:
                 raise UsageError(f"{target} already exists; pass --overwrite to replace it")
-    return paths
+        if not options.overwrite:
+            try:
+                made.create(path)
+            except FileExistsError:  # made since the check, by another run
+                raise UsageError(f"{path} already exists; pass --overwrite to replace it") from None
+        return [path]
+    folder = out or Path("outputs")
+    stems = [folder / f"{i:03d}-{_slug(p)}" for i, p in enumerate(prompts)]
+    if options.overwrite:
+        paths = [stem.with_name(stem.name + suffix) for stem in stems]
+        for path in paths:
+            refuse_stdout(path)
+            refuse_stdout(sidecar_path(path))
+        return paths
+    return [_first_free(stem, suffix, made) for stem in stems]
+
+
+def _first_free(stem: Path, suffix: str, made: _Placeholders) -> Path:
+    """`<stem><suffix>`, else the first free `<stem>-N<suffix>` (N = 1, 2, ...), created empty."""
+    n = 0
+    while True:
+        path = stem.with_name(f"{stem.name}{f'-{n}' if n else ''}{suffix}")
+        n += 1
+        if os.path.lexists(sidecar_path(path)):  # a sidecar without its video still names it
+            continue
+        try:
+            made.create(path)
+        except FileExistsError:
+            continue
+        return path
 
 
 def sidecar_path(path: Path) -> Path:
@@ -421,7 +522,7 @@ def _video_prompts(prompts: list[str], sample: SampleSection) -> list[str]:
 def _write(video: torch.Tensor, path: Path, fps: int, output_format: str) -> None:
     from vidcli.media import write_video
 
-    # Existing files were refused before sampling; a file appearing since is ours to replace.
+    # `path` is this run's (reserved_outputs): an empty placeholder, or replaced on --overwrite.
     if output_format == "png" and video.shape[1] == 1:  # one frame: an image, not a folder
         from vidcli.media import write_image
 

@@ -113,7 +113,13 @@ def generate(
     ] = False,
     image: Annotated[Path | None, typer.Option(help="First-frame image: image-to-video.")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Output file, or a folder for several prompts.")
+        Path | None,
+        typer.Option(
+            help="Output file (refused if it exists, unless --overwrite), or a folder. Default "
+            "names: outputs/NNN-<prompt>.mp4 (NNN: the prompt's number); a taken name gets the "
+            "first free -1, -2, ... suffix, so a rerun never replaces a video (--overwrite "
+            "replaces the first name instead).",
+        ),
     ] = None,
     output_format: Annotated[
         str | None, typer.Option("--format", help="mp4 (default), gif or png (a folder of frames).")
