@@ -1,5 +1,6 @@
-"""The DiT sampling loop eager vs under `torch.compile` (vidcli.compile), interleaved, 1 thread.
+"""The DiT sampling loop eager vs under `torch.compile` (vidcli.compile), interleaved.
 
+    python benchmarks/compile_dit.py --rounds 15
     python benchmarks/compile_dit.py --threads 1 --rounds 7
     python benchmarks/compile_dit.py --threads 1 --rounds 5 --steps 4 \
         --set dit.preset="mmdit-s" --set dit.path="" --set sample.height=128 --set sample.width=128
@@ -44,7 +45,8 @@ def graph_breaks() -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipe = load_generate_recipe(None, None, [*args.set, f"sample.steps={args.steps}"])
     sample = recipe.sample
     pipe = load_pipeline(recipe)
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> dict:
         "text_tokens": emb.tokens.shape[1],
         "steps": sample.steps,
         "batch": args.batch,
-        "threads": args.threads,
+        "threads": torch.get_num_threads(),
         "rounds": args.rounds,
         "torch": torch.__version__,
         "inductor_cache": "warm" if args.warm_cache else "cold",
@@ -120,7 +122,12 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads (default: torch's own choice, what `vidcli generate` runs with)",
+    )
     parser.add_argument("--rounds", type=int, default=7, help="timed loops per variant")
     parser.add_argument("--steps", type=int, default=20, help="sampling steps (the demo's 20)")
     parser.add_argument("--batch", type=int, default=1, help="prompts sampled together")
