@@ -180,7 +180,8 @@ class TrainSection:
     compile: Literal["off", "blocks", "forward"] = "off"
     """train-dit: `torch.compile` the MMDiT before the engine wraps it (`vidcli.compile`): blocks
     (one graph per repeated block class, shared by its instances) or forward (the whole forward);
-    compile time is reported apart (metrics compile_s). Refused with sequence parallelism."""
+    compile time is reported apart (metrics compile_s). Refused with sequence parallelism and
+    with ZeRO-3 (`[launcher] zero_stage = 3`: its weight-gathering hooks recompile every step)."""
 
 
 @dataclass
