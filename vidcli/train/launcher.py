@@ -69,10 +69,9 @@ def launch(
         and recipe.adapt.stage == "least_squares"
         and (launcher.nproc != 1 or launcher.hostfile)
     ):
-        raise UsageError(
-            "[adapt] stage 'least_squares' is one closed-form pass in one process: drop --nproc "
-            "and --hostfile ([launcher] nproc / hostfile)"
-        )
+        from vidcli.train.adapt import ONE_PROCESS
+
+        raise UsageError(ONE_PROCESS)
     prepare_output(Path(recipe.train.output), resume, overwrite)
     if inside_distributed_job() or (launcher.nproc == 1 and not launcher.hostfile):
         return run_worker(run, recipe, resume)
