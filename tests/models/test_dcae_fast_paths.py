@@ -45,7 +45,7 @@ def test_upsample_conv_equals_nearest_upsample_then_conv():
 def test_up_block_takes_the_transposed_conv_only_where_it_saves_memory(monkeypatch):
     """A wide low-resolution 2-D up block and every 3-D one keep nearest upsampling + conv."""
     calls = []
-    monkeypatch.setattr(blocks, "upsample_conv", lambda *a: calls.append(a) or a[0])
+    monkeypatch.setattr(blocks, "upsample_conv", lambda *a, **k: calls.append(a) or a[0])
     wide = blocks.UpMain(2, 256, 256, "interpolate", temporal=False)
     wide(torch.randn(1, 256, 4, 4))
     blocks.UpMain(3, 8, 8, "interpolate", temporal=True)(torch.randn(1, 8, 2, 16, 16))
@@ -183,7 +183,7 @@ def test_pointwise_conv_bf16_linear_path_matches_conv2d():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_image_dcae_compiles_as_one_graph(dtype):
+def test_image_dcae_compiles_as_one_graph(monkeypatch, dtype):
     """The fast paths stay traceable: torch.compile(fullgraph=True) sees no graph break."""
     cfg = dataclasses.replace(
         AE_PRESETS["dc-ae-tiny"],
@@ -195,11 +195,13 @@ def test_image_dcae_compiles_as_one_graph(dtype):
     x = (torch.rand(1, 3, 64, 64) * 2 - 1).to(dtype)
     torch._dynamo.reset()
     with torch.no_grad():
-        z = ae.encoder(x)
-        torch.testing.assert_close(torch.compile(ae.encoder, backend="eager", fullgraph=True)(x), z)
-        rec = ae.decoder(z)
-        compiled = torch.compile(ae.decoder, backend="eager", fullgraph=True)
-        torch.testing.assert_close(compiled(z), rec)
+        compiled_enc = torch.compile(ae.encoder, backend="eager", fullgraph=True)(x)
+        compiled_dec = torch.compile(ae.decoder, backend="eager", fullgraph=True)(compiled_enc)
+        # traced code skips the eager-only oneDNN conv + activation fusion (inductor fuses on
+        # its own), so the eager reference here does too: same ops, same rounding
+        monkeypatch.setattr(blocks, "_fuses_activation", lambda *a: False)
+        torch.testing.assert_close(compiled_enc, ae.encoder(x))
+        torch.testing.assert_close(compiled_dec, ae.decoder(compiled_enc))
 
 
 def test_compile_autoencoder_keeps_outputs_and_weights():
@@ -230,3 +232,65 @@ def test_compile_autoencoder_keeps_outputs_and_weights():
         ae.encode(x)  # same shape: no new graph
         counts.append(int(counters["stats"]["unique_graphs"]))
     assert counts[0] >= 2 and counts[1] == counts[0]
+
+
+def test_up_block_inference_caches_the_transposed_conv_taps():
+    """Inference takes the transposed conv at every 2-D size with its taps derived once, and
+    derives them again after the weight changes (in-place update or dtype)."""
+    torch.manual_seed(0)
+    up = blocks.UpMain(2, 16, 8, "interpolate", temporal=False)
+    x = channels_last(torch.randn(1, 16, 4, 4))
+    conv = up.conv.conv
+    with torch.no_grad():
+        want = F.conv2d(
+            F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight, conv.bias, 1, 1
+        )
+        torch.testing.assert_close(up(x), want, rtol=1e-5, atol=1e-5)
+        taps = up._taps
+        assert taps is not None
+        up(x)
+        assert up._taps is taps  # reused, not derived again
+        conv.weight.mul_(2)  # bumps the version counter
+        want2 = F.conv2d(
+            F.interpolate(x, scale_factor=2, mode="nearest"), conv.weight, conv.bias, 1, 1
+        )
+        torch.testing.assert_close(up(x), want2, rtol=1e-5, atol=1e-5)
+        assert up._taps is not taps
+        up.to(torch.bfloat16)
+        got = up(x.bfloat16())
+        assert up._taps.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), want2, rtol=2e-2, atol=2e-2)
+    # autograd derives per call (the taps must stay in the graph) and keeps no cache
+    up2 = blocks.UpMain(2, 16, 8, "interpolate", temporal=False)
+    y = up2(channels_last(torch.randn(1, 16, 8, 8)))
+    assert y.requires_grad and up2._taps is None
+
+
+@pytest.mark.parametrize("act", ["silu", "relu"])
+@pytest.mark.parametrize("kernel,groups", [(3, 1), (3, 8), (1, 1)])
+def test_bf16_conv_activation_fuses_in_onednn_and_matches(monkeypatch, act, kernel, groups):
+    """bf16 inference on channels-last maps applies the activation inside the oneDNN conv:
+    within bf16 rounding of the two-step path and no farther from the float64 result."""
+    torch.manual_seed(0)
+    layer = blocks.ConvLayer(2, 8, 16, kernel=kernel, groups=groups, act=act).to(torch.bfloat16)
+    x = channels_last(torch.randn(2, 8, 9, 11).to(torch.bfloat16))
+    calls = []
+    fused = blocks.conv_act_onednn
+    monkeypatch.setattr(blocks, "conv_act_onednn", lambda *a: calls.append(1) or fused(*a))
+    w, b = layer.conv.weight.double(), layer.conv.bias.double()
+    pre = F.conv2d(x.double(), w, b, padding=kernel // 2, groups=groups)
+    exact = F.silu(pre) if act == "silu" else F.relu(pre)
+    with torch.no_grad():
+        got = layer(x)
+        two_step = layer.act(layer.conv(x))
+    assert len(calls) == int(torch.backends.mkldnn.is_available())
+    assert got.dtype == torch.bfloat16 and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got.double(), two_step.double(), rtol=2e-2, atol=2e-2)
+    err = (got.double() - exact).norm() / exact.norm()
+    assert err <= (two_step.double() - exact).norm() / exact.norm() * 1.05 + 1e-6
+    # autograd, fp32 and channels-first maps keep the two-step path
+    layer(x)
+    with torch.no_grad():
+        layer.float()(x.float())
+        layer.to(torch.bfloat16)(x.contiguous())
+    assert len(calls) == int(torch.backends.mkldnn.is_available())
