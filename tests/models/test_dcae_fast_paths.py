@@ -294,3 +294,18 @@ def test_bf16_conv_activation_fuses_in_onednn_and_matches(monkeypatch, act, kern
         layer.float()(x.float())
         layer.to(torch.bfloat16)(x.contiguous())
     assert len(calls) == int(torch.backends.mkldnn.is_available())
+
+
+def test_bf16_attention_inference_path_equals_fp32_math_and_keeps_its_input():
+    """bf16 inference rectifies q and k in place on its own fp32 copy: same numbers as the
+    fp32 path on the same values, and the caller's qkv map stays as it was."""
+    torch.manual_seed(0)
+    attn = blocks.LiteMLA(2, 64, 16, (5,), "rms_norm")
+    qkv = channels_last(torch.randn(2, 2 * 3 * 64, 6, 10).bfloat16())
+    before = qkv.clone()
+    want = attn.attend(qkv.float())
+    with torch.no_grad():
+        got = attn.attend(qkv)
+    assert torch.equal(qkv, before)
+    assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)

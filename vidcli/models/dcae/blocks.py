@@ -104,13 +104,19 @@ def repeated_channel_to_space(x: Tensor, out_channels: int) -> Tensor:
 
     (B, C, H, W) -> (B, out_channels, 2H, 2W) channels-last, for repeats r = 4 * out_channels / C
     of 1, 2 or 4: output (c, 2h+i, 2w+j) is input channel (4c + 2i + j) // r, so one expanded
-    view and one copy replace the repeated map and the shuffle of the generic path.
+    view and at most two copies replace the repeated map and the shuffle of the generic path.
     """
     b, c, h, w = x.shape
     r = 4 * out_channels // c
     ni, nj = (2 if r <= 2 else 1), (2 if r == 1 else 1)
     v = x.permute(0, 2, 3, 1).reshape(b, h, w, out_channels, ni, nj)
-    v = v.expand(b, h, w, out_channels, 2, 2).permute(0, 1, 4, 2, 5, 3)  # b h i w j c
+    v = v.permute(0, 1, 4, 2, 5, 3)  # b h ni w nj c
+    if ni > 1:
+        # Gather the interleaved channels once at input size, so the broadcast copy below
+        # reads contiguous channels (r = 1 needs no second copy): one strided gather to the
+        # full output cost 1.09 ms, these two 0.59 ms (64 -> 32 channels, 128 -> 256 px, bf16).
+        v = v.contiguous()
+    v = v.expand(b, h, 2, w, 2, out_channels)  # b h i w j c
     return v.reshape(b, 2 * h, 2 * w, out_channels).permute(0, 3, 1, 2)
 
 
@@ -359,12 +365,19 @@ class LiteMLA(nn.Module):
                 out = (v @ k.transpose(-1, -2)) @ q  # (B, G, d+1, N)
                 out = out[:, :, :d] / (out[:, :, d:] + self.eps)
                 return out.flatten(1, 2).unflatten(2, spatial)
-            t = qkv.float().movedim(1, -1).reshape(b, -1, c // (3 * d), 3 * d).transpose(1, 2)
-            q, k, v = F.relu(t[..., :d]), F.relu(t[..., d : 2 * d]), t[..., 2 * d :]
+            t = qkv.float().movedim(1, -1).reshape(b, -1, c // (3 * d), 3, d)  # (B, N, G, 3, d)
+            if qkv.dtype != torch.float32 and not torch.is_grad_enabled():
+                t[:, :, :, :2].relu_()  # q and k in one pass over the fp32 copy this owns
+                q, k, v = t.transpose(1, 2).unbind(3)  # (B, G, N, d) each
+            else:
+                q, k, v = t.transpose(1, 2).unbind(3)
+                q, k = F.relu(q), F.relu(k)
             # numerator and denominator as two products: a padded ones-column here would be a
-            # strided (N, d+1) map to slice and divide, the slowest step of this layout
+            # strided (N, d+1) map to slice and divide, the slowest step of this layout; the
+            # denominator as a vecdot, not a (N, d) @ (d, 1) matmul (bf16 attention at
+            # 128 channels x 32 x 32, both changes: 0.71 -> 0.61 ms)
             num = q @ (k.transpose(-1, -2) @ v)  # (B, G, N, d)
-            den = q @ k.sum(dim=2).unsqueeze(-1)  # (B, G, N, 1)
+            den = torch.linalg.vecdot(q, k.sum(dim=2, keepdim=True)).unsqueeze(-1)  # (B, G, N, 1)
             out = num.div_(den.add_(self.eps))
         return out.transpose(1, 2).reshape(b, *spatial, -1).movedim(-1, 1)
 
