@@ -6,7 +6,8 @@ run's placement; the path (t2v, i2v from `--image`, t2i2v from `[t2i] enabled`, 
 guidance-distilled DiT such as flux-dev t2i); whether LoRAs are merged; and the DiT's
 quantization (`[sample] quantize`; fp8 and a missing torchao are refused by `check_quantize`,
 which depends on the device and the install, not on a pair); and `torch.compile` of the DiT
-(`[sample] compile`, `vidcli.compile`). Every pair of values
+(`[sample] compile`, `vidcli.compile`). `[sample] compile_ae` is checked apart
+(`check_compile_ae`: the AE family and whether the AE stays on the device). Every pair of values
 not in `REFUSED` works (tests/sampling/test_compatibility.py runs each allowed pair); a refused
 pair is a `UsageError` (exit 2) naming both options and why.
 
@@ -300,6 +301,32 @@ def check_run(recipe: Recipe, placement: Placement, image: bool, lora: bool) -> 
     check(setting)
     check_quantize(setting.quantize, placement.device)
     check_sequence_parallel(setting, recipe.launcher.sequence_parallel)
+    if recipe.sample.compile_ae:
+        check_compile_ae(recipe.ae.preset, placement)
+
+
+def check_compile_ae(ae_preset: str, placement: Placement) -> None:
+    """UsageError (exit 2) when `[sample] compile_ae` cannot compile this `[ae]` where it runs.
+
+    The family comes from the preset, as the memory plan reads it (no weights are read);
+    `compile_autoencoder` checks the loaded model's class again.
+    """
+    from vidcli.models.autoencoders import preset_family
+
+    family = preset_family(ae_preset)
+    if family != "dc-ae":
+        raise UsageError(
+            f"--compile-ae: [ae] {ae_preset} is a {family} autoencoder; only the DC-AE family "
+            "(video and image dc-ae-* presets) compiles (vidcli.models.dcae.compiled); drop it"
+        )
+    if placement.home("ae") != placement.device:
+        moved = "--offload" if placement.offload == "none" else f"offload {placement.offload}"
+        raise UsageError(
+            f"--compile-ae and {moved} cannot be combined: freezing folds the AE's weights into "
+            f"its compiled graph on {placement.device} at the first decode, so the AE cannot go "
+            "back to the host; drop --offload, or lower the size so the memory plan keeps the AE "
+            "resident"
+        )
 
 
 def distilled_dit(recipe: Recipe) -> bool:
@@ -327,6 +354,7 @@ __all__ = [
     "Setting",
     "check",
     "check_class_conditional",
+    "check_compile_ae",
     "check_run",
     "check_sequence_parallel",
     "refusals",

@@ -1,0 +1,182 @@
+"""`generate --compile-ae` / `[sample] compile_ae`: the DC-AE decoder compiled under inductor
+freezing (`vidcli.models.dcae.compiled`), its numbers against eager, its timings, and the runs
+it refuses up front.
+
+Inductor compiles on the first decode; both inductor tests decode the same tiny DC-AE weights at
+the same latent size, so the second finds inductor's cache warm (default cache folder).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tolerances import assert_rel_l2
+from typer.testing import CliRunner
+
+from vidcli.cli import app
+from vidcli.errors import UsageError
+from vidcli.models import build_autoencoder, build_dit, load_autoencoder, save_autoencoder, save_dit
+from vidcli.models.dcae import TilingConfig
+from vidcli.models.dcae.compiled import compile_autoencoder, compile_stats
+from vidcli.placement import Placement
+from vidcli.sampling.compatibility import check_compile_ae
+
+COMPILED_RTOL = 1e-5
+"""Relative L2 of the compiled decode against eager, fp32. Freezing folds and fuses the convs'
+bias, activation and residual adds and oneDNN runs prepacked weights, so sums round in another
+order: measured 8e-7 to 1.1e-6 on the tiny DC-AE (1 thread); a wrong constant or a stale weight
+is O(1)."""
+
+LATENT = (1, 8, 2, 2, 2)
+"""The tiny DC-AE's latent of 8 frames at 64 x 64 px: the generate runs below decode this size."""
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """A tiny DC-AE (32x spatial, 4x time, 8 channels) and a matching tiny MMDiT, saved."""
+    root = tmp_path_factory.mktemp("weights")
+    torch.manual_seed(0)
+    save_autoencoder(build_autoencoder("dc-ae-tiny"), root / "ae")
+    dit = build_dit("mmdit-tiny", in_channels=8, patch_size=1, context_in_dim=384, vec_in_dim=384)
+    save_dit(dit, root / "dit")
+    return root
+
+
+def recipe_file(tmp_path: Path, weights: Path, ae: str = "") -> Path:
+    ae = ae or f'preset = "dc-ae-tiny"\npath = "{weights / "ae"}"\ntiling = false'
+    path = tmp_path / "tiny.toml"
+    path.write_text(
+        f"""
+[ae]
+{ae}
+
+[dit]
+path = "{weights / "dit"}"
+
+[text]
+max_length = 8
+
+[sample]
+steps = 2
+frames = 8
+height = 64
+width = 64
+"""
+    )
+    return path
+
+
+def generate(*args: str):
+    return CliRunner().invoke(app, ["generate", *args])
+
+
+def frames(folder: Path) -> np.ndarray:
+    return np.stack([np.asarray(Image.open(p)) for p in sorted(folder.glob("*.png"))])
+
+
+def test_compiled_decoder_matches_eager_untiled_and_tiled(tiny_weights):
+    ae = load_autoencoder(tiny_weights / "ae")
+    torch.manual_seed(1)
+    z, wide = torch.randn(LATENT), torch.randn(1, 8, 2, 4, 4)
+    # 64 px tiles (2 latents) at overlap 0.25 over 4 latents: spans (0,2), (1,3), (2,4) in H and
+    # W, so nine tiles of the untiled call's size, blended across their overlaps.
+    tiles = TilingConfig(spatial_tile=64, temporal_tile=32, overlap=0.25)
+    with torch.no_grad():
+        eager, eager_tiled = ae.decode(z), ae.decode(wide, tiling=tiles)
+        x = torch.rand(1, 3, 8, 64, 64) * 2 - 1
+        eager_latent = ae.encode(x)
+        assert compile_autoencoder(ae, coders=("decoder",)) is ae
+        assert_rel_l2(ae.decode(z), eager, COMPILED_RTOL)
+        graphs, seconds = compile_stats(ae)
+        assert graphs == 1 and seconds > 0
+        assert_rel_l2(ae.decode(wide, tiling=tiles), eager_tiled, COMPILED_RTOL)
+        # Tiles of the first call's size reuse its graph; the encoder stayed eager.
+        assert compile_stats(ae) == (graphs, seconds)
+        torch.testing.assert_close(ae.encode(x), eager_latent, rtol=0, atol=0)
+
+
+def test_compile_ae_generates_the_eager_video_and_reports_its_compile_apart(tmp_path, tiny_weights):
+    recipe = recipe_file(tmp_path, tiny_weights)
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile-ae"])):
+        out = tmp_path / name
+        args = ["a red circle moving right", "--recipe", str(recipe), "--out", str(out)]
+        result = generate(*args, "--format", "png", "--json", *extra)
+        assert result.exit_code == 0, result.output
+        runs[name] = json.loads(result.stdout)["timings_s"], frames(out)
+    (eager_timings, eager), (timings, compiled) = runs["eager"], runs["compiled"]
+    assert "compile_ae" not in eager_timings and timings["compile_ae"] > 0
+    # The decode time no longer holds the compile (the tiny decode takes well under a second).
+    assert timings["decode"] < timings["compile_ae"]
+    assert compiled.shape == eager.shape == (8, 64, 64, 3)
+    # uint8 frames of pixels within ~1e-6 of each other: at most one level apart (rounding).
+    diff = np.abs(compiled.astype(int) - eager.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_flag_sets_the_recipe_key():
+    result = generate("p", "--compile-ae", "--print-recipe")
+    assert result.exit_code == 0, result.output
+    assert "compile_ae = true" in result.stdout
+    result = generate("p", "--print-recipe")
+    assert "compile_ae = false" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("preset", "family"),
+    [
+        ("hunyuan-video-vae-tiny", "hunyuan-video-vae"),
+        ("flux-ae-tiny", "flux-ae"),
+        ("reducio-tiny", "reducio-vae"),
+    ],
+)
+def test_other_autoencoders_are_refused_before_their_weights_load(
+    tmp_path, tiny_weights, preset, family
+):
+    # The weights do not exist: the refusal comes before anything reads them.
+    ae = f'preset = "{preset}"\npath = "{tmp_path / "missing"}"'
+    recipe = recipe_file(tmp_path, tiny_weights, ae=ae)
+    result = generate("p", "--recipe", str(recipe), "--compile-ae", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1
+    assert f"--compile-ae: [ae] {preset} is a {family} autoencoder" in errors[0]
+    assert "only the DC-AE family" in errors[0]
+
+
+def test_a_loaded_autoencoder_of_another_family_is_refused():
+    reducio = build_autoencoder("reducio-tiny")
+    with pytest.raises(UsageError, match="the Reducio-VAE does not compile; only the DC-AE"):
+        compile_autoencoder(reducio)
+
+
+def test_an_autoencoder_that_leaves_the_device_is_refused():
+    cuda = torch.device("cuda:0")  # only compared, never used
+    check_compile_ae("dc-ae-tiny", Placement(cuda))  # resident: compiles
+    check_compile_ae("dc-ae-tiny", Placement(torch.device("cpu"), park=True))  # nothing moves
+    for placement, named in (
+        (Placement(cuda, park=True), "--compile-ae and --offload cannot be combined"),
+        (Placement(cuda, offload="model"), "--compile-ae and offload model cannot be combined"),
+    ):
+        with pytest.raises(UsageError, match=named) as err:
+            check_compile_ae("dc-ae-tiny", placement)
+        assert "folds the AE's weights" in str(err.value)
+
+
+def test_class_conditional_runs_refuse_the_flag():
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "dc-ae-uvit-h-in-512px.toml"
+    result = generate("tench", "--recipe", str(recipe), "--compile-ae", "--plan")
+    assert result.exit_code == 2, result.output
+    assert "--compile-ae: not used by class-conditional models" in result.stderr
