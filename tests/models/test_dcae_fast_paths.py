@@ -309,3 +309,30 @@ def test_bf16_attention_inference_path_equals_fp32_math_and_keeps_its_input():
     assert torch.equal(qkv, before)
     assert got.dtype == torch.float32 and got.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmsnorm_in_place_inference_path_equals_forward(dtype):
+    """`overwrite=True` (a conv's fresh output, inference) normalises in row blocks into x's
+    own storage: bit-identical to the allocating path, across block boundaries too."""
+    torch.manual_seed(0)
+    norm = RMSNorm(32)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    norm = norm.to(dtype)
+    x = channels_last((torch.randn(2, 32, 96, 100) * 3).to(dtype))  # 19,200 rows: 3 blocks
+    with torch.no_grad():
+        want = norm(x)
+        y = x.clone()
+        got = norm(y, overwrite=True)
+    assert got.data_ptr() == y.data_ptr()
+    assert torch.equal(got, want)
+    # autograd and channels-first maps keep the allocating path and leave x alone
+    z = x.clone()
+    norm(z, overwrite=True)
+    assert torch.equal(z, x)
+    with torch.no_grad():
+        c = x.contiguous()
+        norm(c, overwrite=True)
+    assert torch.equal(c, x.contiguous())

@@ -129,7 +129,9 @@ class Decoder(nn.Module):
         for stage in reversed(self.stages):
             for op in stage.op_list:
                 x = _run(op, x, self.gradient_checkpointing)
-        return self.project_out(x).contiguous()
+        norm, act, out = self.project_out.op_list
+        # x is the last block's own sum, read by nothing else: inference may normalise in place
+        return out(act(norm(x, overwrite=True))).contiguous()
 
 
 class MainOnly(nn.Module):
