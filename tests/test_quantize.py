@@ -17,7 +17,7 @@ from vidcli.generate import load_generate_recipe
 from vidcli.placement import Placement
 from vidcli.plans.generate import plan_generate
 from vidcli.plans.sizes import GB, meta_dit
-from vidcli.quantize import quantized_bytes
+from vidcli.quantize import quantized_bytes, quantizes
 from vidcli.sampling.compatibility import Setting, check
 from vidcli.sampling.phases import sample_videos
 from vidcli.sampling.pipeline import load_pipeline
@@ -49,8 +49,8 @@ def test_int8_weight_only_samples_the_demo_close_to_bf16():
         recipe = load_generate_recipe(None, None, [*SMALL, f"sample.quantize={quantize}"])
         pipe = load_pipeline(recipe, Placement(torch.device("cpu"), torch.bfloat16), ema=False)
         linears = [m for m in pipe.dit.modules() if isinstance(m, torch.nn.Linear)]
-        assert all(type(m.weight).__name__ == "Int8Tensor" for m in linears) == (
-            quantize == "int8-wo"
+        assert all(
+            (type(m.weight).__name__ == "Int8Tensor") == quantizes(m, quantize) for m in linears
         )
         size = (4, recipe.sample.height, recipe.sample.width)
         videos[quantize] = sample_videos(
@@ -94,13 +94,16 @@ def test_plan_counts_the_quantized_weights():
 def test_quantized_bytes_on_meta_without_torchao():
     recipe = load_generate_recipe(None, None, [])
     dit = meta_dit(recipe.dit, 16, recipe.text)
-    linears = [m for m in dit.modules() if isinstance(m, torch.nn.Linear)]
-    rows = sum(m.out_features for m in linears)
-    weights = sum(m.weight.numel() for m in linears)
     total = sum(p.numel() for p in dit.parameters())
     assert quantized_bytes(dit, "none", 2) == 2 * total
-    assert quantized_bytes(dit, "int8-wo", 2) == 2 * (total - weights) + weights + 5 * rows
-    assert quantized_bytes(dit, "fp8", 2) == 2 * (total - weights) + weights + 4 * rows
+    for mode, per_row in (("int8-wo", 5), ("fp8", 4)):
+        linears = [m for m in dit.modules() if quantizes(m, mode)]
+        rows = sum(m.out_features for m in linears)
+        weights = sum(m.weight.numel() for m in linears)
+        expected = 2 * (total - weights) + weights + per_row * rows
+        assert quantized_bytes(dit, mode, 2) == expected
+    # int8-wo keeps the 68-wide condition embedder (vidcli.quantize.INT8_PACK_K)
+    assert not quantizes(dit.cond_in, "int8-wo") and quantizes(dit.cond_in, "fp8")
 
 
 def test_quantized_dit_is_not_moved_again():
@@ -110,12 +113,12 @@ def test_quantized_dit_is_not_moved_again():
     from vidcli.quantize import quantize_linears
 
     placement = Placement(torch.device("cpu"), torch.bfloat16)
-    model = quantize_linears(torch.nn.Sequential(torch.nn.Linear(8, 8)).bfloat16(), "int8-wo")
+    model = quantize_linears(torch.nn.Sequential(torch.nn.Linear(16, 8)).bfloat16(), "int8-wo")
     with torch.inference_mode():
         with pytest.raises(RuntimeError, match="swap"):
             model.to("cpu")
         with placement.on_device(dit=model):
-            assert model(torch.ones(1, 8, dtype=torch.bfloat16)).shape == (1, 8)
+            assert model(torch.ones(1, 16, dtype=torch.bfloat16)).shape == (1, 8)
 
 
 def test_fp8_on_the_cpu_exits_2(tmp_path):
