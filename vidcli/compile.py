@@ -10,7 +10,9 @@ Modes (`[sample] compile`, `[train] compile`, `--compile`):
 
 The compiled callables are instance attributes (`forward`) over the same parameters, so state
 dicts, EMA, LoRA merges and DeepSpeed see the module unchanged; they hold the module they were
-made for, so copy a DiT before compiling it, never after. A call runs eagerly instead when
+made for, so copy a DiT before compiling it, never after. Not under ZeRO-3: its hooks gather each
+layer's weights inside the forward, which breaks the graph and recompiles it every step, so
+train-dit refuses the pair (`vidcli.train.dit.check_compile`). A call runs eagerly instead when
 the compiled graph would be wrong or would not apply: a block called with a caching hook
 (`vidcli.models.mmdit.hooks`), any call while an attention plan is active (sparse attention,
 token merging: their per-step choices live in Python state the graph cannot see), and a
