@@ -235,11 +235,11 @@ def test_compile_autoencoder_keeps_outputs_and_weights():
 
 
 def test_up_block_inference_caches_the_transposed_conv_taps():
-    """Inference takes the transposed conv at every 2-D size with its taps derived once, and
-    derives them again after the weight changes (in-place update or dtype)."""
+    """Inference takes the transposed conv from 8 x 8 inputs up with its taps derived once,
+    and derives them again after the weight changes (in-place update or dtype)."""
     torch.manual_seed(0)
     up = blocks.UpMain(2, 16, 8, "interpolate", temporal=False)
-    x = channels_last(torch.randn(1, 16, 4, 4))
+    x = channels_last(torch.randn(1, 16, 8, 8))
     conv = up.conv.conv
     with torch.no_grad():
         want = F.conv2d(
@@ -260,6 +260,11 @@ def test_up_block_inference_caches_the_transposed_conv_taps():
         got = up(x.bfloat16())
         assert up._taps.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), want2, rtol=2e-2, atol=2e-2)
+    # below 8 x 8 inputs inference keeps nearest upsampling + conv (oneDNN's fixed cost)
+    tiny = blocks.UpMain(2, 16, 8, "interpolate", temporal=False)
+    with torch.no_grad():
+        tiny(channels_last(torch.randn(1, 16, 4, 4)))
+    assert tiny._taps is None
     # autograd derives per call (the taps must stay in the graph) and keeps no cache
     up2 = blocks.UpMain(2, 16, 8, "interpolate", temporal=False)
     y = up2(channels_last(torch.randn(1, 16, 8, 8)))

@@ -130,6 +130,9 @@ def _halves_time(x: Tensor, temporal: bool) -> bool:
 # ---------------------------------------------------------------------------------------------
 
 
+_NORM_BLOCK_BYTES = 1 << 20  # fp32 scratch per row block of the in-place RMSNorm
+
+
 class RMSNorm(nn.Module):
     """RMS over channels at each position, then a per-channel affine (weight and bias)."""
 
@@ -144,6 +147,7 @@ class RMSNorm(nn.Module):
         (callers pass it for a map nothing else reads, such as a conv's fresh output)."""
         if (
             overwrite
+            and x.numel() * 4 > _NORM_BLOCK_BYTES  # smaller maps: one block, per-op cost only
             and _is_channels_last_4d(x)
             and not torch.is_grad_enabled()
             and not torch.compiler.is_compiling()
@@ -183,7 +187,7 @@ class RMSNorm(nn.Module):
         c = x.shape[1]
         rows = x.permute(0, 2, 3, 1).view(-1, c)  # (positions, C), free on a channels-last map
         weight, bias = self.weight.float(), self.bias.float()
-        step = max(1, (1 << 20) // (4 * c))
+        step = max(1, _NORM_BLOCK_BYTES // (4 * c))
         for i in range(0, rows.shape[0], step):
             block = rows[i : i + step]
             xf = block.float()
@@ -266,7 +270,7 @@ class ConvLayer(nn.Module):
         self.act = build_act(act)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.norm is None and self.act is not None and _fuses_activation(x, self.conv):
+        if self.norm is None and type(self.act) in _ONEDNN_ACT and _fuses_activation(x, self.conv):
             return conv_act_onednn(x, self.conv, self.act)
         x = self.conv(x)
         if isinstance(self.norm, RMSNorm):
@@ -503,14 +507,16 @@ class UpMain(nn.Module):
         weight = self.conv.conv.weight
         upsampled_bytes = x.numel() * 4 * x.element_size()
         derived_bytes = weight.numel() * 16 // 9 * 4 * 2  # fp32 4x4 taps, two stacks alive
-        if x.ndim == 4 and (not torch.is_grad_enabled() or upsampled_bytes >= derived_bytes):
+        inference = not torch.is_grad_enabled() and x.shape[-1] * x.shape[-2] >= 64
+        if x.ndim == 4 and (inference or upsampled_bytes >= derived_bytes):
             return upsample_conv(x, weight, self.conv.conv.bias, taps=self.cached_taps(x.dtype))
         # Video (3-D) up blocks keep the plain path (the memory plan measures video decode
         # peaks as linear in the tile volume), and so do low-resolution wide 2-D ones under
         # autograd, where the derived weights would outweigh the upsampled map they avoid.
         # Inference derives the taps once (eager cache; frozen constants when compiled), and
-        # there the transposed conv is never slower (256 -> 128 channels at 16 x 16: 0.76 ms
-        # against 1.28 ms, bf16, 1 thread).
+        # there from 8 x 8 inputs up the transposed conv is never slower (256 -> 128 channels
+        # at 16 x 16: 0.76 ms against 1.28 ms, bf16, 1 thread); below, oneDNN's fixed cost per
+        # transposed conv loses (256 channels at 2 x 2: 0.62 ms against 0.39 ms).
         scale = (2 if _halves_time(x, self.temporal) else 1, 2, 2) if x.ndim == 5 else (2, 2)
         return self.conv(F.interpolate(x, scale_factor=scale, mode="nearest"))
 
