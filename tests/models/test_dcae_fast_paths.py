@@ -278,7 +278,7 @@ def test_bf16_conv_activation_fuses_in_onednn_and_matches(monkeypatch, act, kern
     within bf16 rounding of the two-step path and no farther from the float64 result."""
     torch.manual_seed(0)
     layer = blocks.ConvLayer(2, 8, 16, kernel=kernel, groups=groups, act=act).to(torch.bfloat16)
-    x = channels_last(torch.randn(2, 8, 9, 11).to(torch.bfloat16))
+    x = channels_last(torch.randn(2, 8, 32, 33).to(torch.bfloat16))
     calls = []
     fused = blocks.conv_act_onednn
     monkeypatch.setattr(blocks, "conv_act_onednn", lambda *a: calls.append(1) or fused(*a))
@@ -293,9 +293,10 @@ def test_bf16_conv_activation_fuses_in_onednn_and_matches(monkeypatch, act, kern
     torch.testing.assert_close(got.double(), two_step.double(), rtol=2e-2, atol=2e-2)
     err = (got.double() - exact).norm() / exact.norm()
     assert err <= (two_step.double() - exact).norm() / exact.norm() * 1.05 + 1e-6
-    # autograd, fp32 and channels-first maps keep the two-step path
+    # autograd, fp32, channels-first and small maps keep the two-step path
     layer(x)
     with torch.no_grad():
+        layer(x[:, :, :16])
         layer.float()(x.float())
         layer.to(torch.bfloat16)(x.contiguous())
     assert len(calls) == int(torch.backends.mkldnn.is_available())
