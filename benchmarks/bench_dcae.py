@@ -7,7 +7,9 @@ Builds a diffusers AutoencoderDC (random weights), saves it, loads the folder wi
 `load_autoencoder`, then times both on the same input in one process, interleaved (ours,
 diffusers, ours, ... after a warm-up) and reports medians, so the ratio survives a loaded
 machine. Prints images/s and the ratio ours/diffusers (> 1 means ours is faster) by wall
-clock and by process CPU time (the steadier one at one thread on a shared machine).
+clock and by process CPU time (the steadier one at one thread on a shared machine), and each
+function's minor page faults per call: memory glibc's allocator gave back to the OS and maps
+again, which both sides pay in time and which moves with the other models in the process.
 `--video` adds the video DC-AE (the f32t4c128 layout at a quarter of its widths) against its
 own fp32 eager path. `--before REV` adds the DC-AE code of git revision REV on the same
 weights: a row against diffusers and an "ours vs REV" row. `--compile` adds vidcli's
@@ -22,6 +24,7 @@ import copy
 import dataclasses
 import importlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -68,23 +71,31 @@ VIDEO_CONFIG = dataclasses.replace(
 
 def interleaved(
     fns: dict[str, Callable[[], object]], rounds: int
-) -> dict[str, tuple[float, float]]:
-    """Median (wall, CPU) seconds of each fn, timed round-robin after one warm-up call each.
+) -> dict[str, tuple[float, float, float]]:
+    """Median (wall s, CPU s, minor page faults) of each fn, round-robin after one warm-up each.
 
     CPU time is this process's (all its threads): on a shared machine it leaves out the time
     other jobs hold the cores, so at one thread it is the steadier measure of the same work.
+    Minor page faults count the memory the allocator handed back to the OS and maps afresh
+    during the call (glibc trims its heap top between calls): a few microseconds each.
     """
     for fn in fns.values():
         fn()
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
+    faults: dict[str, list[int]] = {k: [] for k in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(time.process_time() - c0)
-    return {k: (statistics.median(wall[k]), statistics.median(cpu[k])) for k in fns}
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return {
+        k: (statistics.median(wall[k]), statistics.median(cpu[k]), statistics.median(faults[k]))
+        for k in fns
+    }
 
 
 def compile_now(fn: Callable, *args) -> float:
@@ -188,6 +199,7 @@ def main() -> None:
             fns["compiled encode"] = lambda: comp.encode(x)
             fns["compiled decode"] = lambda: comp.decode(z / sf)
         t = interleaved(fns, args.rounds)
+        faults = {f"image {k}": v[2] for k, v in t.items()}
         for d in ("encode", "decode"):
             lines.append(row(f"image {d}", args.batch, t[f"ours {d}"], t[f"diffusers {d}"]))
             if args.before:
@@ -225,6 +237,7 @@ def main() -> None:
                 vfns["compiled encode"] = lambda: vcomp.encode(vx)
                 vfns["compiled decode"] = lambda: vcomp.decode(vzd)
             t = interleaved(vfns, args.rounds)
+            faults |= {f"video {k}": v[2] for k, v in t.items()}
             for d in ("encode", "decode"):
                 lines.append(row(f"video {d}", args.batch, t[f"ours {d}"], t[f"base {d}"]))
                 if args.compile:
@@ -250,6 +263,10 @@ def main() -> None:
     print(f"{'':26}{'ours item/s':>12}{'baseline/s':>14}{'ratio':>8}{'cpu':>8}")
     for line in lines:
         print(line)
+    print(
+        "minor page faults per call (median): "
+        + ", ".join(f"{k} {v:.0f}" for k, v in faults.items())
+    )
 
 
 if __name__ == "__main__":
