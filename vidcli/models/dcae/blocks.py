@@ -182,7 +182,7 @@ class RMSNorm(nn.Module):
         no full-size fp32 copy and no output map. At 256 px that takes 12 MiB off the peak of
         every 32-channel bf16 ResBlock, and with it the heap growth glibc's allocator returned
         to the OS after each call and page-faulted back in on the next: ~7,000 minor faults per
-        bf16 encode or decode (a quarter of its time), none now. Same speed with the heap kept.
+        bf16 encode or decode (about a sixth of its time), none now. Same speed with the heap kept.
         """
         c = x.shape[1]
         rows = x.permute(0, 2, 3, 1).view(-1, c)  # (positions, C), free on a channels-last map
