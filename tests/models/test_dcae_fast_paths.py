@@ -265,6 +265,11 @@ def test_up_block_inference_caches_the_transposed_conv_taps():
     with torch.no_grad():
         tiny(channels_last(torch.randn(1, 16, 4, 4)))
     assert tiny._taps is None
+    # off the CPU (here meta, as the memory plan traces it) inference keeps the memory rule
+    off_cpu = blocks.UpMain(2, 16, 8, "interpolate", temporal=False).to("meta")
+    with torch.no_grad():
+        y = off_cpu(torch.empty(1, 16, 8, 8, device="meta"))
+    assert y.shape == (1, 8, 16, 16) and off_cpu._taps is None
     # autograd derives per call (the taps must stay in the graph) and keeps no cache
     up2 = blocks.UpMain(2, 16, 8, "interpolate", temporal=False)
     y = up2(channels_last(torch.randn(1, 16, 8, 8)))

@@ -510,16 +510,20 @@ class UpMain(nn.Module):
         weight = self.conv.conv.weight
         upsampled_bytes = x.numel() * 4 * x.element_size()
         derived_bytes = weight.numel() * 16 // 9 * 4 * 2  # fp32 4x4 taps, two stacks alive
-        inference = not torch.is_grad_enabled() and x.shape[-1] * x.shape[-2] >= 64
-        if x.ndim == 4 and (inference or upsampled_bytes >= derived_bytes):
+        cpu_inference = (
+            not torch.is_grad_enabled()
+            and x.device.type == "cpu"
+            and x.shape[-1] * x.shape[-2] >= 64
+        )
+        if x.ndim == 4 and (cpu_inference or upsampled_bytes >= derived_bytes):
             return upsample_conv(x, weight, self.conv.conv.bias, taps=self.cached_taps(x.dtype))
         # Video (3-D) up blocks keep the plain path (the memory plan measures video decode
-        # peaks as linear in the tile volume), and so do low-resolution wide 2-D ones under
-        # autograd, where the derived weights would outweigh the upsampled map they avoid.
-        # Inference derives the taps once (eager cache; frozen constants when compiled), and
-        # there from 8 x 8 inputs up the transposed conv is never slower (256 -> 128 channels
-        # at 16 x 16: 0.76 ms against 1.28 ms, bf16, 1 thread); below, oneDNN's fixed cost per
-        # transposed conv loses (256 channels at 2 x 2: 0.62 ms against 0.39 ms).
+        # peaks as linear in the tile volume), and so do low-resolution wide 2-D ones where
+        # the derived weights would outweigh the upsampled map they avoid. CPU inference keeps
+        # the taps (eager cache; frozen constants when compiled), and there from 8 x 8 inputs
+        # up the transposed conv is never slower (256 -> 128 channels at 16 x 16: 0.76 ms
+        # against 1.28 ms, bf16, 1 thread); below, oneDNN's fixed cost per transposed conv
+        # loses (256 channels at 2 x 2: 0.62 ms against 0.39 ms).
         scale = (2 if _halves_time(x, self.temporal) else 1, 2, 2) if x.ndim == 5 else (2, 2)
         return self.conv(F.interpolate(x, scale_factor=scale, mode="nearest"))
 
@@ -529,10 +533,18 @@ class UpMain(nn.Module):
         Deriving them cost 0.1-0.6 ms per call at 256 px (quarter-width sana decoder, bf16,
         1 thread), up to half of the transposed conv itself. The cache is keyed on the weight's
         storage, version counter (bumped by optimiser steps and in-place loads), device and
-        dtypes; autograd, tracing and inference-mode weights (no version counter) derive anew.
+        dtypes, and holds 16/9 of the conv weight for the module's life (dc-ae-f32c32: 32M
+        values over its up blocks, a fifth of its decoder), so only CPU weights keep one (GPU
+        memory plans count weights); autograd, tracing and inference-mode weights (no version
+        counter) derive anew.
         """
         weight = self.conv.conv.weight
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or weight.is_inference():
+        if (
+            torch.is_grad_enabled()
+            or torch.compiler.is_compiling()
+            or weight.is_inference()
+            or weight.device.type != "cpu"
+        ):
             return None
         key = (weight.data_ptr(), weight._version, weight.device, weight.dtype, dtype)
         if self._taps_key != key:
