@@ -25,7 +25,7 @@ from vidcli.errors import UsageError
 QUANTIZE_MODES = ("none", "int8-wo", "fp8")
 INT8_PACK_K = 16
 """int8-wo quantizes a linear only if its in_features is a multiple of this: torch 2.13's CPU
-`_weight_int8pack_mm` crashed for every other width tried (2, 4, 8, 12, 20, 24, 33, 36; 16, 48,
+`_weight_int8pack_mm` crashed for every other width tried (2, 4, 8, 12, 20, 24, 36, 68; 16, 48,
 80, 384, 400 and 1040 ran)."""
 FP8_CAPABILITY = (8, 9)
 """The oldest CUDA compute capability with fp8 matmuls (Ada, Hopper)."""
