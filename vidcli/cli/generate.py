@@ -101,8 +101,9 @@ def generate(
     quantize: Annotated[
         str | None,
         typer.Option(
-            help="DiT linear weights: none, int8-wo or fp8 (CUDA SM 8.9+); needs torchao "
-            '(pip install -e ".[quant]").'
+            help="DiT linears through torchao: none; int8-wo (int8 weights, any device: "
+            "memory, not speed); fp8 (fp8 weights and activations, fp8 matmuls; CUDA SM 8.9+, "
+            'bf16; pays with --compile). Needs pip install -e ".[quant]".'
         ),
     ] = None,
     compile_dit: Annotated[

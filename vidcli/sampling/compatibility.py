@@ -5,11 +5,11 @@ token merging (TDTM), sparse attention and its residual; the offload mode and co
 run's placement; the path (t2v, i2v from `--image`, t2i2v from `[t2i] enabled`, or a
 guidance-distilled DiT such as flux-dev t2i); whether LoRAs are merged; and the DiT's
 quantization (`[sample] quantize`; fp8 and a missing torchao are refused by `check_quantize`,
-which depends on the device and the install, not on a pair); and `torch.compile` of the DiT
-(`[sample] compile`, `vidcli.compile`). `[sample] compile_ae` is checked apart
-(`check_compile_ae`: the AE family and whether the AE stays on the device). Every pair of values
-not in `REFUSED` works (tests/sampling/test_compatibility.py runs each allowed pair); a refused
-pair is a `UsageError` (exit 2) naming both options and why.
+which depends on the device, the compute dtype and the install, not on a pair); and
+`torch.compile` of the DiT (`[sample] compile`, `vidcli.compile`). `[sample] compile_ae` is
+checked apart (`check_compile_ae`: the AE family and whether the AE stays on the device). Every
+pair of values not in `REFUSED` works (tests/sampling/test_compatibility.py runs each allowed
+pair); a refused pair is a `UsageError` (exit 2) naming both options and why.
 
 How the options stay composable: caches keep their state per layer and per CFG branch, and a
 solver with several evaluations per step gives each evaluation stream its own cache
@@ -299,7 +299,7 @@ def check_run(recipe: Recipe, placement: Placement, image: bool, lora: bool) -> 
     """Refuse a generate run whose options do not combine, before its models load."""
     setting = run_setting(recipe, placement, image, lora)
     check(setting)
-    check_quantize(setting.quantize, placement.device)
+    check_quantize(setting.quantize, placement.device, placement.dtype, setting.compile)
     check_sequence_parallel(setting, recipe.launcher.sequence_parallel)
     if recipe.sample.compile_ae:
         check_compile_ae(recipe.ae.preset, placement)
