@@ -1,7 +1,7 @@
 """The GPU check of issue 13, driven by `benchmarks/gpu_check.sh` (which installs first).
 
 Steps, each recorded (a failing step does not stop the others; the exit code is 1 if any failed):
-1. `tests`: the CUDA-marked tests (`pytest -m cuda tests/test_cuda.py`);
+1. `tests`: the CUDA-marked tests (`pytest -m cuda tests/test_cuda.py tests/test_quantize.py`);
 2. `train`: train-dit for 10 steps (3 warm-up + 7 timed) at 768 px / 128 frames, the 11B layout cut
    to 2 double + 4 single blocks, bf16, every block checkpointed, on random pre-extracted latents
    of both AEs (benchmarks/train_throughput.py: 4x8x8 patch 2 vs 4x32x32 patch 1);
@@ -16,7 +16,11 @@ Steps, each recorded (a failing step does not stop the others; the exit code is 
    interleaved; the goal is streamed within 1.3× of resident;
 6. `compile`: `benchmarks/compile_dit.py`, the sampling loop eager vs `--compile` (`forward`,
    the flag's mode) on `mmdit-b` at 256 px (bf16), compile time apart;
-7. `sequence_parallel` (2+ GPUs, or gloo ranks with `--dry-run`).
+7. `quantize`: one CFG DiT call of the 11B layout cut to 2 double + 4 single blocks (the streaming
+   step's latent and text), compiled (`blocks`), bf16 against `--quantize fp8` (torchao float8
+   dynamic, per row) and `int8-wo`, interleaved after a warm-up: time, error against bf16, weight
+   bytes held and planned; fp8 is skipped with its refusal where it cannot run (CPU, SM < 8.9);
+8. `sequence_parallel` (2+ GPUs, or gloo ranks with `--dry-run`).
 Then `gpu-check.json` and `gpu-check.md` (ours beside the numbers of
 shared/reference/gpu-anchors.md) go to `--out`.
 
@@ -52,6 +56,7 @@ TARGETS = {
     "train_mfu": ">= 0.50",
     "streamed_over_resident": "<= 1.3",
     "compile_speedup_forward": "> 1",
+    "fp8_speedup": ">= 1.15 (field: 1.16x CogVideoX-5B, 1.30x FLUX)",
 }
 
 
@@ -92,6 +97,14 @@ def settings(dry_run: bool) -> dict[str, Any]:
                 "rounds": 2,
             },
             "compile": ["--steps", "2", "--rounds", "1", "--variants", "forward"],
+            "quantize": {
+                "preset": "mmdit-tiny",
+                "blocks": (1, 1),
+                "latent": (4, 2, 8, 8),
+                "text_tokens": 8,
+                "rounds": 2,
+                "compile": "blocks",
+            },
         }
     return {
         "device": "cuda",
@@ -146,6 +159,16 @@ def settings(dry_run: bool) -> dict[str, Any]:
             "--set",
             "sample.width=256",
         ],
+        # Regional compile: one graph per block class, so three variants compile within the
+        # step's ~90 s; nearly every linear the quantization touches sits in those blocks.
+        "quantize": {
+            "preset": "opensora-v2-11b",
+            "blocks": (2, 4),
+            "latent": (16, 33, 32, 32),
+            "text_tokens": 512,
+            "rounds": 5,
+            "compile": "blocks",
+        },
     }
 
 
@@ -160,7 +183,8 @@ def run_json(command: list[str], timeout: float) -> dict[str, Any]:
 
 
 def step_tests(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
-    command = [python, "-m", "pytest", "-q", "-m", "cuda", "tests/test_cuda.py", "-rs"]
+    files = ["tests/test_cuda.py", "tests/test_quantize.py"]
+    command = [python, "-m", "pytest", "-q", "-m", "cuda", *files, "-rs"]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
     summary = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     if done.returncode != 0:
@@ -354,6 +378,119 @@ def step_streaming(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def held_bytes(module) -> int:
+    """Bytes `module`'s parameters hold, a torchao tensor counted by its parts (data, scales)."""
+    total = 0
+    for tensor in module.parameters():
+        flatten = getattr(tensor, "__tensor_flatten__", None)
+        parts = [getattr(tensor, n) for n in flatten()[0]] if flatten else [tensor]
+        total += sum(p.numel() * p.element_size() for p in parts)
+    return total
+
+
+def step_quantize(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One CFG DiT call, compiled, in the compute dtype vs `[sample] quantize` fp8 and int8-wo
+    (`vidcli.quantize`), interleaved after a warm-up (which also compiles); each variant's error
+    against the unquantized output and its weight bytes, held and as the memory plan counts them.
+    A mode `check_quantize` refuses here (fp8 on the CPU or below SM 8.9) is skipped with that
+    reason; a mode that fails fails the step after the others are measured."""
+    import copy
+    import statistics
+
+    import torch
+
+    from vidcli.compile import compile_dit
+    from vidcli.devices import DTYPES
+    from vidcli.errors import UsageError
+    from vidcli.models.mmdit import build_dit
+    from vidcli.plans.sizes import dit_inputs
+    from vidcli.quantize import check_quantize, quantize_linears, quantized_bytes
+
+    s, device = cfg["quantize"], torch.device(cfg["device"])
+    dtype = DTYPES[cfg["dtype"]]
+    double, single = s["blocks"]
+    plain = build_dit(
+        s["preset"], device=device, dtype=dtype, depth=double, depth_single_blocks=single
+    ).eval()
+    meta = build_dit(s["preset"], device="meta", depth=double, depth_single_blocks=single)
+    models, skipped, failed = {"none": plain}, {}, {}
+    for mode in ("fp8", "int8-wo"):
+        try:
+            check_quantize(mode, device, dtype, s["compile"])
+        except UsageError as err:
+            skipped[mode] = str(err)
+            continue
+        try:
+            models[mode] = quantize_linears(copy.deepcopy(plain), mode)  # copy, then compile
+        except Exception as err:  # one failing mode must not lose the other's numbers
+            failed[mode] = f"{type(err).__name__}: {err}"[:2000]
+    for model in models.values():
+        compile_dit(model, s["compile"])
+    shapes = dit_inputs(plain, 2, s["latent"], s["text_tokens"], dtype)
+    inputs = {
+        k: None if v is None else torch.rand(v.shape, device=device, dtype=dtype)
+        for k, v in shapes.items()
+    }
+
+    def timed(model) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        model(**inputs)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    outputs, warmup_s = {}, {}
+    with torch.inference_mode():
+        for mode, model in list(models.items()):  # warm-up: compiles
+            start = time.perf_counter()
+            try:
+                outputs[mode] = model(**inputs).float()
+            except Exception as err:
+                if mode == "none":
+                    raise
+                failed[mode] = f"{type(err).__name__}: {err}"[:2000]
+                del models[mode]
+                continue
+            warmup_s[mode] = time.perf_counter() - start
+        rounds = [{m: timed(model) for m, model in models.items()} for _ in range(s["rounds"])]
+    reference = outputs["none"]
+    variants = {}
+    for mode, model in models.items():
+        gap = outputs[mode] - reference
+        variants[mode] = {
+            "call_s": statistics.median(r[mode] for r in rounds),
+            "speedup": statistics.median(r["none"] / r[mode] for r in rounds),
+            "rel_l2_error": (gap.norm() / reference.norm()).item(),
+            "max_abs_error_over_max": (gap.abs().max() / reference.abs().max()).item(),
+            "warmup_s": warmup_s[mode],
+            "weight_bytes": held_bytes(model),
+            "planned_weight_bytes": quantized_bytes(meta, mode, dtype.itemsize),
+        }
+    result = {
+        **{
+            f"{m.replace('-', '_')}_speedup": v["speedup"]
+            for m, v in variants.items()
+            if m != "none"
+        },
+        **{
+            f"{m.replace('-', '_')}_rel_l2_error": v["rel_l2_error"]
+            for m, v in variants.items()
+            if m != "none"
+        },
+        "variants": variants,
+        "quantize_skipped": skipped,
+        "quantize_failed": failed,
+        "compile": s["compile"],
+        "tokens": shapes["img"].shape[1],
+        "rounds": rounds,
+    }
+    if failed:  # the step fails, its numbers kept in the error (gpu-check.json has it whole)
+        raise RuntimeError(f"quantize {', '.join(failed)} failed: {json.dumps(result)}")
+    return result
+
+
 def step_compile(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """The sampling loop eager vs compiled (`benchmarks/compile_dit.py`), compile time apart."""
     result = run_json([python, "benchmarks/compile_dit.py", *cfg["compile"]], timeout=480)
@@ -372,6 +509,7 @@ STEPS = {
     "dcae": step_dcae,
     "streaming": step_streaming,
     "compile": step_compile,
+    "quantize": step_quantize,
     "sequence_parallel": step_sequence_parallel,
 }
 
@@ -387,7 +525,9 @@ def markdown(report: dict[str, Any]) -> str:
     measured: dict[str, Any] = {}
     for result in report["steps"].values():
         measured |= {k: v for k, v in result.get("result", {}).items() if k != "raw"}
-    for key in (*ANCHORS, "train_mfu", "streamed_over_resident", "compile_speedup_forward"):
+    keys = ("train_mfu", "streamed_over_resident", "compile_speedup_forward")
+    quantized = ("fp8_speedup", "fp8_rel_l2_error", "int8_wo_speedup", "int8_wo_rel_l2_error")
+    for key in (*ANCHORS, *keys, *quantized):
         value = measured.get(key)
         ours = "—" if value is None else f"{value:.3g}"
         ref = ANCHORS.get(key, "—")
@@ -396,6 +536,8 @@ def markdown(report: dict[str, Any]) -> str:
     if ckpt := measured.get("grad_checkpointing"):
         rows = ", ".join(f"{row} {'on' if on else 'off'}" for row, on in ckpt.items())
         lines.append(f"- compare_ae gradient checkpointing per row: {rows}")
+    for mode, why in measured.get("quantize_skipped", {}).items():
+        lines.append(f"- quantize {mode} skipped: {why}")
     for name, result in report["steps"].items():
         state = "ok" if result["ok"] else f"FAILED: {result['error'][:300]}"
         lines.append(f"- {name}: {state} ({result['seconds']:.0f} s)")

@@ -3,9 +3,10 @@
 # CUDA-marked tests, train-dit 10 steps at 768 px / 128 frames (11B layout cut to 2 + 4 blocks)
 # on random latents of both AEs, compare-ae on CUDA, Video DC-AE encode/decode at 768 px x 128
 # frames, block streaming with prefetch against resident blocks, the sampling loop under
-# --compile; writes OUT/gpu-check.json and OUT/gpu-check.md (ours beside gpu-anchors.md's
+# --compile, one compiled DiT call (11B layout cut to 2 + 4 blocks) bf16 vs --quantize fp8 and
+# int8-wo; writes OUT/gpu-check.json and OUT/gpu-check.md (ours beside gpu-anchors.md's
 # numbers). With 2 or more GPUs it also runs an SP-2 (DeepSpeed-Ulysses) generate and train-dit
-# step. Budget: about 11 minutes on an H100 (`--only STEP` runs a part).
+# step. Budget: about 12.5 minutes on an H100 (`--only STEP` runs a part).
 #
 #   benchmarks/gpu_check.sh                  # on the GPU machine (OUT = gpu-check/)
 #   benchmarks/gpu_check.sh --out results/   # elsewhere
@@ -23,7 +24,7 @@ while [ $# -gt 0 ]; do
     --dry-run) args+=(--dry-run) ;;
     --out) args+=(--out "$2"); shift ;;
     --only) args+=(--only "$2"); shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1 (accepted: --dry-run, --out DIR, --only STEP)" >&2; exit 2 ;;
   esac
   shift
