@@ -325,6 +325,29 @@ def step_sequence_parallel(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def random_inputs(shapes: dict[str, Any], device, dtype) -> dict[str, Any]:
+    """Uniform random tensors on `device` for `dit_inputs`' shapes (None stays None)."""
+    import torch
+
+    return {
+        k: None if v is None else torch.rand(v.shape, device=device, dtype=dtype)
+        for k, v in shapes.items()
+    }
+
+
+def timed_call(model, inputs: dict[str, Any], device) -> float:
+    """Seconds of one `model(**inputs)`, the device's queue drained before and after."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    model(**inputs)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def step_streaming(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     """One CFG denoiser call with the DiT's blocks resident vs streamed (`stream_blocks`: pinned
     host copies, the next block prefetched on a side stream), interleaved after a warm-up."""
@@ -348,23 +371,14 @@ def step_streaming(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     streamed = dit
     stream_blocks(streamed, device)
     shapes = dit_inputs(dit, 2, s["latent"], s["text_tokens"], dtype)
-    inputs = {
-        k: None if v is None else torch.rand(v.shape, device=device, dtype=dtype)
-        for k, v in shapes.items()
-    }
-
-    def timed(model) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(**inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+    inputs = random_inputs(shapes, device, dtype)
 
     with torch.inference_mode():
         gap = (resident(**inputs) - streamed(**inputs)).abs().max().item()  # also the warm-up
-        rounds = [(timed(resident), timed(streamed)) for _ in range(s["rounds"])]
+        rounds = [
+            (timed_call(resident, inputs, device), timed_call(streamed, inputs, device))
+            for _ in range(s["rounds"])
+        ]
     resident_s = statistics.median(r for r, _ in rounds)
     streamed_s = statistics.median(t for _, t in rounds)
     return {
@@ -427,19 +441,7 @@ def step_quantize(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
     for model in models.values():
         compile_dit(model, s["compile"])
     shapes = dit_inputs(plain, 2, s["latent"], s["text_tokens"], dtype)
-    inputs = {
-        k: None if v is None else torch.rand(v.shape, device=device, dtype=dtype)
-        for k, v in shapes.items()
-    }
-
-    def timed(model) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        model(**inputs)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+    inputs = random_inputs(shapes, device, dtype)
 
     outputs, warmup_s = {}, {}
     with torch.inference_mode():
@@ -454,7 +456,10 @@ def step_quantize(python: str, cfg: dict[str, Any]) -> dict[str, Any]:
                 del models[mode]
                 continue
             warmup_s[mode] = time.perf_counter() - start
-        rounds = [{m: timed(model) for m, model in models.items()} for _ in range(s["rounds"])]
+        rounds = [
+            {m: timed_call(model, inputs, device) for m, model in models.items()}
+            for _ in range(s["rounds"])
+        ]
     reference = outputs["none"]
     variants = {}
     for mode, model in models.items():
