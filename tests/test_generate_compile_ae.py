@@ -24,6 +24,8 @@ from vidcli.models import build_autoencoder, build_dit, load_autoencoder, save_a
 from vidcli.models.dcae import TilingConfig
 from vidcli.models.dcae.compiled import compile_autoencoder, compile_stats
 from vidcli.placement import Placement
+from vidcli.plans.generate import plan_generate
+from vidcli.recipe import load_recipe
 from vidcli.sampling.compatibility import check_compile_ae
 
 COMPILED_RTOL = 1e-5
@@ -31,6 +33,9 @@ COMPILED_RTOL = 1e-5
 bias, activation and residual adds and oneDNN runs prepacked weights, so sums round in another
 order: measured 8e-7 to 1.1e-6 on the tiny DC-AE (1 thread); a wrong constant or a stale weight
 is O(1)."""
+
+OPENSORA = "recipes/opensora-v2-hcae.toml"
+"""Open-Sora 2.0 (11B MMDiT, video DC-AE f32t4c128, Flux t2i stage): planned on `meta`."""
 
 LATENT = (1, 8, 2, 2, 2)
 """The tiny DC-AE's latent of 8 frames at 64 x 64 px: the generate runs below decode this size."""
@@ -166,13 +171,65 @@ def test_an_autoencoder_that_leaves_the_device_is_refused():
     cuda = torch.device("cuda:0")  # only compared, never used
     check_compile_ae("dc-ae-tiny", Placement(cuda))  # resident: compiles
     check_compile_ae("dc-ae-tiny", Placement(torch.device("cpu"), park=True))  # nothing moves
-    for placement, named in (
-        (Placement(cuda, park=True), "--compile-ae and --offload cannot be combined"),
-        (Placement(cuda, offload="model"), "--compile-ae and offload model cannot be combined"),
+    # `blocks` streams the DiT's blocks and, as `model`, sends every model (the AE too) home to
+    # the host between phases: it moves the AE as well.
+    assert Placement(cuda, offload="blocks").home("ae") == torch.device("cpu")
+    for placement, named, drop in (
+        (Placement(cuda, park=True), "--compile-ae and --offload cannot", "drop --offload"),
+        (Placement(cuda, offload="model"), "and offload model cannot", "drop --compile-ae"),
+        (Placement(cuda, offload="blocks"), "and offload blocks cannot", "drop --compile-ae"),
     ):
         with pytest.raises(UsageError, match=named) as err:
             check_compile_ae("dc-ae-tiny", placement)
         assert "folds the AE's weights" in str(err.value)
+        assert str(err.value).endswith(drop)
+
+
+def test_the_plan_keeps_every_model_resident_with_compile_ae():
+    cuda = torch.device("cuda")  # planned on meta, never used
+    plain = load_recipe(OPENSORA)
+    compiled = load_recipe(OPENSORA, ["sample.compile_ae=true"])
+    # 80 GB: without compile_ae the plan moves one model at a time and decodes in big tiles;
+    # with it, everything stays resident and the decode tiles shrink to fit beside the models.
+    free = plan_generate(plain, cuda, torch.bfloat16, 80)
+    kept = plan_generate(compiled, cuda, torch.bfloat16, 80)
+    assert free.fits and free.offload == "model"
+    assert kept.fits and kept.offload == "none" and kept.peak_gb <= 80
+    assert kept.decode_work > free.decode_work
+    resident = sum(c.weight_gb for c in kept.components)
+    assert kept.phases_gb["decode"] == pytest.approx(resident + kept.decode_gb)
+    # 24 GB: the plain plan streams blocks; resident, the 11B DiT, its text encoders and the
+    # t2i image models need about 68 GB, so the plan does not fit and says why.
+    assert plan_generate(plain, cuda, torch.bfloat16, 24).offload == "blocks"
+    tight = plan_generate(compiled, cuda, torch.bfloat16, 24)
+    needs = tight.smallest_device_gb
+    assert not tight.fits and tight.offload == "none" and 60 < needs < 80
+    assert tight.notes[0] == (
+        "[sample] compile_ae (the decoder's weights frozen into its compiled graph) keeps every "
+        f"model resident and does not fit in 24 GB (needs {needs:.1f} GB); drop --compile-ae to "
+        "let the plan offload"
+    )
+    # The smallest device is the boundary: it fits there (all resident) and not just under it.
+    at = plan_generate(compiled, cuda, torch.bfloat16, needs + 1e-6)
+    assert at.fits and at.offload == "none"
+    assert not plan_generate(compiled, cuda, torch.bfloat16, needs - 1e-3).fits
+    both = load_recipe(OPENSORA, ["sample.compile_ae=true", "sample.quantize='int8-wo'"])
+    note = plan_generate(both, cuda, torch.bfloat16, 24).notes[0]
+    assert note.startswith("[sample] quantize = 'int8-wo' and [sample] compile_ae (")
+    assert "keep every model resident" in note
+    assert note.endswith("set quantize to 'none' and drop --compile-ae to let the plan offload")
+
+
+def test_generate_plan_with_compile_ae_on_the_command_line():
+    base = ["--recipe", OPENSORA, "--plan", "--device", "cuda", "--compile-ae", "--json"]
+    roomy = generate("p", *base, "--gpu-memory", "80")
+    assert roomy.exit_code == 0, roomy.output
+    plan = json.loads(roomy.stdout)
+    assert plan["fits"] and plan["offload"] == "none"
+    tight = generate("p", *base, "--gpu-memory", "24")
+    assert tight.exit_code == 0, tight.output
+    plan = json.loads(tight.stdout)
+    assert not plan["fits"] and plan["notes"][0].startswith("[sample] compile_ae (")
 
 
 def test_class_conditional_runs_refuse_the_flag():

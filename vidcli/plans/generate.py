@@ -7,7 +7,9 @@ time), and an AE decode: untiled, or the tile size with the least redundant work
 fits. Between `none` and `model` the least decode work wins (ties: less offload); `blocks` is
 used only when neither fits, and the plan states what its streaming costs per denoiser call: the
 blocks' bytes over the host-to-device link (`LINK_GB_S`, overridable). A quantized DiT
-(`[sample] quantize`) counts its quantized weights.
+(`[sample] quantize`) counts its quantized weights. A quantized DiT and a compiled AE decoder
+(`[sample] compile_ae`: its frozen weights live in the compiled graph) cannot move, so with
+either every model stays resident (offload `none`) or the plan does not fit.
 """
 
 from __future__ import annotations
@@ -256,11 +258,24 @@ def plan_generate(
     # Moving whole models on and off the device costs a few seconds per prompt, decoding
     # overlapping tiles costs a fraction of every decode, streaming blocks costs a transfer of
     # the DiT per denoiser call: least decode work wins between `none` and `model`, and
-    # `blocks` is the last resort. A quantized DiT cannot move: every model stays resident.
+    # `blocks` is the last resort. A quantized DiT or a compiled AE cannot move, and every
+    # offload mode moves both (`Placement.resident`): every model stays resident.
     # Reference tiles (`reference_tiling`) come before any other tile, whatever their work, and
     # even with `blocks`: other tiles decode another video, the fallback when nothing else fits.
     quantized = sample.quantize != "none"
-    mode_tiers = ((OFFLOAD_MODES[0],),) if quantized else (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:])
+    pinned = [  # (what keeps the models resident, how to let the plan offload)
+        (why, undo)
+        for why, undo, on in (
+            (f"[sample] quantize = '{sample.quantize}'", "set quantize to 'none'", quantized),
+            (
+                "[sample] compile_ae (the decoder's weights frozen into its compiled graph)",
+                "drop --compile-ae",
+                sample.compile_ae,
+            ),
+        )
+        if on
+    ]
+    mode_tiers = ((OFFLOAD_MODES[0],),) if pinned else (OFFLOAD_MODES[:2], OFFLOAD_MODES[2:])
     option_tiers = (options,) if reference is None else (options[:1], options[1:])
     chosen = None
     for tier, modes in itertools.product(option_tiers, mode_tiers):
@@ -275,16 +290,14 @@ def plan_generate(
             chosen = offload, tiling, coder, work, phases(offload, coder)
             break
     least = min(options, key=lambda o: o[1])
-    last = "none" if quantized else "blocks"
+    last = "none" if pinned else "blocks"
     smallest = max(phases(last, least[1]).values()) + RESERVED_GB
     fits = chosen is not None
     if chosen is None:
         chosen = (last, *least, phases(last, least[1]))
         notes.append(
-            f"[sample] quantize = '{sample.quantize}' keeps every model resident and does not "
-            f"fit in {gpu_memory_gb:g} GB (needs {smallest:.1f} GB); set it to 'none' to let "
-            "the plan offload"
-            if quantized
+            _pinned_refusal(pinned, smallest, gpu_memory_gb)
+            if pinned
             else refusal(recipe, state, smallest, gpu_memory_gb, batch_size)
         )
     offload, tiling, (decode_gb, _), work, ph = chosen
@@ -322,6 +335,18 @@ def plan_generate(
         quantize=sample.quantize,
         link_gb_s=link_gb_s,
         streamed_gb=block_params(dit) * size / GB if offload == "blocks" else 0.0,
+    )
+
+
+def _pinned_refusal(pinned: list[tuple[str, str]], smallest_gb: float, gpu_memory_gb: float) -> str:
+    """The note of a plan that keeps every model resident and does not fit; `pinned`: (key,
+    how to undo it) of each setting that forbids offload (a quantized DiT, a compiled AE)."""
+    one = len(pinned) == 1
+    return (
+        f"{' and '.join(why for why, _ in pinned)} {'keeps' if one else 'keep'} every model "
+        f"resident and {'does' if one else 'do'} not fit in {gpu_memory_gb:g} GB (needs "
+        f"{smallest_gb:.1f} GB); {' and '.join(undo for _, undo in pinned)} to let the plan "
+        "offload"
     )
 
 

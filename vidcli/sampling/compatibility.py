@@ -319,13 +319,15 @@ def check_compile_ae(ae_preset: str, placement: Placement) -> None:
             f"--compile-ae: [ae] {ae_preset} is a {family} autoencoder; only the DC-AE family "
             "(video and image dc-ae-* presets) compiles (vidcli.models.dcae.compiled); drop it"
         )
+    # The memory plan never offloads with compile_ae (`plan_generate`): what moves the AE here
+    # is `--offload`, or a placement not made from the plan.
     if placement.home("ae") != placement.device:
-        moved = "--offload" if placement.offload == "none" else f"offload {placement.offload}"
+        parked = placement.offload == "none"
+        moved = "--offload" if parked else f"offload {placement.offload}"
         raise UsageError(
             f"--compile-ae and {moved} cannot be combined: freezing folds the AE's weights into "
             f"its compiled graph on {placement.device} at the first decode, so the AE cannot go "
-            "back to the host; drop --offload, or lower the size so the memory plan keeps the AE "
-            "resident"
+            f"back to the host; drop {'--offload' if parked else '--compile-ae'}"
         )
 
 
