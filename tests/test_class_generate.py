@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from tolerances import assert_rel_l2
 from typer.testing import CliRunner
 
 from vidcli.class_generate import image_grid, to_uint8
@@ -19,6 +20,7 @@ from vidcli.cli import app
 from vidcli.errors import UsageError
 from vidcli.hub import ALIASES, ModelAlias
 from vidcli.models.dcae import AE_PRESETS
+from vidcli.models.dcae.compiled import compile_autoencoder
 from vidcli.models.dcae_diffusion import (
     RELEASED,
     DiTConfig,
@@ -211,6 +213,44 @@ def test_refusals_are_one_line_exit_2(release, tmp_path: Path, extra, message):
     assert message in result.stderr
     assert result.stderr.startswith("Error:") and len(result.stderr.splitlines()) <= 2
     assert not list(tmp_path.glob("*.png"))
+
+
+COMPILED_RTOL = 1e-5
+"""Relative L2 of the compiled image DC-AE decode against eager, fp32: freezing fuses bias,
+activation and residual adds into the convolutions and rounds in another order (the video DC-AE
+measured ~1e-6, tests/test_generate_compile_ae.py); a wrong constant or a stale weight is O(1)."""
+
+
+@pytest.mark.parametrize("release", ["tiny-uvit"], indirect=True)
+def test_compile_ae_decodes_the_eager_images_and_reports_its_compile_apart(release, tmp_path):
+    _, recipe = release
+    torch._dynamo.reset()
+    try:
+        model = load_released(recipe.parent / "weights")
+        torch.manual_seed(1)
+        z = torch.randn(2, 8, 2, 2)  # the batch the runs below decode: 2 latents of 8 x 2 x 2
+        with torch.no_grad():
+            eager = model.decode(z)
+            assert compile_autoencoder(model.autoencoder, coders=("decoder",)) is model.autoencoder
+            assert_rel_l2(model.decode(z), eager, COMPILED_RTOL)
+        runs = {}
+        for name, extra in (("eager", []), ("compiled", ["--compile-ae"])):
+            args = ["generate", "tench", "--class", "279", "--recipe", str(recipe), "--json"]
+            args += ["--batch-size", "2", "--out", str(tmp_path / name), *extra]
+            result = runner.invoke(app, args)
+            assert result.exit_code == 0, result.output
+            payload = json.loads(result.stdout)
+            runs[name] = payload["timings_s"], [_png(Path(i["path"])) for i in payload["images"]]
+    finally:
+        torch._dynamo.reset()
+    (eager_timings, eager_images), (timings, images) = runs["eager"], runs["compiled"]
+    assert "compile_ae" not in eager_timings and timings["compile_ae"] > 0
+    # The compile is taken out of the sampling time, once.
+    rest = timings["total"] - timings["load"] - timings["write"] - timings["compile_ae"]
+    assert timings["generate"] == pytest.approx(rest, abs=1e-9)
+    # uint8 images of pixels within ~1e-6 of each other: at most one level apart (truncation).
+    diff = np.abs(np.stack(images).astype(int) - np.stack(eager_images).astype(int))
+    assert diff.shape == (2, 64, 64, 3) and diff.max() <= 1 and (diff > 0).mean() < 0.01
 
 
 def test_class_option_needs_a_class_conditional_recipe():

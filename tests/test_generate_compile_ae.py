@@ -230,10 +230,3 @@ def test_generate_plan_with_compile_ae_on_the_command_line():
     assert tight.exit_code == 0, tight.output
     plan = json.loads(tight.stdout)
     assert not plan["fits"] and plan["notes"][0].startswith("[sample] compile_ae (")
-
-
-def test_class_conditional_runs_refuse_the_flag():
-    recipe = Path(__file__).resolve().parents[1] / "recipes" / "dc-ae-uvit-h-in-512px.toml"
-    result = generate("tench", "--recipe", str(recipe), "--compile-ae", "--plan")
-    assert result.exit_code == 2, result.output
-    assert "--compile-ae: not used by class-conditional models" in result.stderr

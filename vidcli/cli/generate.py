@@ -229,7 +229,6 @@ def generate(
                 "--snap": snap,
                 "--offload": offload,
                 "--raw-weights": raw_weights,
-                "--compile-ae": loaded.sample.compile_ae,
             }
             options = class_generate.ClassGenerateOptions(
                 classes=[*(prompts or []), *_file_lines(prompts_file), *(class_labels or [])],
