@@ -267,11 +267,11 @@ class SampleSection:
     compile_ae: bool = False
     """generate: `torch.compile` the `[ae]` decoder under inductor freezing, its weights folded
     as constants (`generate --compile-ae`, `vidcli.models.dcae.compiled`). DC-AE family only
-    (video and image); refused where the AE moves between host and device (offload). Each new
-    latent or tile size compiles on its first decode (timings "compile_ae"; tens of seconds to
-    minutes); measured on CPU, decode then runs 1.1-1.3x (image), ~4x (fp32 video) and 1.2x (bf16
-    video) faster (docs/benchmarks.md). The encoder (an i2v image, once a run) stays eager: it
-    would not pay back its compile, and the bf16 video encoder ran 0.67x compiled."""
+    (video and image); refused with `--offload`, and the memory plan keeps every model resident.
+    Each new latent or tile size compiles on its first decode (timings "compile_ae"; tens of
+    seconds to minutes); measured on CPU, decode then runs 1.1-1.3x (image), ~4x (fp32 video) and
+    1.2x (bf16 video) faster (docs/benchmarks.md). The encoder (an i2v image, once a run) stays
+    eager: it would not pay back its compile, and the bf16 video encoder ran 0.67x compiled."""
     quantize: Literal["none", "int8-wo", "fp8"] = "none"
     """Quantized DiT linear layers through torchao (`pip install -e ".[quant]"`); every model
     stays resident. int8-wo: int8 weights dequantized inside each matmul, any device; saves
