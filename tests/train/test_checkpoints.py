@@ -98,6 +98,35 @@ def test_safetensors_written_while_hashed_load_with_safetensors(tmp_path):
             assert got.dtype == want.dtype and torch.equal(got, want), name
 
 
+@pytest.mark.parametrize("metadata", [None, {}, {"format": "pt"}])
+def test_safetensors_written_while_hashed_are_the_bytes_safetensors_writes(tmp_path, metadata):
+    from safetensors.torch import save
+
+    gen = torch.Generator().manual_seed(0)
+    # Names and dtypes interleaved: safetensors orders by dtype (its enum, descending), then name.
+    tensors = {
+        "a.half": torch.randn(2, 6, generator=gen).half(),
+        "b.ids": torch.arange(5, dtype=torch.int64),
+        "c.weight": torch.randn(3, 5, generator=gen),
+        "d.mask": torch.tensor([True, False, True]),
+        "e.bf16": torch.randn(4, 2, generator=gen).bfloat16(),
+        "f.weight": torch.randn(7, generator=gen),
+        "g.count": torch.tensor(7, dtype=torch.int32),
+        "h.f64": torch.randn(2, generator=gen, dtype=torch.float64),
+        "i.empty": torch.zeros(0, 4),
+        "j.fp8": torch.randn(4, generator=gen).to(torch.float8_e4m3fn),
+        "k.bytes": torch.arange(3, dtype=torch.uint8),
+        "l.i8": torch.arange(3, dtype=torch.int8),
+        "m.i16": torch.arange(3, dtype=torch.int16),
+        "n.fp8": torch.randn(4, generator=gen).to(torch.float8_e5m2),
+    }
+    written: ckpt.Digests = {}
+    path = tmp_path / "w.safetensors"
+    ckpt.write_safetensors_hashed(tensors, path, tmp_path, written, metadata)
+    assert path.read_bytes() == save(tensors, metadata=metadata)
+    assert written["w.safetensors"]["sha256"] == sha256(path)
+
+
 def test_dit_weights_hashed_while_written_are_not_read_back(tmp_path, monkeypatch):
     from vidcli.models.mmdit import build_dit, load_dit
     from vidcli.train.dit_weights import save_dit_weights

@@ -258,19 +258,22 @@ def hashed_file(path: Path, folder: Path, written: Digests) -> Iterator[HashingF
 
 
 SAFETENSORS_DTYPES = {
+    torch.int64: "I64",
     torch.float64: "F64",
     torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
     torch.int32: "I32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
     torch.int16: "I16",
+    torch.float8_e4m3fn: "F8_E4M3",
+    torch.float8_e5m2: "F8_E5M2",
     torch.int8: "I8",
     torch.uint8: "U8",
     torch.bool: "BOOL",
-    torch.float8_e4m3fn: "F8_E4M3",
-    torch.float8_e5m2: "F8_E5M2",
 }
+"""torch dtype -> safetensors dtype, in the order safetensors lays tensors out (its dtype enum,
+descending; by name within a dtype)."""
+_DTYPE_RANK = {dtype: i for i, dtype in enumerate(SAFETENSORS_DTYPES)}
 
 
 def write_safetensors_hashed(
@@ -285,11 +288,15 @@ def write_safetensors_hashed(
 
     The format: an 8-byte little-endian header length, the JSON header (`__metadata__`, then per
     tensor its dtype, shape and byte range in the data), padded with spaces to 8 bytes, then the
-    tensors' bytes back to back in header order. One tensor is on the host at a time.
+    tensors' bytes back to back in header order. The tensors are in safetensors' own order and
+    the header is serialised as it does, so the bytes are `safetensors.torch.save_file`'s (whose
+    `__metadata__` keys come in hash order: with two or more, one of its outcomes). One tensor is
+    on the host at a time.
     """
-    header: dict[str, Any] = {"__metadata__": metadata} if metadata else {}
+    header: dict[str, Any] = {"__metadata__": metadata} if metadata is not None else {}
+    order = sorted(tensors, key=lambda name: (_DTYPE_RANK[tensors[name].dtype], name))
     offset = 0
-    for name in sorted(tensors):
+    for name in order:
         t = tensors[name]
         end = offset + t.numel() * t.element_size()
         header[name] = {
@@ -298,12 +305,12 @@ def write_safetensors_hashed(
             "data_offsets": [offset, end],
         }
         offset = end
-    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     raw += b" " * (-len(raw) % 8)
     with hashed_file(path, folder, written) as f:
         f.write(struct.pack("<Q", len(raw)))
         f.write(raw)
-        for name in sorted(tensors):
+        for name in order:
             data = tensors[name].detach().to("cpu").contiguous().reshape(-1)
             f.write(memoryview(data.view(torch.uint8).numpy()))
 
