@@ -2,7 +2,8 @@
 
 The unit tests drive `vidcli.train.checkpoint` directly (and, on 2 gloo ranks, the loop's
 resume decision); the slow ones train a tiny two-layer model on 2 gloo ranks (torchrun): under
-ZeRO 2 through a resume from an earlier step, and under ZeRO 3.
+ZeRO 2 through a resume from an earlier step, and under ZeRO 3; and train-ae (DC-AE and
+Reducio-VAE) through a resume, its weights hashed as they are written.
 """
 
 import hashlib
@@ -17,9 +18,11 @@ import pytest
 import torch
 from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
 from safetensors.torch import load_file, save_file
-from tiny_runs import subprocess_env
+from tiny_models import MICRO_REDUCIO, micro_reducio
+from tiny_runs import REPO, recipe_args, subprocess_env, tiny_ae_values
 
 from vidcli.errors import UsageError
+from vidcli.models import build_autoencoder, load_autoencoder
 from vidcli.train import checkpoint as ckpt
 
 
@@ -98,6 +101,30 @@ def test_safetensors_written_while_hashed_load_with_safetensors(tmp_path):
             assert got.dtype == want.dtype and torch.equal(got, want), name
 
 
+def test_dit_weights_hashed_while_written_are_not_read_back(tmp_path, monkeypatch):
+    from vidcli.models.mmdit import build_dit, load_dit
+    from vidcli.train.dit_weights import save_dit_weights
+
+    model = build_dit("mmdit-tiny")
+    written: ckpt.Digests = {}
+    save_dit_weights(model, model.state_dict(), tmp_path, "model", written=written)
+    real, read = ckpt._sha256, []
+    monkeypatch.setattr(ckpt, "_sha256", lambda path: read.append(path.name) or real(path))
+    ckpt.write_manifest(tmp_path, written)
+    assert "model.safetensors" not in read and "config.json" in read
+    ckpt.verify_manifest(tmp_path)
+    loaded = load_dit(tmp_path).state_dict()
+    for name, want in model.state_dict().items():
+        assert torch.equal(loaded[name], want), name
+
+
+def safetensors_parts(data: bytes) -> tuple[int, dict | None, list, bytes]:
+    """(header length, metadata, [(name, dtype/shape/offsets)] in file order, tensor bytes)."""
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    return length, header.pop("__metadata__", None), list(header.items()), data[8 + length :]
+
+
 @pytest.mark.parametrize("metadata", [None, {}, {"format": "pt"}])
 def test_safetensors_written_while_hashed_are_the_bytes_safetensors_writes(tmp_path, metadata):
     from safetensors.torch import save
@@ -127,21 +154,52 @@ def test_safetensors_written_while_hashed_are_the_bytes_safetensors_writes(tmp_p
     assert written["w.safetensors"]["sha256"] == sha256(path)
 
 
-def test_dit_weights_hashed_while_written_are_not_read_back(tmp_path, monkeypatch):
-    from vidcli.models.mmdit import build_dit, load_dit
-    from vidcli.train.dit_weights import save_dit_weights
+def ae_model(family: str) -> torch.nn.Module:
+    """dc-ae-tiny, or the micro Reducio-VAE (reducio-tiny resized), seeded."""
+    if family == "reducio":
+        return micro_reducio()
+    torch.manual_seed(0)
+    return build_autoencoder("dc-ae-tiny")
 
-    model = build_dit("mmdit-tiny")
+
+@pytest.mark.parametrize("family", ["dcae", "reducio"])
+def test_ae_weights_hashed_while_written_are_the_same_files_and_not_read_back(
+    tmp_path, monkeypatch, family
+):
+    from vidcli.train.ae import save_ae_weights
+
+    model = ae_model(family)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    averages = {k: v * 0.5 for k, v in state.items()}
+    hashed, plain = tmp_path / "hashed", tmp_path / "plain"
+    hashed.mkdir()
+    plain.mkdir()
     written: ckpt.Digests = {}
-    save_dit_weights(model, model.state_dict(), tmp_path, "model", written=written)
+    for stem, weights in (("model", state), ("ema", averages)):
+        save_ae_weights(model, weights, hashed, stem, written)
+        save_ae_weights(model, weights, plain, stem)  # the stage's writer before: save_file
+    assert sorted(written) == ["ema.safetensors", "model.safetensors"]
+    assert sorted(p.name for p in hashed.iterdir()) == sorted(p.name for p in plain.iterdir())
+    assert (hashed / "config.json").read_bytes() == (plain / "config.json").read_bytes()
+    for name in written:
+        got, want = (hashed / name).read_bytes(), (plain / name).read_bytes()
+        parts = safetensors_parts(got)
+        assert parts == safetensors_parts(want), name
+        # save_file writes __metadata__'s keys in hash order: with two (DC-AE's "format" and
+        # "vidcli") its bytes are one of two, ours the one in the metadata's own order.
+        if len(parts[1] or {}) < 2:
+            assert got == want, name
+
     real, read = ckpt._sha256, []
     monkeypatch.setattr(ckpt, "_sha256", lambda path: read.append(path.name) or real(path))
-    ckpt.write_manifest(tmp_path, written)
-    assert "model.safetensors" not in read and "config.json" in read
-    ckpt.verify_manifest(tmp_path)
-    loaded = load_dit(tmp_path).state_dict()
-    for name, want in model.state_dict().items():
-        assert torch.equal(loaded[name], want), name
+    ckpt.write_manifest(hashed, written)
+    assert read == ["config.json"]
+    ckpt.verify_manifest(hashed)
+    loaded = load_autoencoder(hashed).state_dict()
+    ema = load_file(str(hashed / "ema.safetensors"))
+    assert loaded.keys() == ema.keys() == state.keys()
+    for name, want in state.items():
+        assert torch.equal(loaded[name], want) and torch.equal(ema[name], averages[name]), name
 
 
 def test_a_failed_write_records_nothing_and_leaves_no_file(tmp_path):
@@ -380,3 +438,84 @@ def test_zero3_gathers_one_module_at_a_time_and_only_rank_0_keeps_the_weights(tm
     assert sorted(saved) == sorted(ranks[0]["weights"])
     for name, values in ranks[0]["weights"].items():
         assert saved[name].flatten().tolist() == pytest.approx(values), name
+
+
+RECORD_READS = r"""
+import json, sys
+from pathlib import Path
+from vidcli.train import checkpoint as ckpt
+
+# The files each write_manifest hashes by reading them back, one list per checkpoint.
+reads, sha256, write_manifest = [], ckpt._sha256, ckpt.write_manifest
+def recording_manifest(folder, written=None):
+    reads.append([])
+    ckpt._sha256 = lambda path: reads[-1].append(path.name) or sha256(path)
+    try:
+        write_manifest(folder, written)
+    finally:
+        ckpt._sha256 = sha256
+ckpt.write_manifest = recording_manifest
+
+from vidcli.cli import main
+try:
+    main(sys.argv[2:])
+finally:
+    Path(sys.argv[1]).write_text(json.dumps(reads))
+"""
+
+
+def train_ae_recipe(tmp_path: Path, family: str) -> str:
+    """The tiny recipe of `family`: demo-ae.toml on dc-ae-tiny, or reducio-tiny.toml resized to
+    the micro Reducio-VAE (`[ae] overrides` is a table, which --set cannot give)."""
+    if family == "dcae":
+        return str(REPO / "recipes" / "demo-ae.toml")
+    recipe = tmp_path / "micro.toml"
+    # JSON's inline objects are TOML's with ":" as " =" (no value here holds a colon).
+    recipe.write_text(
+        f"include = {json.dumps(str(REPO / 'recipes' / 'reducio-tiny.toml'))}\n[ae]\n"
+        f"overrides = {json.dumps(MICRO_REDUCIO).replace(':', ' =')}\n"
+    )
+    return str(recipe)
+
+
+@pytest.mark.parametrize("family", ["dcae", "reducio"])
+def test_train_ae_hashes_its_weights_as_written_and_resumes_from_them(tmp_path, family):
+    values = {
+        **tiny_ae_values(tmp_path),
+        "train.batch_size": 1,
+        "train.gan_start": 1,  # the discriminator is saved (DeepSpeed shards) and resumed too
+        "train.log_every": 1,
+        "train.ckpt_every": 2,
+    }
+    if family == "reducio":  # the recipe's preset, resized; the micro model's clips
+        del values["ae.preset"]
+        values |= {"data.num_frames": 4, "data.height": 32, "data.width": 32}
+    reads = tmp_path / "reads.json"
+
+    def train_ae(steps: int, *extra: str) -> None:
+        """Train to `steps`; each checkpoint's manifest read back only small files: config.json
+        and DeepSpeed's own (`latest`, its scripts), no weights (.safetensors, .pt)."""
+        args = recipe_args(train_ae_recipe(tmp_path, family), {**values, "train.max_steps": steps})
+        command = [sys.executable, "-c", RECORD_READS, str(reads), "train-ae", *args, *extra]
+        env = subprocess_env(OMP_NUM_THREADS="1")
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        (read,) = json.loads(reads.read_text())
+        assert "config.json" in read, read
+        assert not [name for name in read if name.endswith((".safetensors", ".pt"))], read
+
+    train_ae(2)
+    first = tmp_path / "run/checkpoints/step-0000002"
+    assert {"model.safetensors", "ema.safetensors", "discriminator"} <= {
+        p.name for p in first.iterdir()
+    }
+    train_ae(3, "--resume", "latest")
+    records = [
+        json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()
+    ]
+    assert [r["step"] for r in records] == [1, 2, 3]
+    last = tmp_path / "run/checkpoints/step-0000003"
+    ckpt.verify_manifest(last)
+    ema_before, ema_after = (load_file(str(c / "ema.safetensors")) for c in (first, last))
+    assert ema_before.keys() == ema_after.keys()
+    assert any(not torch.equal(ema_before[k], ema_after[k]) for k in ema_before)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from einops import rearrange
+from safetensors.torch import save_file
 
 from vidcli.builders import autoencoder_from_section
 from vidcli.data.section import bucket_config, video_dataset
@@ -24,6 +25,7 @@ from vidcli.models.reducio import write_reducio_files
 from vidcli.recipe import Recipe
 from vidcli.train import data as train_data
 from vidcli.train import reducio_ae, seeds
+from vidcli.train.checkpoint import Digests, write_safetensors_hashed
 from vidcli.train.launcher import init_process_group, make_engine
 from vidcli.train.loop import StageSpec, TrainResult, lr_multiplier, train
 from vidcli.train.losses import (
@@ -76,9 +78,8 @@ def run(recipe: Recipe, resume: str | None = None) -> TrainResult:
         model=model,
         batch_at=batch_at,
         loss=loss,
-        # AE files are small: the manifest hashes them after writing (`written` unused).
         save_weights=lambda state, folder, stem, written=None: save_ae_weights(
-            model, state, folder, stem
+            model, state, folder, stem, written
         ),
         extra_engines={"discriminator": discriminator} if discriminator is not None else {},
     )
@@ -145,19 +146,36 @@ def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copy.train(module.training).requires_grad_(False)
 
 
-def save_ae_weights(model: DCAE, state: dict[str, torch.Tensor], folder: Path, stem: str) -> None:
-    """`model.safetensors` + config.json (for `load_autoencoder`), or `ema.safetensors`."""
-    from safetensors.torch import save_file
+def save_ae_weights(
+    model: DCAE,
+    state: dict[str, torch.Tensor],
+    folder: Path,
+    stem: str,
+    written: Digests | None = None,
+) -> None:
+    """`model.safetensors` + config.json (for `load_autoencoder`), or `ema.safetensors`.
+
+    written: a checkpoint's digests; when given, `<stem>.safetensors` is hashed as it is written
+    and recorded there (`write_manifest` then does not read it back).
+    """
+
+    def write(
+        tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None
+    ) -> None:
+        if written is None:
+            save_file(tensors, str(path), metadata=metadata)
+        else:
+            write_safetensors_hashed(tensors, path, folder, written, metadata)
 
     if stem == "model":
         export = type(model)(model.config)
         export.load_state_dict(state)
         if needs_content(model):
-            write_reducio_files(export, folder)
+            write_reducio_files(export, folder, write)
         else:
-            write_autoencoder_files(export, folder)  # `folder` is the checkpoint's staging folder
+            write_autoencoder_files(export, folder, write)  # `folder`: the checkpoint's staging
     else:
-        save_file(state, str(folder / f"{stem}.safetensors"))
+        write(state, folder / f"{stem}.safetensors", None)
 
 
 def _batches(recipe: Recipe, rank: int, world: int):

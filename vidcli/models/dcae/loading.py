@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -143,12 +144,21 @@ def save_autoencoder(model: DCAE, out_dir: str | Path) -> Path:
     return out_dir
 
 
-def write_autoencoder_files(model: DCAE, folder: Path) -> None:
+def write_autoencoder_files(
+    model: DCAE,
+    folder: Path,
+    write_weights: Callable[[dict[str, Tensor], Path, dict[str, str] | None], None] | None = None,
+) -> None:
     """config.json + model.safetensors written straight into `folder`.
 
     For callers that publish `folder` atomically themselves (a training checkpoint's staging
-    folder); everyone else uses `save_autoencoder`.
+    folder); everyone else uses `save_autoencoder`. write_weights: (tensors, path, metadata) ->
+    the same safetensors file as `save_file` (a checkpoint's hashes it as it writes it).
     """
     (folder / CONFIG_FILE).write_text(json.dumps(config_to_dict(model.config), indent=2) + "\n")
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(sd, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "vidcli": "dcae"})
+    metadata = {"format": "pt", "vidcli": "dcae"}
+    if write_weights is None:
+        save_file(sd, str(folder / WEIGHTS_FILE), metadata=metadata)
+    else:
+        write_weights(sd, folder / WEIGHTS_FILE, metadata)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,10 +185,20 @@ def save_reducio(model: ReducioVAE, folder: str | Path) -> Path:
     return folder
 
 
-def write_reducio_files(model: ReducioVAE, folder: Path) -> None:
+def write_reducio_files(
+    model: ReducioVAE,
+    folder: Path,
+    write_weights: Callable[[dict[str, Tensor], Path, dict[str, str] | None], None] | None = None,
+) -> None:
     """config.json + model.safetensors written straight into `folder`, for callers that publish
-    it atomically themselves (a training checkpoint's staging folder)."""
+    it atomically themselves (a training checkpoint's staging folder).
+
+    write_weights: (tensors, path, metadata) -> the same safetensors file as `save_file` (a
+    checkpoint's hashes it as it writes it)."""
     config = {"_class_name": CLASS_NAME, **model.config.to_dict()}
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=1) + "\n")
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_NAME))
+    if write_weights is None:
+        save_file(state, str(folder / WEIGHTS_NAME))
+    else:
+        write_weights(state, folder / WEIGHTS_NAME, None)
