@@ -1,0 +1,129 @@
+"""`y = x W^T + b` with the CPU GEMM library chosen per machine (inference only).
+
+PyTorch runs an fp32 `nn.functional.linear` on CPU through MKL, and MKL picks its code path by
+CPU vendor: on AMD it runs its AVX2 kernels even where the core has AVX-512. oneDNN picks by
+instruction set, so the same GEMM through `torch.ops.mkldnn._linear_pointwise` (oneDNN, plain
+fp32 arithmetic, unpacked weights) runs 2.1-3.2x faster on an AVX-512 AMD EPYC (MMDiT-demo shapes
+up to the 11B layout's; docs/benchmarks.md "CPU linears"). Products below 2^22 multiply-adds
+(the demo's 2-row modulation, small GEMVs) stay on MKL, whose call costs less.
+
+Backends (`VIDCLI_CPU_LINEAR=auto|onednn|aten`, default auto):
+- ``onednn``: fp32 CPU linears that need no gradient go to oneDNN; under `torch.compile` through
+  the opaque op ``vidcli::onednn_linear`` (inductor lowers oneDNN's own op only for frozen,
+  prepacked weights);
+- ``aten``: `nn.functional.linear` always (MKL on x86);
+- ``auto``: ``onednn`` on x86 CPUs not made by Intel, else ``aten`` (on Intel MKL runs its
+  AVX-512 code, and oneDNN was not measured faster there).
+Anything else (autograd, bf16/fp16, GPU tensors, quantized or distributed weight subclasses)
+calls `nn.functional.linear`, so LoRA, torchao, DeepSpeed and training see plain PyTorch.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+BACKEND_ENV = "VIDCLI_CPU_LINEAR"
+BACKENDS = ("auto", "onednn", "aten")
+MIN_ONEDNN_MACS = 1 << 22
+"""Smallest rows x in x out product sent to oneDNN: at 2^21 the two break even (0.8-1.0x)."""
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """(..., in) x (out, in) [+ (out,)] -> (..., out); oneDNN where `uses_onednn` says so."""
+    if not uses_onednn(x, weight, bias):
+        return F.linear(x, weight, bias)
+    if torch.compiler.is_compiling():
+        return torch.ops.vidcli.onednn_linear(x, weight, bias)
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether `linear` sends this call to oneDNN (see the module docstring)."""
+    if cpu_linear_backend() != "onednn":
+        return False
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if any(type(t) not in _PLAIN for t in tensors):  # quantized, DTensor, ...: their own dispatch
+        return False
+    if x.device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return False  # oneDNN's op has no backward
+    return x.numel() * weight.shape[0] >= MIN_ONEDNN_MACS
+
+
+_PLAIN = (torch.Tensor, nn.Parameter)
+
+
+@torch.compiler.assume_constant_result  # a compiled graph keeps the backend it was traced with
+def cpu_linear_backend() -> str:
+    """The backend for CPU linears in this process: ``onednn`` or ``aten``."""
+    forced = os.environ.get(BACKEND_ENV, "auto") or "auto"
+    if forced not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={forced!r}: choose one of {', '.join(BACKENDS)}")
+    if forced != "auto":
+        return forced
+    return "onednn" if _onednn_by_default() else "aten"
+
+
+@functools.cache
+def _onednn_by_default() -> bool:
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return x86 and torch.backends.mkldnn.is_available() and cpu_vendor() not in ("GenuineIntel", "")
+
+
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; "" where unknown)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
+# A plain library op rather than `torch.library.custom_op`: 1 us per call instead of 6 (its
+# autograd wrapper), and the op is only called when no gradient is needed.
+_LIBRARY = torch.library.Library("vidcli", "DEF")
+_LIBRARY.define("onednn_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor")
+
+
+def _onednn_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+
+
+_LIBRARY.impl("onednn_linear", _onednn_linear, "CPU")
+
+
+@torch.library.register_fake("vidcli::onednn_linear")
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+
+class Linear(nn.Linear):
+    """`nn.Linear` whose forward is `linear`: same parameters, keys and `isinstance`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+__all__ = [
+    "BACKENDS",
+    "BACKEND_ENV",
+    "MIN_ONEDNN_MACS",
+    "Linear",
+    "cpu_linear_backend",
+    "cpu_vendor",
+    "linear",
+    "uses_onednn",
+]
