@@ -15,6 +15,7 @@ from torch import nn
 from vidcli.errors import ShapeError
 from vidcli.models.dcae_diffusion.config import DiTConfig, UViTConfig
 from vidcli_kernels.attention import attention
+from vidcli_kernels.linear import Linear
 
 
 def sinusoid(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -59,8 +60,8 @@ class Attention(nn.Module):
         super().__init__()
         self.num_heads = num_heads
         self.upcast = upcast
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b l (k h d) -> k b h l d", k=3, h=self.num_heads)
@@ -73,9 +74,9 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, gelu_approximate: str):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU(approximate=gelu_approximate)
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -93,7 +94,7 @@ class UViTBlock(nn.Module):
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float, skip: bool):
         super().__init__()
-        self.skip_linear = nn.Linear(2 * dim, dim) if skip else None
+        self.skip_linear = Linear(2 * dim, dim) if skip else None
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias=False, upcast=True)
         self.norm2 = nn.LayerNorm(dim)
@@ -129,7 +130,7 @@ class UViT(nn.Module):
         self.mid_block = UViTBlock(*args, skip=False)
         self.out_blocks = nn.ModuleList(UViTBlock(*args, skip=True) for _ in range(half))
         self.norm = nn.LayerNorm(d)
-        self.decoder_pred = nn.Linear(d, p * p * c)
+        self.decoder_pred = Linear(d, p * p * c)
 
     @property
     def out_channels(self) -> int:
@@ -172,7 +173,7 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(self.frequency_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.mlp = nn.Sequential(Linear(self.frequency_dim, dim), nn.SiLU(), Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         emb = sinusoid(t, self.frequency_dim)
@@ -186,7 +187,7 @@ class DiTBlock(nn.Module):
         super().__init__()
         self.attn = Attention(dim, num_heads, qkv_bias=True, upcast=False)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), gelu_approximate="tanh")
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = self.adaLN_modulation(c).chunk(6, dim=-1)
@@ -197,8 +198,8 @@ class DiTBlock(nn.Module):
 class FinalLayer(nn.Module):
     def __init__(self, dim: int, out_dim: int):
         super().__init__()
-        self.linear = nn.Linear(dim, out_dim)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = Linear(dim, out_dim)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=-1)

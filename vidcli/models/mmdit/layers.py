@@ -15,6 +15,7 @@ from vidcli.models.mmdit.hooks import BlockHook
 from vidcli.models.mmdit.rope import apply_rope
 from vidcli.sequence_parallel import SequenceParallel
 from vidcli_kernels.attention import attention
+from vidcli_kernels.linear import Linear, linear
 
 TIME_EMBED_DIM = 256
 
@@ -40,9 +41,9 @@ class MLPEmbedder(nn.Module):
 
     def __init__(self, in_dim: int, hidden_dim: int):
         super().__init__()
-        self.in_layer = nn.Linear(in_dim, hidden_dim)
+        self.in_layer = Linear(in_dim, hidden_dim)
         self.silu = nn.SiLU()
-        self.out_layer = nn.Linear(hidden_dim, hidden_dim)
+        self.out_layer = Linear(hidden_dim, hidden_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_layer(self.silu(self.in_layer(x)))
@@ -92,7 +93,7 @@ class Modulation(nn.Module):
     def __init__(self, dim: int, double: bool):
         super().__init__()
         self.multiplier = 6 if double else 3
-        self.lin = nn.Linear(dim, self.multiplier * dim)
+        self.lin = Linear(dim, self.multiplier * dim)
 
     def forward(self, vec: torch.Tensor) -> list[torch.Tensor]:
         """vec: (B, D) -> list of (B, 1, D), order shift, scale, gate (x2 for double blocks)."""
@@ -112,13 +113,13 @@ class SelfAttention(nn.Module):
         self.num_heads = num_heads
         self.fused_qkv = fused_qkv
         if fused_qkv:
-            self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+            self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         else:
-            self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
-            self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
-            self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+            self.q_proj = Linear(dim, dim, bias=qkv_bias)
+            self.k_proj = Linear(dim, dim, bias=qkv_bias)
+            self.v_proj = Linear(dim, dim, bias=qkv_bias)
         self.norm = QKNorm(dim // num_heads)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def qkv_heads(self, x: torch.Tensor):
         """x: (B, L, D) -> q, k, v: (B, heads, L, head_dim), q and k normalised."""
@@ -148,9 +149,9 @@ class DoubleStreamBlock(nn.Module):
                 self,
                 f"{stream}_mlp",
                 nn.Sequential(
-                    nn.Linear(dim, mlp_hidden),
+                    Linear(dim, mlp_hidden),
                     nn.GELU(approximate="tanh"),
-                    nn.Linear(mlp_hidden, dim),
+                    Linear(mlp_hidden, dim),
                 ),
             )
 
@@ -222,12 +223,12 @@ class SingleStreamBlock(nn.Module):
         self.sequence_parallel: SequenceParallel | None = None
         """Set by `MMDiT.use_sequence_parallel`: attention all-to-alls across the SP group."""
         if fused_qkv:
-            self.linear1 = nn.Linear(dim, dim * 3 + mlp_hidden)
+            self.linear1 = Linear(dim, dim * 3 + mlp_hidden)
         else:
-            self.q_proj = nn.Linear(dim, dim)
-            self.k_proj = nn.Linear(dim, dim)
-            self.v_mlp = nn.Linear(dim, dim + mlp_hidden)
-        self.linear2 = nn.Linear(dim + mlp_hidden, dim)
+            self.q_proj = Linear(dim, dim)
+            self.k_proj = Linear(dim, dim)
+            self.v_mlp = Linear(dim, dim + mlp_hidden)
+        self.linear2 = Linear(dim + mlp_hidden, dim)
         self.norm = QKNorm(dim // num_heads)
         self.mlp_act = nn.GELU(approximate="tanh")
         self.modulation = Modulation(dim, double=False)
@@ -275,7 +276,7 @@ class SingleStreamBlock(nn.Module):
         """Only the MLP input columns of `project`: (B, L', D) -> (B, L', mlp_hidden)."""
         fused = self.linear1 if self.fused_qkv else self.v_mlp
         start = fused.out_features - self.mlp_hidden
-        return nn.functional.linear(x_mod, fused.weight[start:], fused.bias[start:])
+        return linear(x_mod, fused.weight[start:], fused.bias[start:])
 
 
 class LastLayer(nn.Module):
@@ -283,8 +284,8 @@ class LastLayer(nn.Module):
 
     def __init__(self, dim: int, out_channels: int):
         super().__init__()
-        self.linear = nn.Linear(dim, out_channels)
-        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+        self.linear = Linear(dim, out_channels)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
         """x: (B, L_img, D), vec: (B, D) -> (B, L_img, out_channels)."""

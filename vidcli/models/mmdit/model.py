@@ -37,6 +37,7 @@ from vidcli.models.mmdit.layers import (
 from vidcli.models.mmdit.packing import make_image_ids, pack_latents, unpack_latents
 from vidcli.models.mmdit.rope import rope_angles
 from vidcli.sequence_parallel import Layout, SequenceParallel
+from vidcli_kernels.linear import Linear
 
 
 class Embedded(NamedTuple):
@@ -59,12 +60,12 @@ class MMDiT(nn.Module):
         self.config = config
         c, dim, half_split = config, config.hidden_size, config.use_liger_rope
 
-        self.img_in = nn.Linear(c.in_channels, dim)
+        self.img_in = Linear(c.in_channels, dim)
         self.time_in = MLPEmbedder(TIME_EMBED_DIM, dim)
         self.vector_in = MLPEmbedder(c.vec_in_dim, dim)
         self.guidance_in = MLPEmbedder(TIME_EMBED_DIM, dim) if c.guidance_embed else None
-        self.cond_in = nn.Linear(c.cond_channels, dim) if c.cond_embed else None
-        self.txt_in = nn.Linear(c.context_in_dim, dim)
+        self.cond_in = Linear(c.cond_channels, dim) if c.cond_embed else None
+        self.txt_in = Linear(c.context_in_dim, dim)
         self.double_blocks = nn.ModuleList(
             DoubleStreamBlock(
                 dim, c.num_heads, c.mlp_hidden_dim, c.qkv_bias, c.fused_qkv, half_split
