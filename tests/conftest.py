@@ -23,3 +23,14 @@ def fresh_console_env(monkeypatch):
     for name in ("VIDCLI_DEBUG", "VIDCLI_QUIET"):
         monkeypatch.setenv(name, "")  # recorded, so teardown removes what the test sets
         monkeypatch.delenv(name)
+
+
+@pytest.fixture
+def fresh_dynamo():
+    """Dynamo's caches reset before and after the test: graph counts start from this test's own
+    compiles, and no compiled graph or recompile limit leaks into a later test."""
+    import torch
+
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()

@@ -222,27 +222,25 @@ measured ~1e-6, tests/test_generate_compile_ae.py); a wrong constant or a stale 
 
 
 @pytest.mark.parametrize("release", ["tiny-uvit"], indirect=True)
-def test_compile_ae_decodes_the_eager_images_and_reports_its_compile_apart(release, tmp_path):
+def test_compile_ae_decodes_the_eager_images_and_reports_its_compile_apart(
+    release, tmp_path, fresh_dynamo
+):
     _, recipe = release
-    torch._dynamo.reset()
-    try:
-        model = load_released(recipe.parent / "weights")
-        torch.manual_seed(1)
-        z = torch.randn(2, 8, 2, 2)  # the batch the runs below decode: 2 latents of 8 x 2 x 2
-        with torch.no_grad():
-            eager = model.decode(z)
-            assert compile_autoencoder(model.autoencoder, coders=("decoder",)) is model.autoencoder
-            assert_rel_l2(model.decode(z), eager, COMPILED_RTOL)
-        runs = {}
-        for name, extra in (("eager", []), ("compiled", ["--compile-ae"])):
-            args = ["generate", "tench", "--class", "279", "--recipe", str(recipe), "--json"]
-            args += ["--batch-size", "2", "--out", str(tmp_path / name), *extra]
-            result = runner.invoke(app, args)
-            assert result.exit_code == 0, result.output
-            payload = json.loads(result.stdout)
-            runs[name] = payload["timings_s"], [_png(Path(i["path"])) for i in payload["images"]]
-    finally:
-        torch._dynamo.reset()
+    model = load_released(recipe.parent / "weights")
+    torch.manual_seed(1)
+    z = torch.randn(2, 8, 2, 2)  # the batch the runs below decode: 2 latents of 8 x 2 x 2
+    with torch.no_grad():
+        eager = model.decode(z)
+        assert compile_autoencoder(model.autoencoder, coders=("decoder",)) is model.autoencoder
+        assert_rel_l2(model.decode(z), eager, COMPILED_RTOL)
+    runs = {}
+    for name, extra in (("eager", []), ("compiled", ["--compile-ae"])):
+        args = ["generate", "tench", "--class", "279", "--recipe", str(recipe), "--json"]
+        args += ["--batch-size", "2", "--out", str(tmp_path / name), *extra]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        payload = json.loads(result.stdout)
+        runs[name] = payload["timings_s"], [_png(Path(i["path"])) for i in payload["images"]]
     (eager_timings, eager_images), (timings, images) = runs["eager"], runs["compiled"]
     assert "compile_ae" not in eager_timings and timings["compile_ae"] > 0
     # The compile is taken out of the sampling time, once.

@@ -34,11 +34,7 @@ SHAPE = (1, 4, 2, 4, 4)
 """(N, C, T, H, W) latents: 16 image tokens at patch 2."""
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def sample(model, inputs, schedule, guidance: float = 5.0) -> torch.Tensor:

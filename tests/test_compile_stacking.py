@@ -32,11 +32,7 @@ ONE_BLOCK_EACH = ("--set", "dit.overrides={ depth = 1, depth_single_blocks = 1 }
 the graph for inductor to compile."""
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 def sample(model, inputs, schedule) -> torch.Tensor:

@@ -41,11 +41,7 @@ LATENT = (1, 8, 2, 2, 2)
 """The tiny DC-AE's latent of 8 frames at 64 x 64 px: the generate runs below decode this size."""
 
 
-@pytest.fixture(autouse=True)
-def fresh_dynamo():
-    torch._dynamo.reset()
-    yield
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_dynamo")
 
 
 @pytest.fixture(scope="module")

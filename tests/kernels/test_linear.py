@@ -120,10 +120,9 @@ def test_unknown_backend_is_refused_in_one_line(monkeypatch):
         cpu_linear_backend()
 
 
-def test_compiled_graph_calls_onednn_and_matches_eager(onednn):
+def test_compiled_graph_calls_onednn_and_matches_eager(onednn, fresh_dynamo):
     from torch._dynamo.utils import counters
 
-    torch._dynamo.reset()
     counters.clear()
     torch.manual_seed(3)
     model = nn.Sequential(Linear(256, 1024), nn.GELU(approximate="tanh"), Linear(1024, 256))
@@ -142,4 +141,3 @@ def test_compiled_graph_calls_onednn_and_matches_eager(onednn):
     assert sum(counters["graph_break"].values()) == 0
     assert torch.equal(compiled, eager)
     assert relative_error(inductor, eager.double()) < 1e-6
-    torch._dynamo.reset()
