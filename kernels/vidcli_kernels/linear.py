@@ -66,6 +66,8 @@ def cpu_linear_backend() -> str:
     forced = os.environ.get(BACKEND_ENV, "auto") or "auto"
     if forced not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV}={forced!r}: choose one of {', '.join(BACKENDS)}")
+    if forced == "onednn" and not torch.backends.mkldnn.is_available():
+        raise ValueError(f"{BACKEND_ENV}=onednn: this torch build has no oneDNN; use aten")
     if forced != "auto":
         return forced
     return "onednn" if _onednn_by_default() else "aten"

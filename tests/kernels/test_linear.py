@@ -120,6 +120,13 @@ def test_unknown_backend_is_refused_in_one_line(monkeypatch):
         cpu_linear_backend()
 
 
+def test_forcing_onednn_without_it_is_refused(monkeypatch):
+    monkeypatch.setenv(BACKEND_ENV, "onednn")
+    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="this torch build has no oneDNN; use aten"):
+        cpu_linear_backend()
+
+
 def test_compiled_graph_calls_onednn_and_matches_eager(onednn, fresh_dynamo):
     from torch._dynamo.utils import counters
 
