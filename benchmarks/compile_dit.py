@@ -32,6 +32,7 @@ from vidcli.compile import compile_dit, compiled_graphs
 from vidcli.generate import load_generate_recipe
 from vidcli.sampling.phases import encode_text, sample_latents
 from vidcli.sampling.pipeline import load_pipeline
+from vidcli_kernels.linear import cpu_linear_backend
 
 VARIANTS = ("blocks", "forward", "forward-frozen", "blocks-cpp", "forward-cpp")
 """Compile mode, then -frozen (inductor freezing) or -cpp (inductor's C++ wrapper)."""
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> dict:
         "steps": sample.steps,
         "batch": args.batch,
         "threads": torch.get_num_threads(),
+        "cpu_linear": cpu_linear_backend(),
         "rounds": args.rounds,
         "torch": torch.__version__,
         "inductor_cache": "warm" if args.warm_cache else "cold",

@@ -50,6 +50,7 @@ def test_compare_ae_rows_follow_from_the_latent_shapes(compare_run):
     env, rows = data["env"], data["rows"]
     assert env["resolution"] == [64, 128]  # 16:9 of 64 px, rounded to the 64 px the rows need
     assert env["threads"] == 1 and env["dtype"] == "fp32" and env["torch"] == torch.__version__
+    assert env["cpu_linear"] in ("onednn", "aten")  # what the fp32 CPU rows multiplied with
     assert env["ae_timing"] == "extrapolated: probe 8x64x64, scaled by voxels"
     assert [(r["ae"], r["patch"]) for r in rows] == [("dc-ae-tiny", 2), ("dc-ae-tiny", 1)]
     # dc-ae-tiny: 32x spatial, 4x temporal, 8 channels -> latent (8, 2, 2, 4) of 8x64x128.

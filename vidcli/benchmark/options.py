@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from vidcli.errors import ShapeError, UsageError
+from vidcli_kernels.linear import cpu_linear_backend
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 AE_TIMINGS = ("auto", "probe", "full")
@@ -204,6 +205,7 @@ def environment(s: Settings) -> dict[str, Any]:
         "device": s.device,
         "device_name": name,
         "threads": s.threads,
+        "cpu_linear": cpu_linear_backend(),  # oneDNN or MKL for fp32 CPU linears
         "dtype": s.dtype,
         "seed": SEED,
         "warmup": WARMUP,
