@@ -20,7 +20,6 @@ calls `nn.functional.linear`, so LoRA, torchao, DeepSpeed and training see plain
 
 from __future__ import annotations
 
-import functools
 import os
 import platform
 
@@ -60,26 +59,25 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 _PLAIN = (torch.Tensor, nn.Parameter)
 
 
-@torch.compiler.assume_constant_result  # a compiled graph keeps the backend it was traced with
 def cpu_linear_backend() -> str:
-    """The backend for CPU linears in this process: ``onednn`` or ``aten``."""
+    """The backend for CPU linears in this process: ``onednn`` or ``aten``.
+
+    Read on every eager call; a compiled graph keeps the backend it was traced with.
+    """
     forced = os.environ.get(BACKEND_ENV, "auto") or "auto"
     if forced not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV}={forced!r}: choose one of {', '.join(BACKENDS)}")
-    if forced == "onednn" and not torch.backends.mkldnn.is_available():
+    if forced == "onednn" and not ONEDNN_AVAILABLE:
         raise ValueError(f"{BACKEND_ENV}=onednn: this torch build has no oneDNN; use aten")
-    if forced != "auto":
-        return forced
-    return "onednn" if _onednn_by_default() else "aten"
+    return AUTO_BACKEND if forced == "auto" else forced
 
 
-@functools.cache
-def _onednn_by_default() -> bool:
-    x86 = platform.machine().lower() in ("x86_64", "amd64")
-    return x86 and torch.backends.mkldnn.is_available() and cpu_vendor() not in ("GenuineIntel", "")
+def auto_backend(machine: str, vendor: str, onednn_available: bool) -> str:
+    """What ``auto`` means on a machine: oneDNN on x86 CPUs not made by Intel, else MKL (aten)."""
+    x86 = machine.lower() in ("x86_64", "amd64")
+    return "onednn" if x86 and onednn_available and vendor not in ("GenuineIntel", "") else "aten"
 
 
-@functools.cache
 def cpu_vendor() -> str:
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; "" where unknown)."""
     try:
@@ -91,6 +89,11 @@ def cpu_vendor() -> str:
         pass
     return ""
 
+
+# Decided once at import: module constants are what dynamo reads without tracing into torch.backends
+# or /proc (a graph break per linear).
+ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
+AUTO_BACKEND = auto_backend(platform.machine(), cpu_vendor(), ONEDNN_AVAILABLE)
 
 # A plain library op rather than `torch.library.custom_op`: 1 us per call instead of 6 (its
 # autograd wrapper), and the op is only called when no gradient is needed.
@@ -120,10 +123,13 @@ class Linear(nn.Linear):
 
 
 __all__ = [
+    "AUTO_BACKEND",
     "BACKENDS",
     "BACKEND_ENV",
     "MIN_ONEDNN_MACS",
+    "ONEDNN_AVAILABLE",
     "Linear",
+    "auto_backend",
     "cpu_linear_backend",
     "cpu_vendor",
     "linear",

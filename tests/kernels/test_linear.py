@@ -7,7 +7,14 @@ import torch
 from torch import nn
 
 from vidcli_kernels import linear as linear_module
-from vidcli_kernels.linear import BACKEND_ENV, Linear, cpu_linear_backend, linear, uses_onednn
+from vidcli_kernels.linear import (
+    BACKEND_ENV,
+    Linear,
+    auto_backend,
+    cpu_linear_backend,
+    linear,
+    uses_onednn,
+)
 
 pytestmark = pytest.mark.skipif(
     not torch.backends.mkldnn.is_available(), reason="this torch build has no oneDNN"
@@ -100,18 +107,27 @@ def test_linear_module_is_an_nn_linear():
 
 
 @pytest.mark.parametrize(
-    ("vendor", "expected"),
-    [("AuthenticAMD", "onednn"), ("GenuineIntel", "aten"), ("", "aten")],
+    ("machine", "vendor", "available", "expected"),
+    [
+        ("x86_64", "AuthenticAMD", True, "onednn"),
+        ("AMD64", "HygonGenuine", True, "onednn"),
+        ("x86_64", "GenuineIntel", False, "aten"),
+        ("x86_64", "GenuineIntel", True, "aten"),
+        ("x86_64", "", True, "aten"),
+        ("x86_64", "AuthenticAMD", False, "aten"),
+        ("aarch64", "", True, "aten"),
+    ],
 )
-def test_auto_picks_onednn_where_mkl_runs_its_avx2_path(monkeypatch, vendor, expected):
+def test_auto_picks_onednn_where_mkl_runs_its_avx2_path(machine, vendor, available, expected):
+    assert auto_backend(machine, vendor, available) == expected
+
+
+def test_auto_is_this_machines_choice(monkeypatch):
     monkeypatch.delenv(BACKEND_ENV, raising=False)
-    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
-    monkeypatch.setattr(linear_module.platform, "machine", lambda: "x86_64")
-    linear_module._onednn_by_default.cache_clear()
-    try:
-        assert cpu_linear_backend() == expected
-    finally:
-        linear_module._onednn_by_default.cache_clear()
+    vendor = linear_module.cpu_vendor()
+    assert cpu_linear_backend() == auto_backend(
+        linear_module.platform.machine(), vendor, torch.backends.mkldnn.is_available()
+    )
 
 
 def test_unknown_backend_is_refused_in_one_line(monkeypatch):
@@ -122,7 +138,7 @@ def test_unknown_backend_is_refused_in_one_line(monkeypatch):
 
 def test_forcing_onednn_without_it_is_refused(monkeypatch):
     monkeypatch.setenv(BACKEND_ENV, "onednn")
-    monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+    monkeypatch.setattr(linear_module, "ONEDNN_AVAILABLE", False)
     with pytest.raises(ValueError, match="this torch build has no oneDNN; use aten"):
         cpu_linear_backend()
 
