@@ -14,8 +14,9 @@ Backends (`VIDCLI_CPU_LINEAR=auto|onednn|aten`, default auto):
 - ``aten``: `nn.functional.linear` always (MKL on x86);
 - ``auto``: ``onednn`` on x86 CPUs not made by Intel, else ``aten`` (on Intel MKL runs its
   AVX-512 code, and oneDNN was not measured faster there).
-Anything else (autograd, bf16/fp16, GPU tensors, quantized or distributed weight subclasses)
-calls `nn.functional.linear`, so LoRA, torchao, DeepSpeed and training see plain PyTorch.
+Anything else (autograd, autocast, bf16/fp16, GPU tensors, quantized or distributed weight
+subclasses) calls `nn.functional.linear`, so LoRA, torchao, DeepSpeed and training see plain
+PyTorch.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         return False
     if x.device.type != "cpu" or any(t.dtype != torch.float32 for t in tensors):
         return False
+    if torch.is_autocast_enabled("cpu"):
+        return False  # autocast lowers F.linear to its dtype; oneDNN's op would stay fp32
     if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
         return False  # oneDNN's op has no backward
     return x.numel() * weight.shape[0] >= MIN_ONEDNN_MACS

@@ -76,6 +76,15 @@ def test_dispatch_rule(onednn):
     assert uses_onednn(x, weight)  # nothing requires a gradient
 
 
+def test_autocast_keeps_its_lower_precision(onednn):
+    x, weight = torch.randn(160, 256), torch.randn(1280, 256)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not uses_onednn(x, weight)
+        out = linear(x, weight)
+        assert out.dtype == torch.bfloat16
+        assert torch.equal(out, torch.nn.functional.linear(x, weight))
+
+
 def test_weight_subclasses_keep_their_own_dispatch(onednn):
     class Marked(torch.Tensor):
         pass
