@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
+from vidcli.timing import median_ratio, time_interleaved, time_once
 from vidcli_kernels.linear import BACKEND_ENV, cpu_linear_backend, cpu_vendor
 
 GEMMS = [
@@ -63,25 +63,16 @@ def bench_gemms(rounds: int) -> list[dict]:
             name: float((fn().double() - exact).norm() / exact.norm())
             for name, fn in variants.items()
         }
-        times = {name: [] for name in variants}
-        for fn in variants.values():
-            seconds_per_call(fn, 0.02)  # warm-up
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                times[name].append(seconds_per_call(fn))
-        aten_us, onednn_us = (statistics.median(times[v]) * 1e6 for v in ("aten", "onednn"))
+        aten, onednn = time_interleaved(
+            [lambda fn=fn: seconds_per_call(fn) for fn in variants.values()], repeat=rounds
+        )
         rows.append(
             {
                 "gemm": label,
                 "m_k_n": [m, k, n],
-                "aten_us": round(aten_us, 1),
-                "onednn_us": round(onednn_us, 1),
-                "speedup": round(
-                    statistics.median(
-                        a / o for a, o in zip(times["aten"], times["onednn"], strict=True)
-                    ),
-                    2,
-                ),
+                "aten_us": round(aten.median * 1e6, 1),
+                "onednn_us": round(onednn.median * 1e6, 1),
+                "speedup": round(median_ratio(aten, onednn), 2),
                 "rel_err_aten": errors["aten"],
                 "rel_err_onednn": errors["onednn"],
             }
@@ -107,19 +98,16 @@ def bench_sampling_loop(rounds: int, steps: int) -> dict:
             return sample_latents(pipe, sample, emb, neg, [0], shape)
 
     latents = {backend: loop(backend) for backend in ("aten", "onednn")}  # warm-up
-    times = {backend: [] for backend in latents}
-    for _ in range(rounds):
-        for backend in times:
-            start = time.perf_counter()
-            loop(backend)
-            times[backend].append(time.perf_counter() - start)
+    aten, onednn = time_interleaved(
+        [lambda backend=backend: time_once(lambda: loop(backend), "cpu") for backend in latents],
+        repeat=rounds,
+        warmup=0,
+    )
     return {
         "steps": steps,
-        "aten_s": round(statistics.median(times["aten"]), 4),
-        "onednn_s": round(statistics.median(times["onednn"]), 4),
-        "speedup": round(
-            statistics.median(a / o for a, o in zip(times["aten"], times["onednn"], strict=True)), 3
-        ),
+        "aten_s": round(aten.median, 4),
+        "onednn_s": round(onednn.median, 4),
+        "speedup": round(median_ratio(aten, onednn), 3),
         "max_abs_diff": float((latents["aten"] - latents["onednn"]).abs().max()),
     }
 
