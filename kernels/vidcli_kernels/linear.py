@@ -83,10 +83,15 @@ def auto_backend(machine: str, vendor: str, onednn_available: bool) -> str:
 
 def cpu_vendor() -> str:
     """The CPU's vendor string (``GenuineIntel``, ``AuthenticAMD``; "" where unknown)."""
+    return cpuinfo_field("vendor_id")
+
+
+def cpuinfo_field(name: str) -> str:
+    """The first `name : value` of /proc/cpuinfo ("" where there is none, e.g. off Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
-                if line.startswith("vendor_id"):
+                if line.startswith(name):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
@@ -135,6 +140,7 @@ __all__ = [
     "auto_backend",
     "cpu_linear_backend",
     "cpu_vendor",
+    "cpuinfo_field",
     "linear",
     "uses_onednn",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from vidcli.errors import ShapeError, UsageError
-from vidcli_kernels.linear import cpu_linear_backend
+from vidcli_kernels.linear import cpu_linear_backend, cpuinfo_field
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 AE_TIMINGS = ("auto", "probe", "full")
@@ -215,10 +215,4 @@ def environment(s: Settings) -> dict[str, Any]:
 
 
 def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
